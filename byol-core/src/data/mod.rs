@@ -1,0 +1,1 @@
+//! Datasets, decoding, augmentations and the batch loader.

@@ -1,0 +1,12 @@
+//! # byol-core
+//!
+//! BYOL (Bootstrap Your Own Latent, Grill et al. 2020) on candle: ResNet encoders with torchvision
+//! tensor names, projector and predictor, the normalised regression loss, the EMA target with its
+//! cosine schedule, LARS with the warm-up + cosine schedule, datasets and augmentations,
+//! safetensors checkpoints and evaluation.
+
+pub mod data;
+pub mod error;
+pub mod eval;
+
+pub use error::{Error, Result};
