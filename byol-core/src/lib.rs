@@ -5,8 +5,13 @@
 //! cosine schedule, LARS with the warm-up + cosine schedule, datasets and augmentations,
 //! safetensors checkpoints and evaluation.
 
+pub mod byol;
+pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
+pub mod nn;
+pub mod optim;
 
 pub use error::{Error, Result};

@@ -1,0 +1,12 @@
+//! Networks: the parameter store, layers, ResNet encoders and the BYOL MLP heads.
+
+pub mod layers;
+pub mod mlp;
+pub mod norm;
+pub mod resnet;
+pub mod var_store;
+
+pub use mlp::{Mlp, MlpConfig};
+pub use norm::BatchNorm;
+pub use resnet::{ResNet, ResNetConfig, Stem};
+pub use var_store::{Role, VarPath, VarStore};

@@ -1,0 +1,108 @@
+//! Batch normalisation for `[N, C]` and `[N, C, H, W]` inputs, with PyTorch's semantics.
+//!
+//! Training mode normalises with the biased batch variance and folds the *unbiased* variance into
+//! the running estimate (`running ← (1 − m)·running + m·batch`, m = 0.1, i.e. Haiku's decay 0.9);
+//! inference mode uses the running estimates. Gradients flow through the batch statistics.
+
+use candle_core::{DType, ModuleT, Tensor, Var};
+
+use super::var_store::{Role, VarPath};
+use crate::Result;
+
+/// PyTorch's default BatchNorm momentum (Haiku decay 0.9).
+pub const BN_MOMENTUM: f64 = 0.1;
+/// The recipe's BatchNorm epsilon.
+pub const BN_EPS: f64 = 1e-5;
+
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    weight: Var,
+    bias: Var,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+    momentum: f64,
+    eps: f64,
+}
+
+impl BatchNorm {
+    /// γ = 1 (or 0 with `zero_scale`, the optional zero-init of a residual branch), β = 0.
+    pub fn new(vs: &mut VarPath, channels: usize, zero_scale: bool) -> Result<Self> {
+        let gamma = if zero_scale { 0.0 } else { 1.0 };
+        Ok(Self {
+            weight: vs.constant("weight", &[channels], gamma, Role::NormScale)?,
+            bias: vs.constant("bias", &[channels], 0.0, Role::NormShift)?,
+            running_mean: vs.constant("running_mean", &[channels], 0.0, Role::RunningMean)?,
+            running_var: vs.constant("running_var", &[channels], 1.0, Role::RunningVar)?,
+            num_batches_tracked: vs.counter("num_batches_tracked")?,
+            momentum: BN_MOMENTUM,
+            eps: BN_EPS,
+        })
+    }
+
+    /// Shape `[1, C]` or `[1, C, 1, 1]` to broadcast a per-channel vector against `xs`.
+    fn per_channel(v: &Tensor, rank: usize) -> candle_core::Result<Tensor> {
+        let c = v.dim(0)?;
+        match rank {
+            2 => v.reshape((1, c)),
+            _ => v.reshape((1, c, 1, 1)),
+        }
+    }
+
+    fn update_running_stats(&self, mean: &Tensor, biased_var: &Tensor, n: usize) -> Result<()> {
+        let m = self.momentum;
+        let unbiased = biased_var.affine(n as f64 / (n.max(2) - 1) as f64, 0.0)?;
+        let new_mean =
+            (self.running_mean.as_tensor().affine(1.0 - m, 0.0)? + mean.affine(m, 0.0)?)?;
+        let new_var =
+            (self.running_var.as_tensor().affine(1.0 - m, 0.0)? + unbiased.affine(m, 0.0)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        let count = self
+            .num_batches_tracked
+            .to_dtype(DType::I64)?
+            .to_scalar::<i64>()?;
+        self.num_batches_tracked
+            .set(&Tensor::new(count + 1, self.num_batches_tracked.device())?)?;
+        Ok(())
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let rank = xs.rank();
+        if rank != 2 && rank != 4 {
+            candle_core::bail!("BatchNorm expects a [N, C] or [N, C, H, W] input, got {xs:?}")
+        }
+        let (centred, var) = if train {
+            let reduce: &[usize] = if rank == 2 { &[0] } else { &[0, 2, 3] };
+            let n = xs.elem_count() / xs.dim(1)?;
+            if n < 2 {
+                candle_core::bail!(
+                    "BatchNorm in training mode needs more than one value per channel, got {xs:?}"
+                )
+            }
+            let mean = xs.mean_keepdim(reduce)?;
+            let centred = xs.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim(reduce)?;
+            self.update_running_stats(
+                &mean.flatten_all()?.detach(),
+                &var.flatten_all()?.detach(),
+                n,
+            )
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            (centred, var)
+        } else {
+            let mean = Self::per_channel(&self.running_mean, rank)?;
+            (
+                xs.broadcast_sub(&mean)?,
+                Self::per_channel(&self.running_var, rank)?,
+            )
+        };
+        let scale =
+            Self::per_channel(&self.weight, rank)?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        centred
+            .broadcast_mul(&scale)?
+            .broadcast_add(&Self::per_channel(&self.bias, rank)?)
+    }
+}

@@ -1,0 +1,298 @@
+//! ResNet v1 encoders (depths 18–200, width multipliers, ImageNet or small-image stem) with
+//! torchvision's tensor names, so a torchvision state dict loads as is and ours loads in
+//! torchvision. The classifier `fc` is absent: the encoder ends at global average pooling.
+//!
+//! Like torchvision (v1.5) and the official BYOL Haiku code, a bottleneck block strides in its
+//! 3×3 convolution. The width multiplier scales every channel count, stem included, as in BYOL's
+//! ResNet-50 (2×) and (4×).
+
+use candle_core::{Module, ModuleT, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::layers::Conv2d;
+use super::norm::BatchNorm;
+use super::var_store::VarPath;
+use crate::{Error, Result};
+
+/// The first layers of the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stem {
+    /// 7×7 stride-2 convolution and 3×3 stride-2 max-pool (224 px inputs).
+    Imagenet,
+    /// 3×3 stride-1 convolution and no max-pool (28–64 px inputs, as CIFAR ResNets).
+    Small,
+}
+
+impl std::str::FromStr for Stem {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "imagenet" => Ok(Stem::Imagenet),
+            "small" | "cifar" => Ok(Stem::Small),
+            _ => Err(Error::config(
+                "stem",
+                format!("`{s}` is not a stem: use `imagenet` or `small`"),
+            )),
+        }
+    }
+}
+
+/// The shape of a ResNet encoder. Stored in checkpoint metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResNetConfig {
+    /// 18, 34, 50, 101, 152 or 200.
+    pub depth: usize,
+    /// Channel multiplier: 1, 2 or 4 in the paper.
+    pub width: usize,
+    pub stem: Stem,
+    /// 1 (greyscale) or 3 (RGB).
+    pub in_channels: usize,
+    /// Channels of the stem before the width multiplier: 64 as in the paper; smaller values give
+    /// the narrow networks used by fast tests.
+    #[serde(default = "default_base_channels")]
+    pub base_channels: usize,
+    /// Zero-initialise the last BatchNorm scale of every residual block.
+    #[serde(default)]
+    pub zero_init_residual: bool,
+}
+
+fn default_base_channels() -> usize {
+    64
+}
+
+impl ResNetConfig {
+    /// A paper-width ResNet of the given depth, ImageNet stem, RGB input.
+    pub fn new(depth: usize) -> Self {
+        Self {
+            depth,
+            width: 1,
+            stem: Stem::Imagenet,
+            in_channels: 3,
+            base_channels: 64,
+            zero_init_residual: false,
+        }
+    }
+
+    /// Blocks per stage and whether blocks are bottlenecks.
+    fn layout(&self) -> Result<([usize; 4], bool)> {
+        Ok(match self.depth {
+            18 => ([2, 2, 2, 2], false),
+            34 => ([3, 4, 6, 3], false),
+            50 => ([3, 4, 6, 3], true),
+            101 => ([3, 4, 23, 3], true),
+            152 => ([3, 8, 36, 3], true),
+            200 => ([3, 24, 36, 3], true),
+            d => {
+                return Err(Error::config(
+                    "depth",
+                    format!("ResNet-{d} does not exist: use 18, 34, 50, 101, 152 or 200"),
+                ))
+            }
+        })
+    }
+
+    /// Checks every field, naming the first one out of range.
+    pub fn validate(&self) -> Result<()> {
+        self.layout()?;
+        if self.width == 0 {
+            return Err(Error::config("width", "the width multiplier must be ≥ 1"));
+        }
+        if self.in_channels != 1 && self.in_channels != 3 {
+            return Err(Error::config(
+                "in_channels",
+                format!("{} input channels: use 1 or 3", self.in_channels),
+            ));
+        }
+        if self.base_channels == 0 {
+            return Err(Error::config("base_channels", "must be ≥ 1"));
+        }
+        Ok(())
+    }
+
+    /// Length of the pooled feature vector (2048 for ResNet-50, 512 for ResNet-18).
+    pub fn feature_dim(&self) -> Result<usize> {
+        let (_, bottleneck) = self.layout()?;
+        let expansion = if bottleneck { 4 } else { 1 };
+        Ok(self.base_channels * self.width * 8 * expansion)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.bn.forward_t(&self.conv.forward(xs)?, train)
+    }
+}
+
+/// A residual block: the basic (two 3×3) or bottleneck (1×1, 3×3, 1×1) branch plus shortcut.
+#[derive(Debug, Clone)]
+struct Block {
+    /// (conv, bn) pairs of the branch; the last BN is the one zero-init touches.
+    branch: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
+}
+
+impl Block {
+    fn new(
+        vs: &mut VarPath,
+        in_ch: usize,
+        planes: usize,
+        stride: usize,
+        bottleneck: bool,
+        zero_init: bool,
+    ) -> Result<Self> {
+        // (kernel, stride, padding, in, out) of each branch convolution.
+        let out_ch = if bottleneck { planes * 4 } else { planes };
+        let convs: Vec<(usize, usize, usize, usize, usize)> = if bottleneck {
+            vec![
+                (1, 1, 0, in_ch, planes),
+                (3, stride, 1, planes, planes),
+                (1, 1, 0, planes, out_ch),
+            ]
+        } else {
+            vec![(3, stride, 1, in_ch, planes), (3, 1, 1, planes, planes)]
+        };
+        let last = convs.len();
+        let mut branch = Vec::with_capacity(last);
+        for (i, &(k, s, p, cin, cout)) in convs.iter().enumerate() {
+            let conv = Conv2d::new(&mut vs.pp(format!("conv{}", i + 1)), cin, cout, k, s, p)?;
+            let bn = BatchNorm::new(
+                &mut vs.pp(format!("bn{}", i + 1)),
+                cout,
+                zero_init && i + 1 == last,
+            )?;
+            branch.push(ConvBn { conv, bn });
+        }
+        let downsample = if stride != 1 || in_ch != out_ch {
+            let mut ds = vs.pp("downsample");
+            let conv = Conv2d::new(&mut ds.pp(0), in_ch, out_ch, 1, stride, 0)?;
+            let bn = BatchNorm::new(&mut ds.pp(1), out_ch, false)?;
+            Some(ConvBn { conv, bn })
+        } else {
+            None
+        };
+        Ok(Self { branch, downsample })
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let mut ys = xs.clone();
+        let last = self.branch.len() - 1;
+        for (i, cb) in self.branch.iter().enumerate() {
+            ys = cb.forward_t(&ys, train)?;
+            if i != last {
+                ys = ys.relu()?;
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some(ds) => ds.forward_t(xs, train)?,
+            None => xs.clone(),
+        };
+        (ys + shortcut)?.relu()
+    }
+}
+
+/// A ResNet v1 encoder: image batch `[N, C, H, W]` → pooled features `[N, feature_dim]`.
+#[derive(Debug, Clone)]
+pub struct ResNet {
+    config: ResNetConfig,
+    stem: ConvBn,
+    stages: Vec<Vec<Block>>,
+}
+
+impl ResNet {
+    /// Creates the encoder's tensors under `vs` (names `conv1.weight`, `layer1.0.bn1.weight`, …).
+    pub fn new(vs: &mut VarPath, config: &ResNetConfig) -> Result<Self> {
+        config.validate()?;
+        let (blocks, bottleneck) = config.layout()?;
+        let base = config.base_channels * config.width;
+        let (k, s, p) = match config.stem {
+            Stem::Imagenet => (7, 2, 3),
+            Stem::Small => (3, 1, 1),
+        };
+        let stem = ConvBn {
+            conv: Conv2d::new(&mut vs.pp("conv1"), config.in_channels, base, k, s, p)?,
+            bn: BatchNorm::new(&mut vs.pp("bn1"), base, false)?,
+        };
+        let expansion = if bottleneck { 4 } else { 1 };
+        let mut in_ch = base;
+        let mut stages = Vec::with_capacity(4);
+        for (stage, &n) in blocks.iter().enumerate() {
+            let planes = base << stage;
+            let mut layer = vs.pp(format!("layer{}", stage + 1));
+            let mut stage_blocks = Vec::with_capacity(n);
+            for b in 0..n {
+                let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                stage_blocks.push(Block::new(
+                    &mut layer.pp(b),
+                    in_ch,
+                    planes,
+                    stride,
+                    bottleneck,
+                    config.zero_init_residual,
+                )?);
+                in_ch = planes * expansion;
+            }
+            stages.push(stage_blocks);
+        }
+        Ok(Self {
+            config: config.clone(),
+            stem,
+            stages,
+        })
+    }
+
+    pub fn config(&self) -> &ResNetConfig {
+        &self.config
+    }
+}
+
+/// 3×3 stride-2 max-pool with padding 1, for non-negative inputs (it follows a ReLU).
+///
+/// candle's `max_pool2d` has no backward pass when kernel ≠ stride, so the pool is the maximum of
+/// the nine shifted, stride-2 views; zero padding is exact because the input is ≥ 0.
+fn max_pool_3x3_s2(xs: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    // One row/column of padding on the left, enough on the right for 2·ho rows from offset 2.
+    let padded = xs
+        .pad_with_zeros(2, 1, 2 * ho + 1 - h)?
+        .pad_with_zeros(3, 1, 2 * wo + 1 - w)?;
+    let mut out: Option<Tensor> = None;
+    for di in 0..3 {
+        for dj in 0..3 {
+            let view = padded
+                .narrow(2, di, 2 * ho)?
+                .narrow(3, dj, 2 * wo)?
+                .reshape((n, c, ho, 2, wo, 2))?
+                .narrow(3, 0, 1)?
+                .narrow(5, 0, 1)?
+                .reshape((n, c, ho, wo))?;
+            out = Some(match out {
+                None => view,
+                Some(m) => m.maximum(&view)?,
+            });
+        }
+    }
+    out.ok_or_else(|| candle_core::Error::Msg("empty max-pool window".into()))
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let mut ys = self.stem.forward_t(xs, train)?.relu()?;
+        if self.config.stem == Stem::Imagenet {
+            ys = max_pool_3x3_s2(&ys)?;
+        }
+        for stage in &self.stages {
+            for block in stage {
+                ys = block.forward_t(&ys, train)?;
+            }
+        }
+        ys.mean((2, 3))
+    }
+}

@@ -1,0 +1,139 @@
+//! LARS (You et al. 2017) as BYOL uses it.
+//!
+//! Per tensor, in this order: `g ← g + λ·w` (weight decay); `g ← g·η·‖w‖/‖g‖` (trust ratio on
+//! the decayed gradient, 1 where either norm is 0); `m ← μ·m + g`; `w ← w − lr·m`. Biases and every
+//! BatchNorm parameter skip both the decay and the trust ratio ([`Role::is_lars_adapted`]).
+//! No gradient clipping.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::var_store::Entry;
+use crate::nn::VarStore;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LarsConfig {
+    pub momentum: f64,
+    /// Trust coefficient η.
+    pub eta: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for LarsConfig {
+    fn default() -> Self {
+        Self {
+            momentum: 0.9,
+            eta: 1e-3,
+            weight_decay: 1.5e-6,
+        }
+    }
+}
+
+/// LARS with one momentum buffer per trainable tensor, keyed by tensor name.
+#[derive(Debug, Clone)]
+pub struct Lars {
+    config: LarsConfig,
+    momentum: HashMap<String, Tensor>,
+}
+
+impl Lars {
+    pub fn new(config: LarsConfig) -> Self {
+        Self {
+            config,
+            momentum: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &LarsConfig {
+        &self.config
+    }
+
+    /// One update of every trainable tensor of `store` that has a gradient, at learning rate
+    /// `lr × lr_scale(name)` (the scale serves per-group multipliers such as the predictor's).
+    pub fn step(
+        &mut self,
+        store: &VarStore,
+        grads: &GradStore,
+        lr: f64,
+        lr_scale: &dyn Fn(&str) -> f64,
+    ) -> Result<()> {
+        for entry in store.trainable() {
+            let Some(grad) = grads.get(entry.var.as_tensor()) else {
+                continue;
+            };
+            self.update(entry, grad, lr * lr_scale(&entry.name))?;
+        }
+        Ok(())
+    }
+
+    fn update(&mut self, entry: &Entry, grad: &Tensor, lr: f64) -> Result<()> {
+        let w = entry.var.as_tensor();
+        let mut g = grad.clone();
+        if entry.role.is_lars_adapted() {
+            g = (g + w.affine(self.config.weight_decay, 0.0)?)?;
+            let w_norm = l2_norm(w)?;
+            let g_norm = l2_norm(&g)?;
+            let trust = if w_norm > 0.0 && g_norm > 0.0 {
+                self.config.eta * w_norm / g_norm
+            } else {
+                1.0
+            };
+            g = g.affine(trust, 0.0)?;
+        }
+        let m = match self.momentum.get(&entry.name) {
+            Some(m) => (m.affine(self.config.momentum, 0.0)? + g)?,
+            None => g,
+        };
+        entry.var.set(&(w - m.affine(lr, 0.0)?)?)?;
+        self.momentum.insert(entry.name.clone(), m);
+        Ok(())
+    }
+
+    /// The momentum buffers by tensor name (for checkpoints).
+    pub fn momentum_buffers(&self) -> &HashMap<String, Tensor> {
+        &self.momentum
+    }
+
+    /// Restores momentum buffers, checking each against the tensor it belongs to.
+    pub fn set_momentum_buffers(
+        &mut self,
+        store: &VarStore,
+        buffers: HashMap<String, Tensor>,
+    ) -> Result<()> {
+        for (name, buf) in &buffers {
+            let entry = store
+                .get(name)
+                .filter(|e| e.role.is_trainable())
+                .ok_or_else(|| {
+                    Error::tensor(
+                        name,
+                        "momentum buffer for a tensor the model does not train",
+                    )
+                })?;
+            if buf.dims() != entry.var.dims() {
+                return Err(Error::tensor(
+                    name,
+                    format!(
+                        "momentum buffer of shape {:?}, the tensor has {:?}",
+                        buf.dims(),
+                        entry.var.dims()
+                    ),
+                ));
+            }
+        }
+        self.momentum = buffers;
+        Ok(())
+    }
+}
+
+fn l2_norm(t: &Tensor) -> Result<f64> {
+    Ok(t.sqr()?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?
+        .sqrt())
+}
