@@ -1,10 +1,17 @@
 //! Parallel batch loader: worker threads decode and transform samples into reusable NCHW
 //! buffers, behind a bounded prefetch queue.
 //!
-//! Batch `b` of an epoch is always built by worker `b % workers` from the indices the
-//! (seed, epoch) shuffle puts there, and the transform gets its randomness from
-//! (seed, epoch, sample index), so a batch's content depends neither on the number of
-//! workers nor on timing.
+//! Each batch is built whole by one worker (batch `b` by worker `b % workers`, and handed out
+//! in order) from the indices the (seed, epoch) shuffle puts there, and the transform gets its
+//! randomness from (seed, epoch, sample index), so a batch's content depends neither on the
+//! number of workers nor on timing.
+//!
+//! ```ignore
+//! let loader = Loader::new(Arc::new(dataset), Arc::new(two_view_transform), config)?;
+//! for batch in loader.epoch(epoch)? {
+//!     let batch = batch?; // views `batch.view(0)`, `batch.view(1)`: len() x C x H x W floats
+//! } // dropping a batch returns its buffers to the loader
+//! ```
 
 use crate::data::dataset::{get_or_skip, CorruptPolicy};
 use crate::data::{Dataset, Sample};
@@ -57,7 +64,7 @@ pub struct LoaderConfig {
     /// Floats per sample per view (C * H * W).
     pub view_len: usize,
     pub workers: usize,
-    /// Finished batches allowed to wait for the consumer.
+    /// Finished batches allowed to wait for the consumer (rounded up to one per worker).
     pub prefetch: usize,
     pub shuffle: bool,
     pub seed: u64,
@@ -76,7 +83,7 @@ impl LoaderConfig {
             views,
             view_len,
             workers: 4,
-            prefetch: 8,
+            prefetch: 4,
             shuffle: true,
             seed: 0,
             drop_last: true,

@@ -85,6 +85,12 @@ impl VocClassification {
         })
     }
 
+    /// Channel layout of decoded images (default RGB).
+    pub fn with_color_mode(mut self, mode: ColorMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
     /// Multi-label target of sample `index`.
     pub fn targets(&self, index: usize) -> Option<&VocTargets> {
         self.targets.get(index)
