@@ -1,5 +1,15 @@
 //! Datasets, decoding, augmentations and the batch loader.
 
+pub mod cifar;
+pub mod dataset;
+pub mod decode;
+pub mod idx;
 pub mod image;
+pub mod image_folder;
+pub mod imagenet;
+pub mod loader;
+pub mod voc;
 
+pub use dataset::{CorruptPolicy, Dataset, Sample, Split};
+pub use decode::ColorMode;
 pub use image::Image;
