@@ -7,11 +7,13 @@
 
 pub mod byol;
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
 pub mod nn;
 pub mod optim;
+pub mod train;
 
 pub use error::{Error, Result};

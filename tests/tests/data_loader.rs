@@ -109,6 +109,29 @@ fn batches_do_not_depend_on_worker_count() {
 }
 
 #[test]
+fn an_epoch_started_mid_way_yields_the_same_remaining_batches() {
+    let ds = Toy::new(50);
+    let loader = Loader::new(ds, two_views(), config(4, 3)).unwrap();
+    let whole = collect(&loader, 1);
+    let tail: Vec<Content> = loader
+        .epoch_from(1, 5)
+        .unwrap()
+        .map(|b| {
+            let b = b.unwrap();
+            (
+                b.indices().to_vec(),
+                b.labels().to_vec(),
+                b.view(0).to_vec(),
+                b.view(1).to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(tail.len(), whole.len() - 5);
+    assert_eq!(tail, whole[5..].to_vec());
+    assert_eq!(loader.epoch_from(1, 99).unwrap().count(), 0);
+}
+
+#[test]
 fn shards_are_disjoint_and_cover_the_epoch() {
     let ds = Toy::new(103);
     let world = 4;

@@ -278,6 +278,12 @@ impl Loader {
     /// Starts the workers for `epoch`; the iterator yields its batches in order, or the first
     /// error, after which it ends.
     pub fn epoch(&self, epoch: usize) -> Result<EpochIter> {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// Like [`Loader::epoch`] but starting at batch `first_batch`: the batches are the same as
+    /// those of the whole epoch from there on (training resumes mid-epoch with this).
+    pub fn epoch_from(&self, epoch: usize, first_batch: usize) -> Result<EpochIter> {
         let c = &self.config;
         let order = Arc::new(self.epoch_indices(epoch));
         let batches = self.num_batches();
@@ -286,7 +292,8 @@ impl Loader {
         let mut receivers = Vec::with_capacity(c.workers);
         let mut handles = Vec::with_capacity(c.workers);
         // Never more workers than batches; at least one so an empty epoch still ends cleanly.
-        let stride = c.workers.min(batches).max(1);
+        let first_batch = first_batch.min(batches);
+        let stride = c.workers.min(batches - first_batch).max(1);
         for w in 0..stride {
             let (tx, rx) = sync_channel(capacity);
             let job = Job {
@@ -302,17 +309,29 @@ impl Loader {
             receivers.push(rx);
             let spawned = std::thread::Builder::new()
                 .name(format!("byol-loader-{w}"))
-                .spawn(move || job.run(w, stride, batches, tx));
+                .spawn(move || job.run(first_batch + w, stride, batches, tx));
             match spawned {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     // Dropping the partial iterator stops the workers already started.
-                    drop(EpochIter::new(receivers, handles, cancel, batches));
+                    drop(EpochIter::new(
+                        receivers,
+                        handles,
+                        cancel,
+                        first_batch,
+                        batches,
+                    ));
                     return Err(Error::Input(format!("cannot start a loader thread: {e}")));
                 }
             }
         }
-        Ok(EpochIter::new(receivers, handles, cancel, batches))
+        Ok(EpochIter::new(
+            receivers,
+            handles,
+            cancel,
+            first_batch,
+            batches,
+        ))
     }
 }
 
@@ -393,6 +412,7 @@ pub struct EpochIter {
     receivers: Vec<Receiver<Result<Batch>>>,
     handles: Vec<JoinHandle<()>>,
     cancel: Arc<AtomicBool>,
+    first: usize,
     next: usize,
     batches: usize,
     done: bool,
@@ -403,13 +423,15 @@ impl EpochIter {
         receivers: Vec<Receiver<Result<Batch>>>,
         handles: Vec<JoinHandle<()>>,
         cancel: Arc<AtomicBool>,
+        first: usize,
         batches: usize,
     ) -> Self {
         Self {
             receivers,
             handles,
             cancel,
-            next: 0,
+            first,
+            next: first,
             batches,
             done: false,
         }
@@ -423,7 +445,7 @@ impl Iterator for EpochIter {
         while !self.done && self.next < self.batches {
             let b = self.next;
             self.next += 1;
-            let worker = b % self.receivers.len();
+            let worker = (b - self.first) % self.receivers.len();
             let item = self.receivers[worker].recv().unwrap_or_else(|_| {
                 // The sender went away without a result: the worker panicked.
                 Err(Error::Input(format!(

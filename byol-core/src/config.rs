@@ -1,0 +1,216 @@
+//! Pretraining configuration (serde + TOML) and its presets: the paper's four ImageNet settings
+//! and small-scale ones for CIFAR-10 and Fashion-MNIST.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::byol::{ByolConfig, TargetInit};
+use crate::nn::{MlpConfig, ResNetConfig, Stem};
+use crate::optim::Preset;
+use crate::{Error, Result};
+
+/// Everything a pretraining run needs besides its data. Every field has a flag in
+/// `byol-pretrain` and a key in the TOML file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ByolConfig,
+    /// Side of the square views fed to the encoder.
+    pub image_size: usize,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub warmup_epochs: f64,
+    /// Learning rate at batch 256 (scaled by batch/256).
+    pub base_lr: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    /// LARS trust coefficient η.
+    pub eta: f64,
+    pub tau_base: f64,
+    /// Learning-rate multiplier of the predictor (an ablation of the paper; 1 is the recipe).
+    pub predictor_lr_multiplier: f64,
+    pub seed: u64,
+    /// Loader threads decoding and augmenting.
+    pub workers: usize,
+    /// Save the training state every this many steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Stop after this many steps in total (the schedules still span all epochs); for time
+    /// budgets and tests.
+    pub max_steps: Option<u64>,
+    /// Run the kNN monitor every this many epochs (0: never).
+    pub knn_every: usize,
+    pub knn_k: usize,
+    pub knn_temperature: f64,
+    /// Warn when the projection spread (× √d, 1 when healthy) falls below this.
+    pub collapse_threshold: f64,
+}
+
+impl TrainConfig {
+    /// The paper's ImageNet recipe for ResNet-50 at 224 px.
+    pub fn imagenet(preset: Preset) -> Self {
+        let v = preset.values();
+        Self {
+            model: ByolConfig::new(ResNetConfig::new(50)),
+            image_size: 224,
+            batch_size: v.batch_size,
+            epochs: v.epochs as usize,
+            warmup_epochs: v.warmup_epochs as f64,
+            base_lr: v.base_lr,
+            weight_decay: v.weight_decay,
+            momentum: 0.9,
+            eta: 1e-3,
+            tau_base: v.tau_base,
+            predictor_lr_multiplier: 1.0,
+            seed: 0,
+            workers: 8,
+            checkpoint_every: 5000,
+            max_steps: None,
+            knn_every: 10,
+            knn_k: 20,
+            knn_temperature: 0.07,
+            collapse_threshold: 0.1,
+        }
+    }
+
+    /// ResNet-18 with the small stem on 32 px CIFAR-10, as solo-learn's CIFAR recipe
+    /// (batch 256, base lr 1.0, τ 0.99, weight decay 1e-5, 1000 epochs).
+    pub fn cifar10() -> Self {
+        let mut encoder = ResNetConfig::new(18);
+        encoder.stem = Stem::Small;
+        Self {
+            model: ByolConfig {
+                projector: MlpConfig {
+                    hidden_dim: 4096,
+                    output_dim: 256,
+                },
+                ..ByolConfig::new(encoder)
+            },
+            image_size: 32,
+            batch_size: 256,
+            epochs: 1000,
+            warmup_epochs: 10.0,
+            base_lr: 1.0,
+            weight_decay: 1e-5,
+            tau_base: 0.99,
+            workers: 2,
+            checkpoint_every: 1000,
+            knn_every: 10,
+            ..Self::imagenet(Preset::Imagenet1000)
+        }
+    }
+
+    /// A CPU-sized run on 28 px greyscale Fashion-MNIST: a narrow ResNet-18 (32 base channels),
+    /// small stem, smaller heads. The quick start uses it with few epochs.
+    pub fn fashion_mnist() -> Self {
+        let encoder = ResNetConfig {
+            depth: 18,
+            width: 1,
+            stem: Stem::Small,
+            in_channels: 1,
+            base_channels: 16,
+            zero_init_residual: false,
+        };
+        let heads = MlpConfig {
+            hidden_dim: 512,
+            output_dim: 128,
+        };
+        Self {
+            model: ByolConfig {
+                projector: heads,
+                predictor: heads,
+                target_init: TargetInit::CopyOnline,
+                ..ByolConfig::new(encoder)
+            },
+            image_size: 28,
+            batch_size: 256,
+            epochs: 5,
+            warmup_epochs: 1.0,
+            base_lr: 1.0,
+            weight_decay: 1e-5,
+            tau_base: 0.99,
+            workers: 2,
+            checkpoint_every: 100,
+            knn_every: 1,
+            ..Self::imagenet(Preset::Imagenet1000)
+        }
+    }
+
+    /// A preset by name: `imagenet-{40,100,300,1000}ep`, `cifar10`, `fashion-mnist`.
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "cifar10" => Ok(Self::cifar10()),
+            "fashion-mnist" => Ok(Self::fashion_mnist()),
+            other => other
+                .parse::<Preset>()
+                .map(Self::imagenet)
+                .map_err(|_| {
+                    Error::config(
+                        "preset",
+                        format!("`{other}`: use imagenet-40ep, imagenet-100ep, imagenet-300ep, imagenet-1000ep, cifar10 or fashion-mnist"),
+                    )
+                }),
+        }
+    }
+
+    /// Reads a TOML file; unknown keys are errors naming the file.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let config: Self = toml::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::Input(format!("cannot write the config: {e}")))
+    }
+
+    /// Checks every field, naming the first one out of range.
+    pub fn validate(&self) -> Result<()> {
+        self.model.encoder.validate()?;
+        let positive = [
+            ("image_size", self.image_size as f64),
+            ("batch_size", self.batch_size as f64),
+            ("epochs", self.epochs as f64),
+            ("workers", self.workers as f64),
+        ];
+        for (field, v) in positive {
+            if v < 1.0 {
+                return Err(Error::config(field, "must be at least 1"));
+            }
+        }
+        if self.batch_size < 2 {
+            return Err(Error::config(
+                "batch_size",
+                "BatchNorm needs at least 2 samples per batch",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.tau_base) {
+            return Err(Error::config(
+                "tau_base",
+                format!("{} is not in [0, 1]", self.tau_base),
+            ));
+        }
+        for (field, v) in [
+            ("base_lr", self.base_lr),
+            ("weight_decay", self.weight_decay),
+            ("warmup_epochs", self.warmup_epochs),
+            ("predictor_lr_multiplier", self.predictor_lr_multiplier),
+            ("eta", self.eta),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::config(
+                    field,
+                    format!("{v} must be a finite number ≥ 0"),
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::config(
+                "momentum",
+                format!("{} is not in [0, 1)", self.momentum),
+            ));
+        }
+        Ok(())
+    }
+}
