@@ -1,5 +1,6 @@
 //! Datasets, decoding, augmentations and the batch loader.
 
+pub mod augment;
 pub mod cifar;
 pub mod dataset;
 pub mod decode;
