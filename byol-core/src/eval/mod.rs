@@ -1,1 +1,8 @@
 //! Evaluation of frozen encoders: feature extraction, linear probes, kNN and metrics.
+
+pub mod knn;
+pub mod lbfgs;
+pub mod logistic;
+pub mod matrix;
+pub mod metrics;
+pub mod svm;
