@@ -1,1 +1,330 @@
-fn main() {}
+//! `byol-pretrain`: BYOL self-supervised pretraining of a ResNet encoder.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use byol_core::byol::Byol;
+use byol_core::config::TrainConfig;
+use byol_core::data::augment::{AugmentConfig, EvalTransform, TwoViewAugmenter};
+use byol_core::data::cifar::{Cifar, Cifar100Labels};
+use byol_core::data::idx::{IdxDataset, FASHION_MNIST_DIR};
+use byol_core::data::image_folder::ImageFolder;
+use byol_core::data::pipeline::fashion_mnist_augment;
+use byol_core::data::{Dataset, Split, Subset};
+use byol_core::device::parse_device;
+use byol_core::eval::features::Extractor;
+use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
+use byol_core::eval::probe::{compare_linear, ProbeData};
+use byol_core::nn::Stem;
+use byol_core::train::{pretrain, Observer, StepLog, TrainData};
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DatasetKind {
+    /// IDX files of Fashion-MNIST (default: the Debian package's directory).
+    FashionMnist,
+    /// IDX files of MNIST.
+    Mnist,
+    /// CIFAR-10 binary version.
+    Cifar10,
+    /// CIFAR-100 binary version (fine labels).
+    Cifar100,
+    /// Any `root/<class>/<image>` folder, e.g. ImageNet's `train/`.
+    ImageFolder,
+}
+
+/// BYOL pretraining (Grill et al. 2020): a preset or a TOML config, overridden by flags.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Paper presets imagenet-40ep/-100ep/-300ep/-1000ep, or cifar10, fashion-mnist.
+    #[arg(long, default_value = "fashion-mnist")]
+    preset: String,
+    /// A TOML config (as written to <out>/config.toml); replaces the preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    dataset: DatasetKind,
+    /// Dataset directory (default for fashion-mnist: the Debian package's).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Use only the first N training images.
+    #[arg(long)]
+    train_subset: Option<usize>,
+    /// Output directory: checkpoints, encoder, metrics, config.
+    #[arg(long, default_value = "runs/byol")]
+    out: PathBuf,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    depth: Option<usize>,
+    #[arg(long)]
+    width: Option<usize>,
+    /// imagenet or small.
+    #[arg(long)]
+    stem: Option<String>,
+    /// Stem channels before the width multiplier (64 in the paper).
+    #[arg(long)]
+    base_channels: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Learning rate at batch 256 (scaled by batch/256).
+    #[arg(long)]
+    base_lr: Option<f64>,
+    #[arg(long)]
+    tau_base: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop after this many steps (the schedules still span all epochs).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Ablation: no predictor.
+    #[arg(long)]
+    no_predictor: bool,
+    /// Ablation: no target network (the target is the online network under stop-gradient).
+    #[arg(long)]
+    no_target: bool,
+    /// Ablation: learning-rate multiplier of the predictor.
+    #[arg(long)]
+    predictor_lr_multiplier: Option<f64>,
+    /// After training, fit a linear probe on raw pixels, a random-init encoder and the BYOL
+    /// encoder, and print them side by side.
+    #[arg(long)]
+    probe: bool,
+    /// Training images for the probe (first N of train).
+    #[arg(long, default_value_t = 10000)]
+    probe_train: usize,
+    /// Test images for the probe (first N of test).
+    #[arg(long, default_value_t = 10000)]
+    probe_test: usize,
+}
+
+fn build_config(args: &Args) -> Result<TrainConfig> {
+    let mut c = match &args.config {
+        Some(path) => TrainConfig::from_toml_file(path)?,
+        None => TrainConfig::preset(&args.preset)?,
+    };
+    let enc = &mut c.model.encoder;
+    if let Some(v) = args.depth {
+        enc.depth = v;
+    }
+    if let Some(v) = args.width {
+        enc.width = v;
+    }
+    if let Some(v) = &args.stem {
+        enc.stem = v.parse::<Stem>()?;
+    }
+    if let Some(v) = args.base_channels {
+        enc.base_channels = v;
+    }
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field { c.$field = v; } )* };
+    }
+    set!(batch_size, epochs, base_lr, tau_base, weight_decay, seed, checkpoint_every, workers, predictor_lr_multiplier);
+    if args.max_steps.is_some() {
+        c.max_steps = args.max_steps;
+    }
+    if args.no_predictor {
+        c.model.use_predictor = false;
+    }
+    if args.no_target {
+        c.model.use_target = false;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn open_dataset(args: &Args, split: Split) -> Result<Arc<dyn Dataset>> {
+    let dir = |default: Option<&str>| -> Result<PathBuf> {
+        match (&args.data, default) {
+            (Some(d), _) => Ok(d.clone()),
+            (None, Some(d)) => Ok(PathBuf::from(d)),
+            (None, None) => bail!("--data <dir> is required for --dataset {:?}", args.dataset),
+        }
+    };
+    Ok(match args.dataset {
+        DatasetKind::FashionMnist => Arc::new(
+            IdxDataset::fashion_mnist(dir(Some(FASHION_MNIST_DIR))?, split).context(
+                "Fashion-MNIST not found: install Debian's dataset-fashion-mnist or pass --data",
+            )?,
+        ),
+        DatasetKind::Mnist => Arc::new(IdxDataset::mnist(dir(None)?, split)?),
+        DatasetKind::Cifar10 => Arc::new(Cifar::cifar10(dir(None)?, split)?),
+        DatasetKind::Cifar100 => Arc::new(Cifar::cifar100(dir(None)?, split, Cifar100Labels::Fine)?),
+        DatasetKind::ImageFolder => {
+            if split == Split::Test {
+                bail!("--probe needs a test split; image folders have none here");
+            }
+            Arc::new(ImageFolder::open(dir(None)?)?)
+        }
+    })
+}
+
+fn augment_config(args: &Args, c: &TrainConfig) -> AugmentConfig {
+    let channels = c.model.encoder.in_channels;
+    let mut a = match args.dataset {
+        DatasetKind::FashionMnist | DatasetKind::Mnist => fashion_mnist_augment(),
+        _ if c.image_size <= 64 => AugmentConfig::small_image(c.image_size),
+        _ => AugmentConfig::byol_imagenet(c.image_size),
+    };
+    a.size = c.image_size;
+    if channels != a.out_channels {
+        a.out_channels = channels;
+        a.mean.resize(channels, a.mean[0]);
+        a.std.resize(channels, a.std[0]);
+    }
+    a
+}
+
+/// Progress bar with epoch, step, loss, lr, τ and images/s; warnings go to the log.
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl Observer for Progress {
+    fn on_start(&mut self, start: u64, total: u64) {
+        self.bar.set_length(total);
+        self.bar.set_position(start);
+    }
+    fn on_step(&mut self, log: &StepLog) {
+        self.bar.set_position(log.step);
+        let knn = log.knn_top1.map(|a| format!(" knn {:.1}%", 100.0 * a)).unwrap_or_default();
+        self.bar.set_message(format!(
+            "ep {} loss {:.4} lr {:.4} τ {:.5} {:.0} img/s{knn}",
+            log.epoch, log.loss, log.lr, log.tau, log.images_per_sec
+        ));
+        if log.knn_top1.is_some() {
+            tracing::info!(step = log.step, knn_top1 = log.knn_top1, "monitor");
+        }
+    }
+    fn on_checkpoint(&mut self, path: &std::path::Path) {
+        tracing::debug!("checkpoint {}", path.display());
+    }
+    fn on_warning(&mut self, message: &str) {
+        self.bar.suspend(|| tracing::warn!("{message}"));
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = build_config(&args)?;
+    let device = parse_device(&args.device)?;
+    let mut train: Arc<dyn Dataset> = open_dataset(&args, Split::Train)?;
+    if let Some(n) = args.train_subset {
+        train = Arc::new(Subset::first(train, n));
+    }
+    let augment = augment_config(&args, &config);
+    let channels = config.model.encoder.in_channels;
+    let data = TrainData {
+        dataset: Arc::clone(&train),
+        transform: Arc::new(TwoViewAugmenter::new(augment.clone())?),
+        channels,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::write(args.out.join("config.toml"), config.to_toml()?)
+        .with_context(|| format!("cannot write {}/config.toml", args.out.display()))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .context("cannot install the SIGINT handler")?;
+
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .context("progress template")?,
+    );
+    let mut progress = Progress { bar };
+    tracing::info!(
+        "BYOL ResNet-{} ({} base ch., {:?} stem) on {} images, {} epochs of batch {}",
+        config.model.encoder.depth,
+        config.model.encoder.base_channels * config.model.encoder.width,
+        config.model.encoder.stem,
+        train.len(),
+        config.epochs,
+        config.batch_size
+    );
+    let summary = pretrain(&config, &data, &args.out, &device, args.resume, &stop, None, &mut progress)?;
+    progress.bar.finish();
+    if summary.interrupted {
+        println!(
+            "interrupted at step {}/{}: checkpoint saved; continue with --resume",
+            summary.steps_done, summary.total_steps
+        );
+        return Ok(());
+    }
+    println!(
+        "trained {} steps, last loss {:.4}; encoder: {}",
+        summary.steps_done,
+        summary.last_loss.unwrap_or(f64::NAN),
+        summary.encoder_path.display()
+    );
+
+    if args.probe {
+        let loaded = byol_core::checkpoint::load_encoder(&summary.encoder_path, &device, None)?;
+        let random = Byol::new(&config.model, &device, config.seed)?;
+        let probe_data = ProbeData {
+            train: Arc::new(Subset::first(open_dataset(&args, Split::Train)?, args.probe_train)),
+            test: Arc::new(Subset::first(open_dataset(&args, Split::Test)?, args.probe_test)),
+            transform: Arc::new(EvalTransform::new(augment)?),
+            view_shape: (channels, config.image_size, config.image_size),
+            workers: config.workers,
+        };
+        let options = LinearProtocolOptions {
+            grid: lambda_grid(8, 1e-6, 1e1)?,
+            ..LinearProtocolOptions::default()
+        };
+        let rows = compare_linear(
+            &[
+                ("raw pixels", Extractor::Pixels),
+                ("random-init encoder", Extractor::Encoder(random.encoder())),
+                ("BYOL encoder", Extractor::Encoder(&loaded.encoder)),
+            ],
+            &probe_data,
+            &options,
+            &device,
+        )?;
+        println!(
+            "\nlinear probe (logistic regression, λ on a validation split), {} train / {} test images",
+            probe_data.train.len(),
+            probe_data.test.len()
+        );
+        println!("{:<22} {:>6} {:>8} {:>8} {:>10}", "features", "dim", "top-1", "top-5", "λ");
+        for r in &rows {
+            println!(
+                "{:<22} {:>6} {:>7.2}% {:>7.2}% {:>10.1e}",
+                r.name,
+                r.feature_dim,
+                100.0 * r.test_top1,
+                100.0 * r.test_top5,
+                r.best_lambda
+            );
+        }
+        let report = serde_json::to_string_pretty(&rows)?;
+        std::fs::write(args.out.join("probe.json"), report)
+            .with_context(|| format!("cannot write {}/probe.json", args.out.display()))?;
+    }
+    Ok(())
+}

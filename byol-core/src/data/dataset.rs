@@ -105,3 +105,45 @@ pub(crate) fn existing(dir: &Path, name: &str) -> Result<PathBuf> {
         ))
     }
 }
+
+/// A fixed selection of another dataset's samples, in the given order.
+pub struct Subset {
+    inner: std::sync::Arc<dyn Dataset>,
+    indices: Vec<usize>,
+}
+
+impl Subset {
+    /// The first `n` samples (all of them if the dataset is smaller).
+    pub fn first(inner: std::sync::Arc<dyn Dataset>, n: usize) -> Self {
+        let indices = (0..n.min(inner.len())).collect();
+        Self { inner, indices }
+    }
+
+    /// The samples at `indices`; each must be below the dataset's length.
+    pub fn new(inner: std::sync::Arc<dyn Dataset>, indices: Vec<usize>) -> Result<Self> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= inner.len()) {
+            return Err(Error::Input(format!(
+                "subset index {bad} is past the dataset's {} samples",
+                inner.len()
+            )));
+        }
+        Ok(Self { inner, indices })
+    }
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn class_names(&self) -> &[String] {
+        self.inner.class_names()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        let inner = *self.indices.get(index).ok_or_else(|| {
+            Error::Input(format!("index {index} is past the subset's {} samples", self.len()))
+        })?;
+        self.inner.get(inner)
+    }
+}

@@ -9,8 +9,9 @@ pub mod image;
 pub mod image_folder;
 pub mod imagenet;
 pub mod loader;
+pub mod pipeline;
 pub mod voc;
 
-pub use dataset::{CorruptPolicy, Dataset, Sample, Split};
+pub use dataset::{CorruptPolicy, Dataset, Sample, Split, Subset};
 pub use decode::ColorMode;
 pub use image::Image;

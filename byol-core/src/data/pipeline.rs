@@ -1,0 +1,55 @@
+//! The augmentations as loader transforms, and the dataset-specific augmentation presets.
+
+use super::augment::{AugmentConfig, EvalTransform, TwoViewAugmenter};
+use super::loader::{SampleCtx, Transform};
+use super::Sample;
+use crate::{Error, Result};
+
+/// Fashion-MNIST's pixel statistics (train split, on [0, 1] values).
+pub const FASHION_MNIST_MEAN: f32 = 0.2860;
+pub const FASHION_MNIST_STD: f32 = 0.3530;
+
+/// The small-image BYOL views for 28 px greyscale Fashion-MNIST: one output channel with the
+/// dataset's own statistics, and no resize before the evaluation crop.
+pub fn fashion_mnist_augment() -> AugmentConfig {
+    AugmentConfig {
+        out_channels: 1,
+        mean: vec![FASHION_MNIST_MEAN],
+        std: vec![FASHION_MNIST_STD],
+        eval_resize_ratio: 1.0,
+        ..AugmentConfig::small_image(28)
+    }
+}
+
+/// Two views per sample, seeded by (seed, epoch, index).
+impl Transform for TwoViewAugmenter {
+    fn apply(&self, sample: &Sample, ctx: &SampleCtx, views: &mut [&mut [f32]]) -> Result<()> {
+        let [v1, v2] = views else {
+            return Err(Error::Input(format!(
+                "the two-view augmentation fills 2 views, the loader asked for {}",
+                views.len()
+            )));
+        };
+        self.apply_pair(
+            &sample.image,
+            ctx.seed,
+            ctx.epoch as u64,
+            ctx.index as u64,
+            v1,
+            v2,
+        )
+    }
+}
+
+/// One deterministic evaluation view per sample.
+impl Transform for EvalTransform {
+    fn apply(&self, sample: &Sample, _ctx: &SampleCtx, views: &mut [&mut [f32]]) -> Result<()> {
+        let [view] = views else {
+            return Err(Error::Input(format!(
+                "the evaluation transform fills 1 view, the loader asked for {}",
+                views.len()
+            )));
+        };
+        EvalTransform::apply(self, &sample.image, view)
+    }
+}

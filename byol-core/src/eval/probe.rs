@@ -1,0 +1,79 @@
+//! A side-by-side linear probe of several feature extractors on the same split (the quick
+//! start's table: raw pixels, a random-init encoder, the BYOL encoder).
+
+use std::sync::Arc;
+
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::data::loader::Transform;
+use crate::data::Dataset;
+use crate::eval::features::{extract, Extractor};
+use crate::eval::logistic::{linear_protocol, LinearProtocolOptions};
+use crate::Result;
+
+/// One row of the comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeRow {
+    pub name: String,
+    pub feature_dim: usize,
+    pub best_lambda: f64,
+    pub test_top1: f64,
+    pub test_top5: f64,
+    pub seconds: f64,
+}
+
+/// Where the probe's data comes from.
+pub struct ProbeData {
+    pub train: Arc<dyn Dataset>,
+    pub test: Arc<dyn Dataset>,
+    pub transform: Arc<dyn Transform>,
+    /// (channels, height, width) of a transformed image.
+    pub view_shape: (usize, usize, usize),
+    pub workers: usize,
+}
+
+/// Fits the logistic protocol (λ chosen on a validation split of train) on each extractor's
+/// features and reports test accuracy.
+pub fn compare_linear(
+    extractors: &[(&str, Extractor)],
+    data: &ProbeData,
+    options: &LinearProtocolOptions,
+    device: &Device,
+) -> Result<Vec<ProbeRow>> {
+    let classes = data.train.num_classes();
+    let mut rows = Vec::with_capacity(extractors.len());
+    for (name, extractor) in extractors {
+        let start = std::time::Instant::now();
+        let features = |ds: &Arc<dyn Dataset>| {
+            extract(
+                extractor,
+                Arc::clone(ds),
+                Arc::clone(&data.transform),
+                data.view_shape,
+                256,
+                data.workers,
+                device,
+            )
+        };
+        let train = features(&data.train)?;
+        let test = features(&data.test)?;
+        let result = linear_protocol(
+            train.features.view(),
+            &train.labels,
+            test.features.view(),
+            &test.labels,
+            classes,
+            options,
+        )?;
+        rows.push(ProbeRow {
+            name: name.to_string(),
+            feature_dim: train.features.view().cols(),
+            best_lambda: result.best_lambda,
+            test_top1: result.test_top1,
+            test_top5: result.test_top5,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(rows)
+}
