@@ -152,6 +152,15 @@ fn bad_inputs_are_errors_not_panics() {
     let mut p = identity_params(16);
     p.crop.width = 30;
     assert!(aug.apply_params(&img, &p, &mut out).is_err());
+    let mut p = identity_params(10);
+    p.blur = Some(BlurParams {
+        sigma: 0.0,
+        kernel_size: 23,
+    });
+    assert!(aug.apply_params(&img, &p, &mut out).is_err());
+    let mut p = identity_params(10);
+    p.jitter = Some(jitter_only(JitterOp::Hue, 0.7));
+    assert!(aug.apply_params(&img, &p, &mut out).is_err());
 }
 
 /// `count` successes in `n` draws is within 4 sigma of probability `p`.
