@@ -634,6 +634,21 @@ impl TwoViewAugmenter {
                 img.width, img.height
             )));
         }
+        if let Some(b) = p.blur {
+            if !(b.sigma > 0.0 && b.sigma.is_finite()) {
+                return Err(Error::Input(format!(
+                    "augment: blur sigma needs > 0, got {}",
+                    b.sigma
+                )));
+            }
+        }
+        if let Some(h) = p.jitter.and_then(|j| j.hue) {
+            if !(-0.5..=0.5).contains(&h) {
+                return Err(Error::Input(format!(
+                    "augment: hue shift needs [-0.5, 0.5], got {h}"
+                )));
+            }
+        }
         let s = self.cfg.size;
         let len = s * s;
         SCRATCH.with(|cell| {

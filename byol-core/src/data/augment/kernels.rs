@@ -53,9 +53,29 @@ pub(crate) enum ColorOp {
     Grey,
 }
 
+/// `max` without `f32::max`'s NaN handling (our values are never NaN), so it is one `vmaxps`.
+#[inline(always)]
+fn fmax(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// `min` without NaN handling, one `vminps`.
+#[inline(always)]
+fn fmin(a: f32, b: f32) -> f32 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
 #[inline(always)]
 fn clamp01(x: f32) -> f32 {
-    x.clamp(0.0, 1.0)
+    fmin(fmax(x, 0.0), 1.0)
 }
 
 #[inline(always)]
@@ -83,7 +103,7 @@ fn saturation_rows(r: &mut [f32], g: &mut [f32], b: &mut [f32], f: f32) {
 #[inline(always)]
 fn hue_ramp(k: f32) -> f32 {
     let k = if k >= 6.0 { k - 6.0 } else { k };
-    k.min(4.0 - k).clamp(0.0, 1.0)
+    clamp01(fmin(k, 4.0 - k))
 }
 
 /// torchvision's `adjust_hue`: RGB -> HSV, `h = (h + shift) mod 1`, HSV -> RGB. The HSV -> RGB
@@ -98,8 +118,8 @@ fn hue_rows(r: &mut [f32], g: &mut [f32], b: &mut [f32], shift: f32) {
     let shift6 = 6.0 * shift + 6.0;
     for i in 0..n {
         let (rv, gv, bv) = (r[i], g[i], b[i]);
-        let maxc = rv.max(gv).max(bv);
-        let minc = rv.min(gv).min(bv);
+        let maxc = fmax(fmax(rv, gv), bv);
+        let minc = fmin(fmin(rv, gv), bv);
         let cr = maxc - minc;
         let inv = 1.0 / if cr == 0.0 { 1.0 } else { cr };
         let is_r = maxc == rv;

@@ -152,6 +152,15 @@ fn bad_inputs_are_errors_not_panics() {
     let mut p = identity_params(16);
     p.crop.width = 30;
     assert!(aug.apply_params(&img, &p, &mut out).is_err());
+    let mut p = identity_params(10);
+    p.blur = Some(BlurParams {
+        sigma: 0.0,
+        kernel_size: 23,
+    });
+    assert!(aug.apply_params(&img, &p, &mut out).is_err());
+    let mut p = identity_params(10);
+    p.jitter = Some(jitter_only(JitterOp::Hue, 0.7));
+    assert!(aug.apply_params(&img, &p, &mut out).is_err());
 }
 
 /// `count` successes in `n` draws is within 4 sigma of probability `p`.
@@ -684,4 +693,98 @@ fn eval_transform_shape_and_centre() {
     assert!(out.iter().all(|v| v.is_finite()));
     let mut wrong = vec![0.0; 5];
     assert!(ev.apply(&big, &mut wrong).is_err());
+}
+
+/// torchvision's functional ops on a 16x12 image with fixed parameters
+/// (`scripts/make_augment_fixtures.py`).
+#[test]
+fn matches_torchvision_fixture() {
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("torchvision_fixture.json")).unwrap();
+    let w = doc["width"].as_u64().unwrap() as usize;
+    let h = doc["height"].as_u64().unwrap() as usize;
+    let s = doc["size"].as_u64().unwrap() as usize;
+    let data: Vec<u8> = doc["image_hwc"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u8)
+        .collect();
+    let img = Image::new(w, h, 3, data).unwrap();
+    let cfg = raw_config(s);
+    let f = |v: &serde_json::Value| v.as_f64().map(|x| x as f32);
+    for case in doc["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let crop: Vec<usize> = case["crop"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let jitter = case["jitter"].as_object().map(|j| {
+            let order: Vec<JitterOp> = j["order"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| match o.as_str().unwrap() {
+                    "brightness" => JitterOp::Brightness,
+                    "contrast" => JitterOp::Contrast,
+                    "saturation" => JitterOp::Saturation,
+                    _ => JitterOp::Hue,
+                })
+                .collect();
+            JitterParams {
+                order: [order[0], order[1], order[2], order[3]],
+                brightness: f(&j["brightness"]),
+                contrast: f(&j["contrast"]),
+                saturation: f(&j["saturation"]),
+                hue: f(&j["hue"]),
+            }
+        });
+        let blur = case["blur"].as_array().map(|b| BlurParams {
+            sigma: b[0].as_f64().unwrap() as f32,
+            kernel_size: b[1].as_u64().unwrap() as usize,
+        });
+        let p = ViewParams {
+            crop: CropRect {
+                left: crop[0],
+                top: crop[1],
+                width: crop[2],
+                height: crop[3],
+            },
+            flip: case["flip"].as_bool().unwrap(),
+            jitter,
+            grayscale: case["grayscale"].as_bool().unwrap(),
+            blur,
+            solarize: f(&case["solarize"]),
+        };
+        let tol = case["tol"].as_f64().unwrap() as f32;
+        let want: Vec<f32> = case["out"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let got = run(&cfg, &img, &p);
+        assert_eq!(got.len(), want.len(), "{name}");
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= tol,
+            "{name}: max |ours - torchvision| = {worst} > {tol}"
+        );
+        let mean = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / got.len() as f32;
+        assert!(
+            mean <= 1.0 / 255.0,
+            "{name}: mean |ours - torchvision| = {mean}"
+        );
+    }
 }
