@@ -30,6 +30,23 @@ fn f32s(path: &Path) -> Vec<f32> {
         .collect()
 }
 
+/// User+system CPU seconds of this process (Linux `/proc/self/stat`; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // Clock ticks are 100 Hz on every mainstream Linux configuration.
+    f.iter().sum::<f64>() / 100.0
+}
+
 fn main() {
     let mut dir = PathBuf::from("/tmp/bench-linear-data");
     let mut opts = LinearProtocolOptions {
@@ -90,7 +107,7 @@ fn main() {
         rayon::current_num_threads()
     );
     for rep in 0..repeats {
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_seconds());
         let r = linear_protocol(
             Features::new(&x, dim).unwrap(),
             &y,
@@ -101,17 +118,18 @@ fn main() {
         )
         .expect("protocol");
         let secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - c0;
         if rep == 0 {
             for p in &r.path {
                 println!(
-                    "ours path lambda={:.3e} val_acc={:.4} iters={}",
-                    p.lambda, p.val_score, p.iterations
+                    "ours path lambda={:.3e} val_acc={:.4} iters={} evals={}",
+                    p.lambda, p.val_score, p.iterations, p.evaluations
                 );
             }
         }
         println!(
-            "run {rep} best_lambda={:.3e} refit_iters={} test_top1={:.4} time_s={secs:.3}",
-            r.best_lambda, r.model.report.iterations, r.test_top1
+            "run {rep} best_lambda={:.3e} refit_iters={} refit_evals={} test_top1={:.4} cpu_s={cpu:.3} time_s={secs:.3}",
+            r.best_lambda, r.model.report.iterations, r.model.report.evaluations, r.test_top1
         );
     }
 }

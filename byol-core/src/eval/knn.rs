@@ -14,7 +14,7 @@ pub struct KnnOptions {
     pub k: usize,
     /// Vote temperature: weight `exp(sim / T)`.
     pub temperature: f32,
-    /// Query rows per similarity GEMM (bounds the `batch × n_train` buffer).
+    /// Query rows per similarity GEMM (the `batch × n_train` buffer is further capped at 16 MiB).
     pub batch: usize,
 }
 
@@ -68,9 +68,12 @@ pub fn knn_scores(
     let tr = l2_normalized(train);
     let q = l2_normalized(query);
     let (d, nt) = (train.cols(), train.rows());
+    // Cap the per-batch similarity buffer at 2^22 floats (16 MiB) per worker so that large
+    // training sets (ImageNet: 1.28M rows) do not allocate gigabytes per batch.
+    let batch = opts.batch.min((1usize << 22) / nt).max(1);
     let mut out = vec![0f32; query.rows() * classes];
-    out.par_chunks_mut(opts.batch * classes)
-        .zip(q.view().data().par_chunks(opts.batch * d))
+    out.par_chunks_mut(batch * classes)
+        .zip(q.view().data().par_chunks(batch * d))
         .for_each(|(o, qc)| {
             let rows = qc.len() / d;
             let mut sim = vec![0f32; rows * nt];

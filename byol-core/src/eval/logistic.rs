@@ -438,6 +438,8 @@ pub struct PathPoint {
     /// Validation top-1 accuracy (multinomial) or 11-point AP (binary).
     pub val_score: f64,
     pub iterations: usize,
+    /// Objective+gradient evaluations (data passes) the fit used.
+    pub evaluations: usize,
     pub converged: bool,
 }
 
@@ -490,6 +492,7 @@ where
             lambda,
             val_score: s,
             iterations: model.report.iterations,
+            evaluations: model.report.evaluations,
             converged: model.report.converged(),
         });
         prev = Some(model.theta.clone());

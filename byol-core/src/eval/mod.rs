@@ -1,4 +1,17 @@
 //! Evaluation of frozen encoders: feature extraction, linear probes, kNN and metrics.
+//!
+//! - [`metrics`]: top-k / mean per-class accuracy, confusion matrix, VOC07 11-point and
+//!   scikit-learn all-point AP (difficult = label 0 excluded), segmentation mIoU.
+//! - [`logistic`]: the BYOL linear-transfer protocol, an L2-regularised multinomial (or
+//!   one-vs-rest binary) logistic regression fitted by [`lbfgs`] along an L2 path with a seeded
+//!   validation carve-out. Penalty convention: mean loss + λ/2·‖W‖², i.e. scikit-learn's
+//!   `C = 1 / (n · λ)` for a fit on `n` rows.
+//! - [`knn`]: temperature-weighted cosine kNN (k = 20, T = 0.07).
+//! - [`svm`]: the VOC07 linear-SVM protocol (squared hinge, dual coordinate descent, cost chosen by
+//!   3-fold cross-validated AP).
+//!
+//! Features are row-major f32 matrices ([`matrix::Features`]); tensors convert once through
+//! [`matrix::OwnedFeatures::from_tensor`].
 
 pub mod features;
 pub mod knn;
