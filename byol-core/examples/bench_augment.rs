@@ -8,28 +8,19 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use byol_core::data::augment::{AugmentConfig, BlurParams, TwoViewAugmenter, ViewParams};
+use byol_core::data::decode::decode_bytes;
+use byol_core::data::ColorMode;
 use byol_core::data::Image;
-use zune_jpeg::zune_core::colorspace::ColorSpace;
-use zune_jpeg::zune_core::options::DecoderOptions;
-use zune_jpeg::JpegDecoder;
 
+/// The project's own decoder, so the benchmark measures what training runs.
 fn decode(bytes: &[u8]) -> anyhow::Result<Image> {
-    let opts = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut dec = JpegDecoder::new_with_options(bytes, opts);
-    let data = dec.decode()?;
-    let info = dec
-        .info()
-        .ok_or_else(|| anyhow::anyhow!("no JPEG header"))?;
-    Ok(Image::new(
-        info.width as usize,
-        info.height as usize,
-        3,
-        data,
+    Ok(decode_bytes(
+        bytes,
+        std::path::Path::new("<bench>"),
+        ColorMode::Rgb,
     )?)
 }
 
-/// On-CPU time of this thread in seconds (Linux schedstat), so that a busy shared machine does
-/// not count other processes' time against us; `None` where unavailable.
 fn cpu_secs() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     let ns: f64 = s.split_whitespace().next()?.parse().ok()?;

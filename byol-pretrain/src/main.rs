@@ -135,7 +135,17 @@ fn build_config(args: &Args) -> Result<TrainConfig> {
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = args.$field { c.$field = v; } )* };
     }
-    set!(batch_size, epochs, base_lr, tau_base, weight_decay, seed, checkpoint_every, workers, predictor_lr_multiplier);
+    set!(
+        batch_size,
+        epochs,
+        base_lr,
+        tau_base,
+        weight_decay,
+        seed,
+        checkpoint_every,
+        workers,
+        predictor_lr_multiplier
+    );
     if args.max_steps.is_some() {
         c.max_steps = args.max_steps;
     }
@@ -165,7 +175,9 @@ fn open_dataset(args: &Args, split: Split) -> Result<Arc<dyn Dataset>> {
         ),
         DatasetKind::Mnist => Arc::new(IdxDataset::mnist(dir(None)?, split)?),
         DatasetKind::Cifar10 => Arc::new(Cifar::cifar10(dir(None)?, split)?),
-        DatasetKind::Cifar100 => Arc::new(Cifar::cifar100(dir(None)?, split, Cifar100Labels::Fine)?),
+        DatasetKind::Cifar100 => {
+            Arc::new(Cifar::cifar100(dir(None)?, split, Cifar100Labels::Fine)?)
+        }
         DatasetKind::ImageFolder => {
             if split == Split::Test {
                 bail!("--probe needs a test split; image folders have none here");
@@ -203,7 +215,10 @@ impl Observer for Progress {
     }
     fn on_step(&mut self, log: &StepLog) {
         self.bar.set_position(log.step);
-        let knn = log.knn_top1.map(|a| format!(" knn {:.1}%", 100.0 * a)).unwrap_or_default();
+        let knn = log
+            .knn_top1
+            .map(|a| format!(" knn {:.1}%", 100.0 * a))
+            .unwrap_or_default();
         self.bar.set_message(format!(
             "ep {} loss {:.4} lr {:.4} τ {:.5} {:.0} img/s{knn}",
             log.epoch, log.loss, log.lr, log.tau, log.images_per_sec
@@ -223,8 +238,7 @@ impl Observer for Progress {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -266,7 +280,16 @@ fn main() -> Result<()> {
         config.epochs,
         config.batch_size
     );
-    let summary = pretrain(&config, &data, &args.out, &device, args.resume, &stop, None, &mut progress)?;
+    let summary = pretrain(
+        &config,
+        &data,
+        &args.out,
+        &device,
+        args.resume,
+        &stop,
+        None,
+        &mut progress,
+    )?;
     progress.bar.finish();
     if summary.interrupted {
         println!(
@@ -286,8 +309,14 @@ fn main() -> Result<()> {
         let loaded = byol_core::checkpoint::load_encoder(&summary.encoder_path, &device, None)?;
         let random = Byol::new(&config.model, &device, config.seed)?;
         let probe_data = ProbeData {
-            train: Arc::new(Subset::first(open_dataset(&args, Split::Train)?, args.probe_train)),
-            test: Arc::new(Subset::first(open_dataset(&args, Split::Test)?, args.probe_test)),
+            train: Arc::new(Subset::first(
+                open_dataset(&args, Split::Train)?,
+                args.probe_train,
+            )),
+            test: Arc::new(Subset::first(
+                open_dataset(&args, Split::Test)?,
+                args.probe_test,
+            )),
             transform: Arc::new(EvalTransform::new(augment)?),
             view_shape: (channels, config.image_size, config.image_size),
             workers: config.workers,
@@ -311,7 +340,10 @@ fn main() -> Result<()> {
             probe_data.train.len(),
             probe_data.test.len()
         );
-        println!("{:<22} {:>6} {:>8} {:>8} {:>10}", "features", "dim", "top-1", "top-5", "λ");
+        println!(
+            "{:<22} {:>6} {:>8} {:>8} {:>10}",
+            "features", "dim", "top-1", "top-5", "λ"
+        );
         for r in &rows {
             println!(
                 "{:<22} {:>6} {:>7.2}% {:>7.2}% {:>10.1e}",

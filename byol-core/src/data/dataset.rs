@@ -142,7 +142,10 @@ impl Dataset for Subset {
 
     fn get(&self, index: usize) -> Result<Sample> {
         let inner = *self.indices.get(index).ok_or_else(|| {
-            Error::Input(format!("index {index} is past the subset's {} samples", self.len()))
+            Error::Input(format!(
+                "index {index} is past the subset's {} samples",
+                self.len()
+            ))
         })?;
         self.inner.get(inner)
     }
