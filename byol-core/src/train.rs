@@ -125,21 +125,32 @@ fn list_states(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(states)
 }
 
-/// Runs (or resumes, with `resume`) BYOL pretraining into `out_dir`.
-///
-/// `stop` is polled between steps: when set (by a SIGINT handler), the loop saves a checkpoint
-/// and returns with `interrupted`. A non-finite loss stops the run with [`Error::Diverged`]
-/// and leaves the last good checkpoint untouched.
+/// Where a run writes and how it is controlled.
+pub struct RunControl<'a> {
+    pub out_dir: &'a Path,
+    pub device: &'a Device,
+    /// Continue from the newest checkpoint in `out_dir`.
+    pub resume: bool,
+    /// Polled between steps: when set (by a SIGINT handler), the loop saves a checkpoint and
+    /// returns with `interrupted`.
+    pub stop: &'a AtomicBool,
+}
+
+/// Runs (or resumes) BYOL pretraining into `run.out_dir`. A non-finite loss stops the run with
+/// [`Error::Diverged`] and leaves the last good checkpoint untouched.
 pub fn pretrain(
     config: &TrainConfig,
     data: &TrainData,
-    out_dir: &Path,
-    device: &Device,
-    resume: bool,
-    stop: &AtomicBool,
+    run: &RunControl,
     monitor: Option<&mut Monitor>,
     observer: &mut dyn Observer,
 ) -> Result<RunSummary> {
+    let RunControl {
+        out_dir,
+        device,
+        resume,
+        stop,
+    } = *run;
     config.validate()?;
     if data.channels != config.model.encoder.in_channels {
         return Err(Error::config(
@@ -265,7 +276,10 @@ pub fn pretrain(
             let epoch_done = step % steps_per_epoch == 0;
             if let Some(m) = monitor.as_mut() {
                 let epochs_done = (step / steps_per_epoch) as usize;
-                if epoch_done && config.knn_every > 0 && epochs_done % config.knn_every == 0 {
+                if epoch_done
+                    && config.knn_every > 0
+                    && epochs_done.is_multiple_of(config.knn_every)
+                {
                     entry.knn_top1 = Some(m(&model)?);
                 }
             }

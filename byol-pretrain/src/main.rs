@@ -18,7 +18,7 @@ use byol_core::eval::features::Extractor;
 use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
 use byol_core::eval::probe::{compare_linear, ProbeData};
 use byol_core::nn::Stem;
-use byol_core::train::{pretrain, Observer, StepLog, TrainData};
+use byol_core::train::{pretrain, Observer, RunControl, StepLog, TrainData};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -280,16 +280,13 @@ fn main() -> Result<()> {
         config.epochs,
         config.batch_size
     );
-    let summary = pretrain(
-        &config,
-        &data,
-        &args.out,
-        &device,
-        args.resume,
-        &stop,
-        None,
-        &mut progress,
-    )?;
+    let run = RunControl {
+        out_dir: &args.out,
+        device: &device,
+        resume: args.resume,
+        stop: &stop,
+    };
+    let summary = pretrain(&config, &data, &run, None, &mut progress)?;
     progress.bar.finish();
     if summary.interrupted {
         println!(

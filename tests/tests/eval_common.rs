@@ -35,8 +35,8 @@ pub fn blobs(rng: &mut Rng, n: usize, centres: &[Vec<f64>]) -> (Vec<f32>, Vec<us
     for i in 0..n {
         let c = i % classes;
         y.push(c);
-        for j in 0..d {
-            x.push((centres[c][j] + rng.normal()) as f32);
+        for &centre in &centres[c] {
+            x.push((centre + rng.normal()) as f32);
         }
     }
     (x, y)

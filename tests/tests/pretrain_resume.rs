@@ -7,7 +7,9 @@ use std::sync::Arc;
 use byol_core::config::TrainConfig;
 use byol_core::data::augment::{AugmentConfig, TwoViewAugmenter};
 use byol_core::data::{Dataset, Image, Sample};
-use byol_core::train::{latest_state, pretrain, read_metrics, Silent, TrainData, METRICS_FILE};
+use byol_core::train::{
+    latest_state, pretrain, read_metrics, RunControl, Silent, TrainData, METRICS_FILE,
+};
 use byol_core::{Error, Result};
 use byol_tests::tiny_byol_config;
 use candle_core::Device;
@@ -68,6 +70,15 @@ fn data() -> TrainData {
     }
 }
 
+fn run<'a>(out_dir: &'a std::path::Path, resume: bool, stop: &'a AtomicBool) -> RunControl<'a> {
+    RunControl {
+        out_dir,
+        device: &Device::Cpu,
+        resume,
+        stop,
+    }
+}
+
 fn losses(dir: &std::path::Path) -> Vec<(u64, f64)> {
     read_metrics(&dir.join(METRICS_FILE))
         .unwrap()
@@ -83,10 +94,7 @@ fn a_killed_run_resumes_with_identical_losses() {
     let summary = pretrain(
         &config(),
         &data(),
-        full.path(),
-        &Device::Cpu,
-        false,
-        &no_stop,
+        &run(full.path(), false, &no_stop),
         None,
         &mut Silent,
     )
@@ -109,10 +117,7 @@ fn a_killed_run_resumes_with_identical_losses() {
     pretrain(
         &stopped,
         &data(),
-        killed.path(),
-        &Device::Cpu,
-        false,
-        &no_stop,
+        &run(killed.path(), false, &no_stop),
         None,
         &mut Silent,
     )
@@ -127,10 +132,7 @@ fn a_killed_run_resumes_with_identical_losses() {
     let resumed = pretrain(
         &config(),
         &data(),
-        killed.path(),
-        &Device::Cpu,
-        true,
-        &no_stop,
+        &run(killed.path(), true, &no_stop),
         None,
         &mut Silent,
     )
@@ -150,10 +152,7 @@ fn a_stop_request_saves_and_a_bad_config_is_refused() {
     let summary = pretrain(
         &config(),
         &data(),
-        dir.path(),
-        &Device::Cpu,
-        false,
-        &stop,
+        &run(dir.path(), false, &stop),
         None,
         &mut Silent,
     )
@@ -170,10 +169,7 @@ fn a_stop_request_saves_and_a_bad_config_is_refused() {
     let err = pretrain(
         &bad,
         &data(),
-        dir.path(),
-        &Device::Cpu,
-        false,
-        &stop,
+        &run(dir.path(), false, &stop),
         None,
         &mut Silent,
     )
@@ -188,10 +184,7 @@ fn a_stop_request_saves_and_a_bad_config_is_refused() {
     let err = pretrain(
         &grey,
         &data(),
-        dir.path(),
-        &Device::Cpu,
-        false,
-        &stop,
+        &run(dir.path(), false, &stop),
         None,
         &mut Silent,
     )
