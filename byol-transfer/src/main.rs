@@ -15,5 +15,8 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    bail!("byol-transfer is not implemented yet (task: {:?})", args.task)
+    bail!(
+        "byol-transfer is not implemented yet (task: {:?})",
+        args.task
+    )
 }

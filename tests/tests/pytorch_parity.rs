@@ -154,3 +154,81 @@ fn invalid_architectures_name_the_field() {
     let err = ResNet::new(&mut store.root(), &cfg).unwrap_err();
     assert!(err.to_string().contains("in_channels"), "{err}");
 }
+
+#[test]
+fn zero_init_touches_only_the_last_bn_of_each_block() {
+    let ones = |store: &VarStore, name: &str| {
+        let v: Vec<f32> = store.get(name).unwrap().var.as_tensor().to_vec1().unwrap();
+        v.iter().all(|&x| x == 1.0)
+    };
+    let zeros = |store: &VarStore, name: &str| {
+        let v: Vec<f32> = store.get(name).unwrap().var.as_tensor().to_vec1().unwrap();
+        v.iter().all(|&x| x == 0.0)
+    };
+    for (depth, last) in [(18, "bn2"), (50, "bn3")] {
+        let mut store = VarStore::new(&Device::Cpu, 0);
+        let cfg = ResNetConfig {
+            zero_init_residual: true,
+            base_channels: 4,
+            ..ResNetConfig::new(depth)
+        };
+        ResNet::new(&mut store.root(), &cfg).unwrap();
+        assert!(zeros(&store, &format!("layer1.0.{last}.weight")));
+        assert!(zeros(&store, &format!("layer4.1.{last}.weight")));
+        assert!(ones(&store, "layer1.0.bn1.weight") && ones(&store, "bn1.weight"));
+        assert!(ones(&store, "layer2.0.downsample.1.weight"));
+        // Off by default, as the paper's numbers were obtained.
+        let mut plain = VarStore::new(&Device::Cpu, 0);
+        ResNet::new(
+            &mut plain.root(),
+            &ResNetConfig {
+                zero_init_residual: false,
+                ..cfg
+            },
+        )
+        .unwrap();
+        assert!(ones(&plain, &format!("layer1.0.{last}.weight")));
+    }
+}
+
+#[test]
+fn the_target_is_a_copy_or_its_own_seed() {
+    use byol_core::byol::TargetInit;
+    let weight = |s: &VarStore| {
+        s.get("encoder.conv1.weight")
+            .unwrap()
+            .var
+            .as_tensor()
+            .clone()
+    };
+    let copied = Byol::new(&tiny_byol_config(), &Device::Cpu, 1).unwrap();
+    assert_eq!(
+        relative_error(
+            &weight(copied.target_store().unwrap()),
+            &weight(copied.online_store())
+        ),
+        0.0
+    );
+    let mut cfg = tiny_byol_config();
+    cfg.target_init = TargetInit::Seed(2);
+    let seeded = Byol::new(&cfg, &Device::Cpu, 1).unwrap();
+    assert!(
+        relative_error(
+            &weight(seeded.target_store().unwrap()),
+            &weight(seeded.online_store())
+        ) > 0.1
+    );
+    // The same seed gives the same online network.
+    assert_eq!(
+        relative_error(
+            &weight(seeded.online_store()),
+            &weight(copied.online_store())
+        ),
+        0.0
+    );
+    assert!(seeded
+        .target_store()
+        .unwrap()
+        .get("predictor.0.weight")
+        .is_none());
+}
