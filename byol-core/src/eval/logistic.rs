@@ -15,7 +15,9 @@
 //! matrix is read once per L-BFGS trial while each chunk is still in cache.
 
 use crate::eval::lbfgs::{self, LbfgsOptions, LbfgsReport};
-use crate::eval::matrix::{check_labels, matmul, matmul_tn, Features, OwnedFeatures, Standardizer};
+use crate::eval::matrix::{
+    check_labels, check_multilabel, matmul, matmul_tn, Features, OwnedFeatures, Standardizer,
+};
 use crate::eval::metrics;
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
@@ -688,19 +690,7 @@ pub fn voc_logistic_protocol(
     classes: usize,
     opts: &LinearProtocolOptions,
 ) -> Result<VocLogisticResult> {
-    if classes == 0
-        || train_labels.len() != train.rows() * classes
-        || test_labels.len() != test.rows() * classes
-    {
-        return Err(Error::Input(format!(
-            "VOC labels must be rows × {classes}: got {} train labels for {} rows, {} test labels for {} rows",
-            train_labels.len(),
-            train.rows(),
-            test_labels.len(),
-            test.rows()
-        )));
-    }
-    test.expect_cols(train.cols(), "test split")?;
+    check_multilabel(train, train_labels, test, test_labels, classes)?;
     let (tr, va) = train_val_split(train.rows(), opts.val_fraction, opts.seed)?;
     let (xtr, xva) = (train.gather(&tr)?, train.gather(&va)?);
     let mut per_class_ap = Vec::with_capacity(classes);

@@ -125,6 +125,30 @@ impl OwnedFeatures {
     }
 }
 
+/// Checks multi-label VOC targets (row-major `rows × classes`, 1 / -1 / 0 = difficult) of a
+/// train and a test split against their features.
+pub(crate) fn check_multilabel(
+    train: Features<'_>,
+    train_labels: &[i8],
+    test: Features<'_>,
+    test_labels: &[i8],
+    classes: usize,
+) -> Result<()> {
+    if classes == 0
+        || train_labels.len() != train.rows() * classes
+        || test_labels.len() != test.rows() * classes
+    {
+        return Err(Error::Input(format!(
+            "VOC labels must be rows × {classes}: got {} train labels for {} rows, {} test labels for {} rows",
+            train_labels.len(),
+            train.rows(),
+            test_labels.len(),
+            test.rows()
+        )));
+    }
+    test.expect_cols(train.cols(), "test split")
+}
+
 /// Checks class labels against the number of rows and classes.
 pub(crate) fn check_labels(y: &[usize], rows: usize, classes: usize, what: &str) -> Result<()> {
     if y.len() != rows {

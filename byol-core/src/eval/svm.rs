@@ -13,7 +13,7 @@
 //! cross-validated AP (folds as scikit-learn's unshuffled `StratifiedKFold`), refits on all
 //! training rows and reports all-point AP on the test set.
 
-use crate::eval::matrix::{l2_normalized, Features, OwnedFeatures};
+use crate::eval::matrix::{check_multilabel, l2_normalized, Features, OwnedFeatures};
 use crate::eval::metrics;
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
@@ -327,19 +327,7 @@ pub fn voc07_svm(
     classes: usize,
     opts: &Voc07SvmOptions,
 ) -> Result<Voc07SvmResult> {
-    if classes == 0
-        || train_labels.len() != train.rows() * classes
-        || test_labels.len() != test.rows() * classes
-    {
-        return Err(Error::Input(format!(
-            "VOC labels must be rows × {classes}: got {} train labels for {} rows, {} test labels for {} rows",
-            train_labels.len(),
-            train.rows(),
-            test_labels.len(),
-            test.rows()
-        )));
-    }
-    test.expect_cols(train.cols(), "test split")?;
+    check_multilabel(train, train_labels, test, test_labels, classes)?;
     if opts.costs.is_empty() {
         return Err(Error::config("svm.costs", "empty cost list"));
     }
