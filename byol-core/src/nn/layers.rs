@@ -40,7 +40,11 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+        if crate::kernels::use_fast(xs) {
+            crate::kernels::conv2d(xs, &self.weight, self.padding, self.stride)
+        } else {
+            xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+        }
     }
 }
 

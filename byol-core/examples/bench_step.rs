@@ -1,0 +1,73 @@
+//! Times full BYOL training steps (both views through online and target, symmetric loss,
+//! backward, LARS, EMA) on CPU and prints images per second.
+//!
+//! `bench_step --model r18-small|r50-imagenet --size PX --batch N --steps K --warmup W
+//!  --backend fast|stock [--profile]`
+//! Output: one line `img/s <value>` (plus per-step times on stderr).
+
+use std::time::Instant;
+
+use byol_core::byol::{Byol, ByolConfig};
+use byol_core::kernels::{set_backend, Backend};
+use byol_core::nn::{ResNetConfig, Stem};
+use byol_core::optim::{Lars, LarsConfig};
+use candle_core::{Device, Tensor};
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> byol_core::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let model: String = arg(&args, "--model", "r18-small".to_string());
+    let size: usize = arg(&args, "--size", 32);
+    let batch: usize = arg(&args, "--batch", 64);
+    let steps: usize = arg(&args, "--steps", 3);
+    let warmup: usize = arg(&args, "--warmup", 1);
+    let backend: String = arg(&args, "--backend", "fast".to_string());
+    set_backend(match backend.as_str() {
+        "stock" => Backend::Stock,
+        "fast" => Backend::Fast,
+        other => {
+            return Err(byol_core::Error::config(
+                "backend",
+                format!("`{other}`: use fast or stock"),
+            ))
+        }
+    });
+    let encoder = match model.as_str() {
+        "r18-small" => ResNetConfig {
+            stem: Stem::Small,
+            ..ResNetConfig::new(18)
+        },
+        "r50-imagenet" => ResNetConfig::new(50),
+        other => {
+            return Err(byol_core::Error::config(
+                "model",
+                format!("`{other}`: use r18-small or r50-imagenet"),
+            ))
+        }
+    };
+    let dev = Device::Cpu;
+    let mut byol = Byol::new(&ByolConfig::new(encoder), &dev, 0)?;
+    let mut opt = Lars::new(LarsConfig::default());
+    let v1 = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &dev)?;
+    let v2 = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &dev)?;
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let out = byol.train_step(&v1, &v2, &mut opt, 0.1, 0.99, &|_| 1.0)?;
+        let dt = t.elapsed().as_secs_f64();
+        eprintln!("step {i}: {dt:.3} s, loss {:.4}", out.loss);
+        if i >= warmup {
+            times.push(dt);
+        }
+    }
+    let total: f64 = times.iter().sum();
+    println!("img/s {:.3}", (batch * times.len()) as f64 / total);
+    Ok(())
+}

@@ -1,0 +1,591 @@
+//! 2-D convolution (bias-free, dilation 1, groups 1) forward, input-grad and weight-grad as
+//! im2col/col2im + `gemm`, f32, contiguous NCHW.
+//!
+//! Work is split over samples (or groups of samples) with rayon and each gemm then runs on one
+//! thread; when there are too few groups to feed every thread (tiny maps deep in the network),
+//! groups run one after the other and the gemm itself is multithreaded. Small maps are batched
+//! into one gemm per group of samples because a gemm with 4–16 columns runs far below peak.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::scratch::with_scratch;
+use super::slice;
+
+/// Columns per gemm below which samples are grouped into one gemm.
+const TARGET_COLS: usize = 256;
+
+/// Shapes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub n: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl Conv2dGeometry {
+    /// Checks the input `[n, cin, h, w]` against the weight `[cout, cin, kh, kw]`.
+    pub fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> candle_core::Result<Self> {
+        let (&[n, cin, h, w], &[cout, cin_w, kh, kw]) = (x, wt) else {
+            candle_core::bail!("conv2d expects 4-D input and weight, got {x:?} and {wt:?}")
+        };
+        if cin != cin_w {
+            candle_core::bail!("conv2d: input has {cin} channels, the weight expects {cin_w}")
+        }
+        if stride == 0 {
+            candle_core::bail!("conv2d: stride must be ≥ 1")
+        }
+        if h + 2 * pad < kh || w + 2 * pad < kw {
+            candle_core::bail!("conv2d: kernel {kh}×{kw} larger than the padded input {h}×{w}")
+        }
+        Ok(Self {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            stride,
+            pad,
+            ho: (h + 2 * pad - kh) / stride + 1,
+            wo: (w + 2 * pad - kw) / stride + 1,
+        })
+    }
+
+    fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    fn hw_out(&self) -> usize {
+        self.ho * self.wo
+    }
+    fn x_len(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+    fn y_len(&self) -> usize {
+        self.cout * self.hw_out()
+    }
+    /// A 1×1 stride-1 unpadded convolution: the input already is its im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// (samples per gemm, whether to parallelise over groups rather than inside the gemm).
+    fn plan(&self) -> (usize, bool) {
+        let group = TARGET_COLS
+            .div_ceil(self.hw_out().max(1))
+            .clamp(1, self.n.max(1));
+        let groups = self.n.div_ceil(group);
+        (group, groups >= 2 * rayon::current_num_threads())
+    }
+    fn parallelism(par_groups: bool) -> Parallelism {
+        if par_groups {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(0)
+        }
+    }
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`; `dst` rows are `ldd` apart, lhs/rhs strides are
+/// (row, column). Bounds are checked here so the unsafe gemm call only sees valid extents.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    ldd: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    (lrs, lcs): (usize, usize),
+    rhs: &[f32],
+    (rrs, rcs): (usize, usize),
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(last(ldd, 1, m, n) < dst.len(), "gemm dst out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * ldd..r * ldd + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(last(lrs, lcs, m, k) < lhs.len(), "gemm lhs out of bounds");
+    assert!(last(rrs, rcs, k, n) < rhs.len(), "gemm rhs out of bounds");
+    // SAFETY: every index the gemm touches was bounds-checked above; dst does not alias lhs/rhs
+    // (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ldd as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            rhs.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Output positions `o < out` whose input index `o·s + k − p` lies in `0..size`.
+fn valid(out: usize, size: usize, s: usize, k: usize, p: usize) -> (usize, usize) {
+    let lo = if p > k { (p - k).div_ceil(s) } else { 0 };
+    let hi = if size + p > k {
+        ((size - 1 + p - k) / s + 1).min(out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// Writes sample `x` (`[cin, h, w]`) as im2col rows into `col` (row stride `ld`), starting at
+/// column `off`. Every element of the sample's block is written (padding as zeros).
+fn im2col(x: &[f32], g: &Conv2dGeometry, col: &mut [f32], ld: usize, off: usize) {
+    let (wo, s, p) = (g.wo, g.stride, g.pad);
+    let hw = g.hw_out();
+    for ci in 0..g.cin {
+        for ki in 0..g.kh {
+            let (ylo, yhi) = valid(g.ho, g.h, s, ki, p);
+            for kj in 0..g.kw {
+                let (xlo, xhi) = valid(wo, g.w, s, kj, p);
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let dst = &mut col[row * ld + off..][..hw];
+                dst[..ylo * wo].fill(0.0);
+                dst[yhi * wo..].fill(0.0);
+                for oy in ylo..yhi {
+                    let d = &mut dst[oy * wo..][..wo];
+                    d[..xlo].fill(0.0);
+                    d[xhi..].fill(0.0);
+                    if xlo == xhi {
+                        continue;
+                    }
+                    let iy = oy * s + ki - p;
+                    let xrow = &x[(ci * g.h + iy) * g.w..][..g.w];
+                    let ix0 = xlo * s + kj - p;
+                    if s == 1 {
+                        d[xlo..xhi].copy_from_slice(&xrow[ix0..ix0 + (xhi - xlo)]);
+                    } else {
+                        for (o, v) in d[xlo..xhi].iter_mut().enumerate() {
+                            *v = xrow[ix0 + o * s];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the im2col-shaped gradient `col` (row stride `ld`, from column `off`) into sample `dx`.
+fn col2im(col: &[f32], ld: usize, off: usize, g: &Conv2dGeometry, dx: &mut [f32]) {
+    let (wo, s, p) = (g.wo, g.stride, g.pad);
+    let hw = g.hw_out();
+    for ci in 0..g.cin {
+        for ki in 0..g.kh {
+            let (ylo, yhi) = valid(g.ho, g.h, s, ki, p);
+            for kj in 0..g.kw {
+                let (xlo, xhi) = valid(wo, g.w, s, kj, p);
+                if xlo == xhi {
+                    continue;
+                }
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let src = &col[row * ld + off..][..hw];
+                let ix0 = xlo * s + kj - p;
+                for oy in ylo..yhi {
+                    let iy = oy * s + ki - p;
+                    let xrow = &mut dx[(ci * g.h + iy) * g.w..][..g.w];
+                    let srow = &src[oy * wo + xlo..oy * wo + xhi];
+                    if s == 1 {
+                        for (d, v) in xrow[ix0..ix0 + srow.len()].iter_mut().zip(srow) {
+                            *d += v;
+                        }
+                    } else {
+                        for (o, v) in srow.iter().enumerate() {
+                            xrow[ix0 + o * s] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies `gn` samples' `[rows, hw]` maps from `src` into one `[rows, gn·hw]` matrix.
+fn gather(src: &[f32], rows: usize, hw: usize, gn: usize, dst: &mut [f32]) {
+    let ld = gn * hw;
+    for j in 0..gn {
+        for r in 0..rows {
+            dst[r * ld + j * hw..][..hw].copy_from_slice(&src[(j * rows + r) * hw..][..hw]);
+        }
+    }
+}
+
+/// The inverse of [`gather`].
+fn scatter(src: &[f32], rows: usize, hw: usize, gn: usize, dst: &mut [f32]) {
+    let ld = gn * hw;
+    for j in 0..gn {
+        for r in 0..rows {
+            dst[(j * rows + r) * hw..][..hw].copy_from_slice(&src[r * ld + j * hw..][..hw]);
+        }
+    }
+}
+
+/// `y = conv(x, w)`: `[n, cout, ho, wo]`.
+pub(crate) fn forward(x: &[f32], wt: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let (k, hw, ylen, xlen) = (g.k(), g.hw_out(), g.y_len(), g.x_len());
+    let mut y = vec![0f32; g.n * ylen];
+    let (group, par) = g.plan();
+    let body = |(gi, ychunk): (usize, &mut [f32]), par: Parallelism| {
+        let n0 = gi * group;
+        let gn = ychunk.len() / ylen;
+        let cols = gn * hw;
+        let xs = &x[n0 * xlen..(n0 + gn) * xlen];
+        let lhs = (wt, (k, 1));
+        if g.pointwise() && gn == 1 {
+            matmul(
+                (g.cout, hw, k),
+                ychunk,
+                hw,
+                false,
+                lhs.0,
+                lhs.1,
+                xs,
+                (hw, 1),
+                par,
+            );
+            return;
+        }
+        let tmp_len = if gn > 1 { g.cout * cols } else { 0 };
+        with_scratch(k * cols + tmp_len, |buf| {
+            let (col, tmp) = buf.split_at_mut(k * cols);
+            if g.pointwise() {
+                gather(xs, k, hw, gn, col);
+            } else {
+                for j in 0..gn {
+                    im2col(&xs[j * xlen..][..xlen], g, col, cols, j * hw);
+                }
+            }
+            if gn == 1 {
+                matmul(
+                    (g.cout, cols, k),
+                    ychunk,
+                    cols,
+                    false,
+                    lhs.0,
+                    lhs.1,
+                    col,
+                    (cols, 1),
+                    par,
+                );
+            } else {
+                matmul(
+                    (g.cout, cols, k),
+                    tmp,
+                    cols,
+                    false,
+                    lhs.0,
+                    lhs.1,
+                    col,
+                    (cols, 1),
+                    par,
+                );
+                scatter(tmp, g.cout, hw, gn, ychunk);
+            }
+        })
+    };
+    if par {
+        y.par_chunks_mut(group * ylen)
+            .enumerate()
+            .for_each(|c| body(c, Parallelism::None));
+    } else {
+        y.chunks_mut(group * ylen)
+            .enumerate()
+            .for_each(|c| body(c, Conv2dGeometry::parallelism(false)));
+    }
+    y
+}
+
+/// `dx = convᵀ(dy, w)`: `[n, cin, h, w]`, as `Wᵀ·dy` per group then col2im.
+pub(crate) fn input_grad(dy: &[f32], wt: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let (k, hw, ylen, xlen) = (g.k(), g.hw_out(), g.y_len(), g.x_len());
+    let mut dx = vec![0f32; g.n * xlen];
+    let (group, par) = g.plan();
+    // Wᵀ as a [k, cout] matrix: element (i, c) is w[c·k + i].
+    let wt_t = (1, k);
+    let body = |(gi, dxchunk): (usize, &mut [f32]), par: Parallelism| {
+        let n0 = gi * group;
+        let gn = dxchunk.len() / xlen;
+        let cols = gn * hw;
+        let dys = &dy[n0 * ylen..(n0 + gn) * ylen];
+        if g.pointwise() && gn == 1 {
+            matmul(
+                (k, hw, g.cout),
+                dxchunk,
+                hw,
+                false,
+                wt,
+                wt_t,
+                dys,
+                (hw, 1),
+                par,
+            );
+            return;
+        }
+        let dyg_len = if gn > 1 { g.cout * cols } else { 0 };
+        with_scratch(k * cols + dyg_len, |buf| {
+            let (dcol, dyg) = buf.split_at_mut(k * cols);
+            let dyg: &[f32] = if gn > 1 {
+                gather(dys, g.cout, hw, gn, dyg);
+                dyg
+            } else {
+                dys
+            };
+            matmul(
+                (k, cols, g.cout),
+                dcol,
+                cols,
+                false,
+                wt,
+                wt_t,
+                dyg,
+                (cols, 1),
+                par,
+            );
+            if g.pointwise() {
+                scatter(dcol, k, hw, gn, dxchunk);
+            } else {
+                for j in 0..gn {
+                    col2im(dcol, cols, j * hw, g, &mut dxchunk[j * xlen..][..xlen]);
+                }
+            }
+        })
+    };
+    if par {
+        dx.par_chunks_mut(group * xlen)
+            .enumerate()
+            .for_each(|c| body(c, Parallelism::None));
+    } else {
+        dx.chunks_mut(group * xlen)
+            .enumerate()
+            .for_each(|c| body(c, Conv2dGeometry::parallelism(false)));
+    }
+    dx
+}
+
+/// `dw = Σ_groups dy_g · col_gᵀ`: `[cout, cin, kh, kw]`, one accumulator per thread.
+pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let (k, hw, ylen, xlen) = (g.k(), g.hw_out(), g.y_len(), g.x_len());
+    let (group, par) = g.plan();
+    let groups = g.n.div_ceil(group);
+    let accumulate_range = |range: std::ops::Range<usize>, par: Parallelism| {
+        let mut dw = vec![0f32; g.cout * k];
+        for (step, gi) in range.enumerate() {
+            let n0 = gi * group;
+            let gn = group.min(g.n - n0);
+            let cols = gn * hw;
+            let xs = &x[n0 * xlen..(n0 + gn) * xlen];
+            let dys = &dy[n0 * ylen..(n0 + gn) * ylen];
+            let acc = step > 0;
+            if g.pointwise() && gn == 1 {
+                // colᵀ is xᵀ: element (l, i) = x[i·hw + l].
+                matmul(
+                    (g.cout, k, hw),
+                    &mut dw,
+                    k,
+                    acc,
+                    dys,
+                    (hw, 1),
+                    xs,
+                    (1, hw),
+                    par,
+                );
+                continue;
+            }
+            let dyg_len = if gn > 1 { g.cout * cols } else { 0 };
+            with_scratch(k * cols + dyg_len, |buf| {
+                let (col, dyg) = buf.split_at_mut(k * cols);
+                if g.pointwise() {
+                    gather(xs, k, hw, gn, col);
+                } else {
+                    for j in 0..gn {
+                        im2col(&xs[j * xlen..][..xlen], g, col, cols, j * hw);
+                    }
+                }
+                let dyg: &[f32] = if gn > 1 {
+                    gather(dys, g.cout, hw, gn, dyg);
+                    dyg
+                } else {
+                    dys
+                };
+                matmul(
+                    (g.cout, k, cols),
+                    &mut dw,
+                    k,
+                    acc,
+                    dyg,
+                    (cols, 1),
+                    col,
+                    (1, cols),
+                    par,
+                );
+            });
+        }
+        dw
+    };
+    if !par {
+        return accumulate_range(0..groups, Conv2dGeometry::parallelism(false));
+    }
+    let threads = rayon::current_num_threads().min(groups);
+    let parts: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            accumulate_range(
+                t * groups / threads..(t + 1) * groups / threads,
+                Parallelism::None,
+            )
+        })
+        .collect();
+    let mut parts = parts.into_iter();
+    let mut dw = parts.next().unwrap_or_else(|| vec![0f32; g.cout * k]);
+    for p in parts {
+        for (a, b) in dw.iter_mut().zip(&p) {
+            *a += b;
+        }
+    }
+    dw
+}
+
+fn storage(v: Vec<f32>, shape: impl Into<Shape>) -> (CpuStorage, Shape) {
+    (CpuStorage::F32(v), shape.into())
+}
+
+/// The forward op; its backward uses [`InputGrad`] and [`WeightGrad`].
+struct Conv2dOp {
+    stride: usize,
+    pad: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "byol-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Conv2dGeometry::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let y = forward(slice(s1, l1, "conv2d")?, slice(s2, l2, "conv2d")?, &g);
+        Ok(storage(y, (g.n, g.cout, g.ho, g.wo)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = Conv2dGeometry::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(w, &InputGrad { g })?;
+        let dw = x.apply_op2_no_bwd(&dy, &WeightGrad { g })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `(dy, w) → dx`.
+struct InputGrad {
+    g: Conv2dGeometry,
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "byol-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        if l1.dims() != [g.n, g.cout, g.ho, g.wo] {
+            candle_core::bail!("conv2d input grad: gradient shape {:?}", l1.dims())
+        }
+        let dx = input_grad(slice(s1, l1, "conv2d")?, slice(s2, l2, "conv2d")?, g);
+        Ok(storage(dx, (g.n, g.cin, g.h, g.w)))
+    }
+}
+
+/// `(x, dy) → dw`.
+struct WeightGrad {
+    g: Conv2dGeometry,
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "byol-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        if l2.dims() != [g.n, g.cout, g.ho, g.wo] {
+            candle_core::bail!("conv2d weight grad: gradient shape {:?}", l2.dims())
+        }
+        let dw = weight_grad(slice(s1, l1, "conv2d")?, slice(s2, l2, "conv2d")?, g);
+        Ok(storage(dw, (g.cout, g.cin, g.kh, g.kw)))
+    }
+}
+
+/// Bias-free convolution of contiguous-able f32 CPU tensors `x [N, Cin, H, W]` and
+/// `w [Cout, Cin, kh, kw]`, differentiable in both.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
+    Conv2dGeometry::new(x.dims(), w.dims(), stride, padding)?;
+    x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        Conv2dOp {
+            stride,
+            pad: padding,
+        },
+    )
+}

@@ -1,0 +1,222 @@
+//! The fast CPU kernels against stock candle: convolution forward and both gradients, train-mode
+//! BatchNorm forward, gradients and running statistics, and whole BYOL train steps.
+
+use byol_core::kernels::{self, with_backend, Backend};
+use byol_core::nn::{BatchNorm, VarStore};
+use byol_core::optim::{Lars, LarsConfig};
+use byol_tests::{relative_error, tiny_byol, views};
+use candle_core::{Device, ModuleT, Tensor, Var};
+
+const TOL: f64 = 1e-4;
+
+/// Deterministic values in [-1, 1).
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+/// (output, dx, dw) of `sum(conv(x, w) · r)` with the fast op or with stock candle.
+fn conv_case(
+    (n, cin, h, w, cout, k, stride, pad): (usize, usize, usize, usize, usize, usize, usize, usize),
+    fast: bool,
+) -> (Tensor, Tensor, Tensor) {
+    let x = Var::from_tensor(&rand(&[n, cin, h, w], 1)).unwrap();
+    let wt = Var::from_tensor(&rand(&[cout, cin, k, k], 2)).unwrap();
+    let y = if fast {
+        kernels::conv2d(&x, &wt, pad, stride).unwrap()
+    } else {
+        x.conv2d(&wt, pad, stride, 1, 1).unwrap()
+    };
+    let r = rand(y.dims(), 3);
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = grads.get(x.as_tensor()).unwrap().clone();
+    let dw = grads.get(wt.as_tensor()).unwrap().clone();
+    (y, dx, dw)
+}
+
+#[test]
+fn conv_forward_and_gradients_match_stock_candle() {
+    let cases = [
+        (2, 3, 9, 7, 5, 3, 1, 1),   // odd sizes, 3×3
+        (3, 4, 8, 8, 6, 3, 2, 1),   // stride 2
+        (2, 5, 6, 6, 7, 1, 1, 0),   // 1×1 (input is its own im2col)
+        (2, 4, 9, 9, 8, 1, 2, 0),   // 1×1 stride 2 (downsample)
+        (1, 3, 15, 13, 4, 7, 2, 3), // 7×7 pad 3, batch 1 (ImageNet stem)
+        (40, 6, 4, 4, 8, 3, 1, 1),  // 4×4 maps: samples grouped per gemm
+        (33, 4, 5, 5, 3, 3, 2, 1),  // grouped, uneven last group
+        (64, 8, 2, 2, 4, 1, 1, 0),  // one group for the whole batch, 1×1 grouped
+        (5, 2, 3, 3, 3, 3, 1, 0),   // 1×1 output map
+    ];
+    for case in cases {
+        let (y0, dx0, dw0) = conv_case(case, false);
+        let (y1, dx1, dw1) = conv_case(case, true);
+        assert_eq!(y0.dims(), y1.dims(), "{case:?}");
+        let errs = [
+            relative_error(&y1, &y0),
+            relative_error(&dx1, &dx0),
+            relative_error(&dw1, &dw0),
+        ];
+        eprintln!(
+            "{case:?}: y {:.1e} dx {:.1e} dw {:.1e}",
+            errs[0], errs[1], errs[2]
+        );
+        for (what, e) in ["output", "input grad", "weight grad"].iter().zip(errs) {
+            assert!(e < TOL, "{case:?} {what}: {e}");
+        }
+        // Real values, not two zero tensors agreeing.
+        assert!(
+            dw0.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.1
+        );
+    }
+}
+
+#[test]
+fn conv_rejects_mismatched_shapes_without_panicking() {
+    let x = rand(&[2, 3, 8, 8], 1);
+    let err = kernels::conv2d(&x, &rand(&[4, 5, 3, 3], 2), 1, 1).unwrap_err();
+    assert!(err.to_string().contains("channels"), "{err}");
+    assert!(kernels::conv2d(&x, &rand(&[4, 3, 11, 11], 2), 1, 1).is_err());
+    assert!(kernels::conv2d(&x, &rand(&[4, 3, 3, 3], 2), 1, 0).is_err());
+    assert!(kernels::conv2d(&rand(&[2, 3, 8], 1), &rand(&[4, 3, 3, 3], 2), 1, 1).is_err());
+}
+
+/// (y, dx, dγ, dβ, running mean, running var) of a train-mode BatchNorm under `backend`.
+fn bn_case(shape: &[usize], backend: Backend) -> Vec<Tensor> {
+    with_backend(backend, || {
+        let c = shape[1];
+        let mut store = VarStore::new(&Device::Cpu, 0);
+        let bn = BatchNorm::new(&mut store.root().pp("bn"), c, false).unwrap();
+        let var = |name: &str| store.get(name).unwrap().var.clone();
+        var("bn.weight").set(&rand(&[c], 4)).unwrap();
+        var("bn.bias").set(&rand(&[c], 5)).unwrap();
+        // An offset mean and unequal scales, as activations have.
+        let x = Var::from_tensor(&rand(shape, 6).affine(3.0, 0.5).unwrap()).unwrap();
+        let y = bn.forward_t(&x, true).unwrap();
+        let r = rand(y.dims(), 7);
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = |t: &Tensor| grads.get(t).unwrap().clone();
+        vec![
+            y,
+            g(x.as_tensor()),
+            g(var("bn.weight").as_tensor()),
+            g(var("bn.bias").as_tensor()),
+            var("bn.running_mean").as_tensor().clone(),
+            var("bn.running_var").as_tensor().clone(),
+        ]
+    })
+}
+
+#[test]
+fn batch_norm_matches_stock_candle() {
+    for shape in [
+        vec![8, 5],
+        vec![64, 33],
+        vec![4, 3, 5, 7],
+        vec![1, 4, 3, 3],
+        vec![3, 6, 1, 1],
+        vec![16, 8, 4, 4],
+    ] {
+        let stock = bn_case(&shape, Backend::Stock);
+        let fast = bn_case(&shape, Backend::Fast);
+        let names = ["y", "dx", "dgamma", "dbeta", "running_mean", "running_var"];
+        for ((name, a), b) in names.iter().zip(&fast).zip(&stock) {
+            let e = relative_error(a, b);
+            assert!(e < TOL, "{shape:?} {name}: {e}");
+        }
+        // The running statistics moved away from their initial 0 and 1.
+        let rm: Vec<f32> = fast[4].to_vec1().unwrap();
+        assert!(rm.iter().any(|v| v.abs() > 1e-3), "{shape:?}: {rm:?}");
+    }
+}
+
+#[test]
+fn batch_norm_rejects_single_values() {
+    let x = rand(&[1, 3], 1);
+    let g = rand(&[3], 2);
+    assert!(kernels::batch_norm_train(&x, &g, &g, 1e-5).is_err());
+    assert!(kernels::batch_norm_train(&rand(&[4, 3], 1), &rand(&[2], 2), &g, 1e-5).is_err());
+}
+
+const STEPS: u64 = 1;
+
+/// BYOL train steps (LARS, EMA) under `backend`: losses and every online and target tensor.
+fn byol_steps(backend: Backend) -> (Vec<f64>, Vec<(String, Tensor)>) {
+    with_backend(backend, || {
+        let mut model = tiny_byol(3);
+        let mut opt = Lars::new(LarsConfig::default());
+        let mut losses = Vec::new();
+        for step in 0..STEPS {
+            let (v1, v2) = views(6, 16, step);
+            let out = model
+                .train_step(&v1, &v2, &mut opt, 0.5, 0.9, &|_| 1.0)
+                .unwrap();
+            losses.push(out.loss);
+        }
+        let mut tensors: Vec<(String, Tensor)> = model
+            .online_store()
+            .entries()
+            .iter()
+            .map(|e| (format!("online.{}", e.name), e.var.as_tensor().clone()))
+            .collect();
+        tensors.extend(
+            model
+                .target_store()
+                .unwrap()
+                .entries()
+                .iter()
+                .map(|e| (format!("target.{}", e.name), e.var.as_tensor().clone())),
+        );
+        (losses, tensors)
+    })
+}
+
+#[test]
+fn byol_train_step_matches_between_backends() {
+    let (loss_stock, w_stock) = byol_steps(Backend::Stock);
+    let (loss_fast, w_fast) = byol_steps(Backend::Fast);
+    eprintln!("losses stock {loss_stock:?} fast {loss_fast:?}");
+    for (a, b) in loss_fast.iter().zip(&loss_stock) {
+        assert!((a - b).abs() <= TOL * b.abs(), "loss {a} vs {b}");
+    }
+    assert!(loss_stock[0] > 0.1, "a real loss: {loss_stock:?}");
+    let mut worst = 0f64;
+    for ((name, a), (_, b)) in w_fast.iter().zip(&w_stock) {
+        if a.dtype() != candle_core::DType::F32 {
+            continue;
+        }
+        let e = relative_error(a, b);
+        eprintln!("{name}: {e:.2e}");
+        worst = worst.max(e);
+    }
+    eprintln!("worst tensor rel. error after {STEPS} steps: {worst:.2e}");
+    assert!(worst < TOL, "worst {worst}");
+}
+
+#[test]
+fn backend_switch_is_scoped_and_fast_is_the_default() {
+    assert_eq!(kernels::backend(), Backend::Fast);
+    with_backend(Backend::Stock, || {
+        assert_eq!(kernels::backend(), Backend::Stock);
+        assert!(!kernels::use_fast(&rand(&[2, 2], 1)));
+    });
+    assert_eq!(kernels::backend(), Backend::Fast);
+    assert!(kernels::use_fast(&rand(&[2, 2], 1)));
+    assert!(!kernels::use_fast(
+        &rand(&[2, 2], 1).to_dtype(candle_core::DType::F64).unwrap()
+    ));
+}
