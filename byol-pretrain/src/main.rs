@@ -15,10 +15,11 @@ use byol_core::data::pipeline::fashion_mnist_augment;
 use byol_core::data::{Dataset, Split, Subset};
 use byol_core::device::parse_device;
 use byol_core::eval::features::Extractor;
+use byol_core::eval::knn::KnnOptions;
 use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
-use byol_core::eval::probe::{compare_linear, ProbeData};
+use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
 use byol_core::nn::Stem;
-use byol_core::train::{pretrain, Observer, RunControl, StepLog, TrainData};
+use byol_core::train::{pretrain, Monitor, Observer, RunControl, StepLog, TrainData};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -112,6 +113,15 @@ struct Args {
     /// Test images for the probe (first N of test).
     #[arg(long, default_value_t = 10000)]
     probe_test: usize,
+    /// kNN monitor: labelled training images in the memory bank (first N of train).
+    #[arg(long, default_value_t = 5000)]
+    knn_bank: usize,
+    /// kNN monitor: held-out queries (first N of test).
+    #[arg(long, default_value_t = 1000)]
+    knn_queries: usize,
+    /// Run the kNN monitor every N epochs (0: never).
+    #[arg(long)]
+    knn_every: Option<usize>,
 }
 
 fn build_config(args: &Args) -> Result<TrainConfig> {
@@ -144,7 +154,8 @@ fn build_config(args: &Args) -> Result<TrainConfig> {
         seed,
         checkpoint_every,
         workers,
-        predictor_lr_multiplier
+        predictor_lr_multiplier,
+        knn_every
     );
     if args.max_steps.is_some() {
         c.max_steps = args.max_steps;
@@ -286,7 +297,32 @@ fn main() -> Result<()> {
         resume: args.resume,
         stop: &stop,
     };
-    let summary = pretrain(&config, &data, &run, None, &mut progress)?;
+    // The kNN monitor on held-out data (datasets with a test split).
+    let monitor_data = match open_dataset(&args, Split::Test) {
+        Ok(test) if config.knn_every > 0 => Some(ProbeData {
+            train: Arc::new(Subset::first(Arc::clone(&train), args.knn_bank)),
+            test: Arc::new(Subset::first(test, args.knn_queries)),
+            transform: Arc::new(EvalTransform::new(augment.clone())?),
+            view_shape: (channels, config.image_size, config.image_size),
+            workers: config.workers,
+        }),
+        _ => None,
+    };
+    let knn_options = KnnOptions {
+        k: config.knn_k,
+        temperature: config.knn_temperature as f32,
+        ..KnnOptions::default()
+    };
+    let mut knn_monitor = |model: &Byol| match &monitor_data {
+        Some(d) => knn_top1(model.encoder(), d, &knn_options, &device),
+        None => Ok(f64::NAN),
+    };
+    let monitor: Option<&mut Monitor> = if monitor_data.is_some() {
+        Some(&mut knn_monitor)
+    } else {
+        None
+    };
+    let summary = pretrain(&config, &data, &run, monitor, &mut progress)?;
     progress.bar.finish();
     if summary.interrupted {
         println!(

@@ -8,8 +8,10 @@ use serde::Serialize;
 
 use crate::data::loader::Transform;
 use crate::data::Dataset;
-use crate::eval::features::{extract, Extractor};
+use crate::eval::features::{extract, Extractor, LabelledFeatures};
+use crate::eval::knn::{knn_classify, KnnOptions};
 use crate::eval::logistic::{linear_protocol, LinearProtocolOptions};
+use crate::nn::ResNet;
 use crate::Result;
 
 /// One row of the comparison.
@@ -33,6 +35,47 @@ pub struct ProbeData {
     pub workers: usize,
 }
 
+impl ProbeData {
+    fn features(
+        &self,
+        extractor: &Extractor,
+        dataset: &Arc<dyn Dataset>,
+        device: &Device,
+    ) -> Result<LabelledFeatures> {
+        extract(
+            extractor,
+            Arc::clone(dataset),
+            Arc::clone(&self.transform),
+            self.view_shape,
+            256,
+            self.workers,
+            device,
+        )
+    }
+}
+
+/// The kNN monitor: top-1 accuracy of a weighted kNN classifier on the frozen encoder's
+/// features (train split as memory bank, test split as queries).
+pub fn knn_top1(
+    encoder: &ResNet,
+    data: &ProbeData,
+    options: &KnnOptions,
+    device: &Device,
+) -> Result<f64> {
+    let extractor = Extractor::Encoder(encoder);
+    let train = data.features(&extractor, &data.train, device)?;
+    let test = data.features(&extractor, &data.test, device)?;
+    let result = knn_classify(
+        train.features.view(),
+        &train.labels,
+        test.features.view(),
+        &test.labels,
+        data.train.num_classes(),
+        options,
+    )?;
+    Ok(result.top1)
+}
+
 /// Fits the logistic protocol (λ chosen on a validation split of train) on each extractor's
 /// features and reports test accuracy.
 pub fn compare_linear(
@@ -45,19 +88,8 @@ pub fn compare_linear(
     let mut rows = Vec::with_capacity(extractors.len());
     for (name, extractor) in extractors {
         let start = std::time::Instant::now();
-        let features = |ds: &Arc<dyn Dataset>| {
-            extract(
-                extractor,
-                Arc::clone(ds),
-                Arc::clone(&data.transform),
-                data.view_shape,
-                256,
-                data.workers,
-                device,
-            )
-        };
-        let train = features(&data.train)?;
-        let test = features(&data.test)?;
+        let train = data.features(extractor, &data.train, device)?;
+        let test = data.features(extractor, &data.test, device)?;
         let result = linear_protocol(
             train.features.view(),
             &train.labels,
