@@ -234,6 +234,49 @@ impl Standardizer {
     }
 }
 
+/// `c (m×n) (+)= A·B` on one thread, `c` row-major, A and B read through (column, row) strides.
+///
+/// # Safety
+/// `a` must cover `(m−1)·a_rs + (k−1)·a_cs`, `b` must cover `(k−1)·b_rs + (n−1)·b_cs`, and `c`
+/// (m×n) must not alias them; the callers assert the lengths that imply this.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    (a_cs, a_rs): (isize, isize),
+    b: &[f32],
+    (b_cs, b_rs): (isize, isize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c.as_mut_ptr(),
+        1,
+        n as isize,
+        accumulate,
+        a.as_ptr(),
+        a_cs,
+        a_rs,
+        b.as_ptr(),
+        b_cs,
+        b_rs,
+        if accumulate { 1.0 } else { 0.0 },
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
 /// `c (m×n) = a (m×k) · b (k×n)`, all row-major; `accumulate` adds to `c` instead of overwriting.
 pub(crate) fn matmul(
     m: usize,
@@ -245,31 +288,18 @@ pub(crate) fn matmul(
     accumulate: bool,
 ) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: the slices cover the strided extents asserted above and `c` does not alias.
+    // SAFETY: the lengths asserted above cover the strided extents; `c` is a distinct `&mut`.
     unsafe {
-        gemm::gemm(
+        gemm_strided(
             m,
             n,
             k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
+            c,
             accumulate,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
+            a,
+            (1, k as isize),
+            b,
+            (1, n as isize),
         )
     }
 }
@@ -277,65 +307,15 @@ pub(crate) fn matmul(
 /// `c (k×n) = aᵀ · b` with `a` row-major `m×k` and `b` row-major `m×n` (the gradient `Xᵀ·R`).
 pub(crate) fn matmul_tn(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     assert!(a.len() >= m * k && b.len() >= m * n && c.len() >= k * n);
-    if k == 0 || n == 0 {
-        return;
-    }
     // SAFETY: as in `matmul`; aᵀ is read through swapped strides.
-    unsafe {
-        gemm::gemm(
-            k,
-            n,
-            m,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
+    unsafe { gemm_strided(k, n, m, c, false, a, (k as isize, 1), b, (1, n as isize)) }
 }
 
 /// `c (m×n) = a (m×k) · bᵀ` with `b` row-major `n×k` (similarities between two sets of rows).
 pub(crate) fn matmul_nt(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     assert!(a.len() >= m * k && b.len() >= n * k && c.len() >= m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
     // SAFETY: as in `matmul`; bᵀ is read through swapped strides.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
+    unsafe { gemm_strided(m, n, k, c, false, a, (1, k as isize), b, (k as isize, 1)) }
 }
 
 #[cfg(test)]
