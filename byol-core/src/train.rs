@@ -167,7 +167,17 @@ pub fn pretrain(
     let schedule = LrSchedule::new(config.base_lr, config.batch_size, warmup, total_steps);
     let end_step = config.max_steps.map_or(total_steps, |m| m.min(total_steps));
 
-    let (mut model, mut optimizer, mut step) = match latest_state(out_dir)?.filter(|_| resume) {
+    let (mut model, mut optimizer, mut step) = match latest_state(out_dir)? {
+        // A fresh run must not mix its checkpoints with an older run's: pruning keeps the
+        // highest steps, and a later resume would pick the old run's state.
+        Some(path) if !resume => return Err(Error::config(
+            "resume",
+            format!(
+                "{} already holds checkpoints ({}): resume them or choose another output directory",
+                out_dir.display(),
+                path.display()
+            ),
+        )),
         Some(path) => {
             let state = load_training_state(&path, device)?;
             if state.model.config() != &config.model {

@@ -164,6 +164,21 @@ fn a_stop_request_saves_and_a_bad_config_is_refused() {
         "a checkpoint was written"
     );
 
+    // A fresh run into a directory that holds checkpoints is refused rather than mixed in.
+    let no_stop = AtomicBool::new(false);
+    let err = pretrain(
+        &config(),
+        &data(),
+        &run(dir.path(), false, &no_stop),
+        None,
+        &mut Silent,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Config { ref field, .. } if field == "resume"),
+        "{err}"
+    );
+
     let mut bad = config();
     bad.batch_size = 64;
     let err = pretrain(
