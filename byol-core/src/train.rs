@@ -170,14 +170,16 @@ pub fn pretrain(
     let (mut model, mut optimizer, mut step) = match latest_state(out_dir)? {
         // A fresh run must not mix its checkpoints with an older run's: pruning keeps the
         // highest steps, and a later resume would pick the old run's state.
-        Some(path) if !resume => return Err(Error::config(
-            "resume",
-            format!(
+        Some(path) if !resume => {
+            return Err(Error::config(
+                "resume",
+                format!(
                 "{} already holds checkpoints ({}): resume them or choose another output directory",
                 out_dir.display(),
                 path.display()
             ),
-        )),
+            ))
+        }
         Some(path) => {
             let state = load_training_state(&path, device)?;
             if state.model.config() != &config.model {
