@@ -44,6 +44,13 @@ pub struct TrainConfig {
     pub knn_temperature: f64,
     /// Warn when the projection spread (× √d, 1 when healthy) falls below this.
     pub collapse_threshold: f64,
+    /// Smallest area fraction of the random resized crop of both views (0.08 in the paper).
+    #[serde(default = "paper_crop_min_scale")]
+    pub crop_min_scale: f64,
+}
+
+fn paper_crop_min_scale() -> f64 {
+    0.08
 }
 
 impl TrainConfig {
@@ -70,6 +77,7 @@ impl TrainConfig {
             knn_k: 20,
             knn_temperature: 0.07,
             collapse_threshold: 0.1,
+            crop_min_scale: paper_crop_min_scale(),
         }
     }
 
@@ -209,6 +217,12 @@ impl TrainConfig {
             return Err(Error::config(
                 "momentum",
                 format!("{} is not in [0, 1)", self.momentum),
+            ));
+        }
+        if !(self.crop_min_scale > 0.0 && self.crop_min_scale <= 1.0) {
+            return Err(Error::config(
+                "crop_min_scale",
+                format!("{} is not in (0, 1]", self.crop_min_scale),
             ));
         }
         Ok(())

@@ -4,15 +4,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use byol_core::byol::Byol;
 use byol_core::config::TrainConfig;
 use byol_core::data::augment::{AugmentConfig, EvalTransform, TwoViewAugmenter};
-use byol_core::data::cifar::{Cifar, Cifar100Labels};
-use byol_core::data::idx::{IdxDataset, FASHION_MNIST_DIR};
-use byol_core::data::image_folder::ImageFolder;
-use byol_core::data::pipeline::fashion_mnist_augment;
-use byol_core::data::{Dataset, Split, Subset};
+use byol_core::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
 use byol_core::device::parse_device;
 use byol_core::eval::features::Extractor;
 use byol_core::eval::knn::KnnOptions;
@@ -20,22 +16,8 @@ use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
 use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
 use byol_core::nn::Stem;
 use byol_core::train::{pretrain, Monitor, Observer, RunControl, StepLog, TrainData};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DatasetKind {
-    /// IDX files of Fashion-MNIST (default: the Debian package's directory).
-    FashionMnist,
-    /// IDX files of MNIST.
-    Mnist,
-    /// CIFAR-10 binary version.
-    Cifar10,
-    /// CIFAR-100 binary version (fine labels).
-    Cifar100,
-    /// Any `root/<class>/<image>` folder, e.g. ImageNet's `train/`.
-    ImageFolder,
-}
 
 /// BYOL pretraining (Grill et al. 2020): a preset or a TOML config, overridden by flags.
 #[derive(Debug, Parser)]
@@ -47,7 +29,8 @@ struct Args {
     /// A TOML config (as written to <out>/config.toml); replaces the preset.
     #[arg(long)]
     config: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    /// fashion-mnist, mnist, cifar10, cifar100, image-folder or imagenet.
+    #[arg(long, default_value = "fashion-mnist")]
     dataset: DatasetKind,
     /// Dataset directory (default for fashion-mnist: the Debian package's).
     #[arg(long)]
@@ -103,6 +86,9 @@ struct Args {
     /// Ablation: learning-rate multiplier of the predictor.
     #[arg(long)]
     predictor_lr_multiplier: Option<f64>,
+    /// Smallest area fraction of the random resized crop (0.08 in the paper).
+    #[arg(long)]
+    crop_min_scale: Option<f64>,
     /// After training, fit a linear probe on raw pixels, a random-init encoder and the BYOL
     /// encoder, and print them side by side.
     #[arg(long)]
@@ -155,7 +141,8 @@ fn build_config(args: &Args) -> Result<TrainConfig> {
         checkpoint_every,
         workers,
         predictor_lr_multiplier,
-        knn_every
+        knn_every,
+        crop_min_scale
     );
     if args.max_steps.is_some() {
         c.max_steps = args.max_steps;
@@ -170,47 +157,10 @@ fn build_config(args: &Args) -> Result<TrainConfig> {
     Ok(c)
 }
 
-fn open_dataset(args: &Args, split: Split) -> Result<Arc<dyn Dataset>> {
-    let dir = |default: Option<&str>| -> Result<PathBuf> {
-        match (&args.data, default) {
-            (Some(d), _) => Ok(d.clone()),
-            (None, Some(d)) => Ok(PathBuf::from(d)),
-            (None, None) => bail!("--data <dir> is required for --dataset {:?}", args.dataset),
-        }
-    };
-    Ok(match args.dataset {
-        DatasetKind::FashionMnist => Arc::new(
-            IdxDataset::fashion_mnist(dir(Some(FASHION_MNIST_DIR))?, split).context(
-                "Fashion-MNIST not found: install Debian's dataset-fashion-mnist or pass --data",
-            )?,
-        ),
-        DatasetKind::Mnist => Arc::new(IdxDataset::mnist(dir(None)?, split)?),
-        DatasetKind::Cifar10 => Arc::new(Cifar::cifar10(dir(None)?, split)?),
-        DatasetKind::Cifar100 => {
-            Arc::new(Cifar::cifar100(dir(None)?, split, Cifar100Labels::Fine)?)
-        }
-        DatasetKind::ImageFolder => {
-            if split == Split::Test {
-                bail!("--probe needs a test split; image folders have none here");
-            }
-            Arc::new(ImageFolder::open(dir(None)?)?)
-        }
-    })
-}
-
-fn augment_config(args: &Args, c: &TrainConfig) -> AugmentConfig {
-    let channels = c.model.encoder.in_channels;
-    let mut a = match args.dataset {
-        DatasetKind::FashionMnist | DatasetKind::Mnist => fashion_mnist_augment(),
-        _ if c.image_size <= 64 => AugmentConfig::small_image(c.image_size),
-        _ => AugmentConfig::byol_imagenet(c.image_size),
-    };
-    a.size = c.image_size;
-    if channels != a.out_channels {
-        a.out_channels = channels;
-        a.mean.resize(channels, a.mean[0]);
-        a.std.resize(channels, a.std[0]);
-    }
+fn augment_config(source: &DatasetSource, c: &TrainConfig) -> AugmentConfig {
+    let mut a = source.augment_config(c.image_size, c.model.encoder.in_channels);
+    a.view1.crop_scale[0] = c.crop_min_scale;
+    a.view2.crop_scale[0] = c.crop_min_scale;
     a
 }
 
@@ -256,11 +206,12 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let config = build_config(&args)?;
     let device = parse_device(&args.device)?;
-    let mut train: Arc<dyn Dataset> = open_dataset(&args, Split::Train)?;
+    let source = DatasetSource::new(args.dataset, args.data.clone());
+    let mut train: Arc<dyn Dataset> = source.open(Split::Train)?;
     if let Some(n) = args.train_subset {
         train = Arc::new(Subset::first(train, n));
     }
-    let augment = augment_config(&args, &config);
+    let augment = augment_config(&source, &config);
     let channels = config.model.encoder.in_channels;
     let data = TrainData {
         dataset: Arc::clone(&train),
@@ -298,7 +249,7 @@ fn main() -> Result<()> {
         stop: &stop,
     };
     // The kNN monitor on held-out data (datasets with a test split).
-    let monitor_data = match open_dataset(&args, Split::Test) {
+    let monitor_data = match source.open(Split::Test) {
         Ok(test) if config.knn_every > 0 => Some(ProbeData {
             train: Arc::new(Subset::first(Arc::clone(&train), args.knn_bank)),
             test: Arc::new(Subset::first(test, args.knn_queries)),
@@ -342,14 +293,8 @@ fn main() -> Result<()> {
         let loaded = byol_core::checkpoint::load_encoder(&summary.encoder_path, &device, None)?;
         let random = Byol::new(&config.model, &device, config.seed)?;
         let probe_data = ProbeData {
-            train: Arc::new(Subset::first(
-                open_dataset(&args, Split::Train)?,
-                args.probe_train,
-            )),
-            test: Arc::new(Subset::first(
-                open_dataset(&args, Split::Test)?,
-                args.probe_test,
-            )),
+            train: Arc::new(Subset::first(source.open(Split::Train)?, args.probe_train)),
+            test: Arc::new(Subset::first(source.open(Split::Test)?, args.probe_test)),
             transform: Arc::new(EvalTransform::new(augment)?),
             view_shape: (channels, config.image_size, config.image_size),
             workers: config.workers,

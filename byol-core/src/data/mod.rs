@@ -10,8 +10,10 @@ pub mod image_folder;
 pub mod imagenet;
 pub mod loader;
 pub mod pipeline;
+pub mod source;
 pub mod voc;
 
 pub use dataset::{CorruptPolicy, Dataset, Sample, Split, Subset};
 pub use decode::ColorMode;
 pub use image::Image;
+pub use source::{DatasetKind, DatasetSource};
