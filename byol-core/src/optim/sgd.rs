@@ -1,0 +1,110 @@
+//! SGD with (Nesterov) momentum and decoupled-from-nothing L2 weight decay, as PyTorch's
+//! `torch.optim.SGD`: `g = grad + wd·w; b = μ·b + g; step = g + μ·b (Nesterov) or b; w -= lr·step`.
+//! The linear-evaluation head and fine-tuning use it (BYOL's evaluation protocols).
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::VarStore;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SgdConfig {
+    pub momentum: f64,
+    pub nesterov: bool,
+    /// L2 penalty added to the gradient of every trainable tensor that the filter of
+    /// [`Sgd::step`] accepts.
+    pub weight_decay: f64,
+}
+
+impl Default for SgdConfig {
+    /// The paper's linear-evaluation optimiser: Nesterov momentum 0.9, no weight decay.
+    fn default() -> Self {
+        Self {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Sgd {
+    config: SgdConfig,
+    momentum: HashMap<String, Tensor>,
+}
+
+impl Sgd {
+    pub fn new(config: SgdConfig) -> Result<Self> {
+        if !(0.0..1.0).contains(&config.momentum) {
+            return Err(Error::config(
+                "momentum",
+                format!("{} is not in [0, 1)", config.momentum),
+            ));
+        }
+        if !(config.weight_decay.is_finite() && config.weight_decay >= 0.0) {
+            return Err(Error::config(
+                "weight_decay",
+                format!("{} must be a finite number ≥ 0", config.weight_decay),
+            ));
+        }
+        if config.nesterov && config.momentum == 0.0 {
+            return Err(Error::config("nesterov", "Nesterov needs a momentum > 0"));
+        }
+        Ok(Self {
+            config,
+            momentum: HashMap::new(),
+        })
+    }
+
+    pub fn config(&self) -> &SgdConfig {
+        &self.config
+    }
+
+    /// One step over the trainable tensors of `store` that have a gradient; `decays(name)`
+    /// says which of them take the weight decay (e.g. not biases and BN parameters).
+    pub fn step(
+        &mut self,
+        store: &VarStore,
+        grads: &GradStore,
+        lr: f64,
+        decays: &dyn Fn(&str) -> bool,
+    ) -> Result<()> {
+        let SgdConfig {
+            momentum,
+            nesterov,
+            weight_decay,
+        } = self.config;
+        for entry in store.trainable() {
+            let w = entry.var.as_tensor();
+            let Some(grad) = grads.get(w) else {
+                continue;
+            };
+            let mut g = grad.clone();
+            if weight_decay > 0.0 && decays(&entry.name) {
+                g = (g + w.affine(weight_decay, 0.0)?)?;
+            }
+            let update = if momentum > 0.0 {
+                // PyTorch's convention: the first buffer is the gradient itself.
+                let b = match self.momentum.get(&entry.name) {
+                    Some(b) => (b.affine(momentum, 0.0)? + &g)?,
+                    None => g.clone(),
+                };
+                let update = if nesterov {
+                    (&g + b.affine(momentum, 0.0)?)?
+                } else {
+                    b.clone()
+                };
+                self.momentum.insert(entry.name.clone(), b);
+                update
+            } else {
+                g
+            };
+            entry.var.set(&(w - update.affine(lr, 0.0)?)?)?;
+        }
+        Ok(())
+    }
+}
