@@ -1,22 +1,272 @@
-//! `byol-linear-eval`: frozen-encoder evaluation. Only the command line exists so far; the
-//! protocols live in `byol_core::eval` (logistic L2 path, kNN, metrics) and are wired up next.
+//! `byol-linear-eval`: frozen-encoder evaluation with the paper's protocols (features cache,
+//! logistic transfer protocol, SGD ImageNet protocol, kNN). The logic is `byol_core::eval`.
 
-use anyhow::{bail, Result};
-use clap::Parser;
+use std::path::PathBuf;
 
-/// Evaluates a pretrained encoder with the paper's protocols (not wired up yet: see the README).
+use anyhow::{bail, Context, Result};
+use byol_core::data::{DatasetKind, DatasetSource};
+use byol_core::device::parse_device;
+use byol_core::eval::cache::CacheStatus;
+use byol_core::eval::knn::KnnOptions;
+use byol_core::eval::linear_eval::{EvalSetup, FeatureSource};
+use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
+use byol_core::eval::report::ClassificationReport;
+use byol_core::eval::sgd_probe::{SgdProbeOptions, PAPER_LEARNING_RATES};
+use byol_core::nn::{ResNetConfig, Stem};
+use byol_core::optim::SgdConfig;
+use clap::{Args, Parser, Subcommand};
+
+/// Evaluates a frozen encoder (or raw pixels) on a labelled dataset.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Args {
-    /// Encoder weights (safetensors in torchvision naming), or `none` for raw pixels.
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Compute (or check) the cached features of train and test.
+    Features(Common),
+    /// L2-regularised logistic regression, λ from a log grid on a held-out split (App. D.2).
+    Logistic {
+        #[command(flatten)]
+        common: Common,
+        /// Number of λ values, log-spaced in [--lambda-min, --lambda-max] (paper: 45).
+        #[arg(long, default_value_t = 45)]
+        lambdas: usize,
+        #[arg(long, default_value_t = 1e-6)]
+        lambda_min: f64,
+        #[arg(long, default_value_t = 1e5)]
+        lambda_max: f64,
+        /// Fraction of train held out to choose λ.
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+    },
+    /// Linear head by SGD on random-crop + flip views (the ImageNet protocol, App. C.1).
+    Sgd {
+        #[command(flatten)]
+        common: Common,
+        /// Learning rates swept on the held-out split (paper: 0.4,0.3,0.2,0.1,0.05).
+        #[arg(long, value_delimiter = ',')]
+        lrs: Option<Vec<f64>>,
+        /// Paper: 80.
+        #[arg(long, default_value_t = 80)]
+        epochs: usize,
+        /// Batch of the head's SGD (paper: 1024).
+        #[arg(long, default_value_t = 1024)]
+        head_batch_size: usize,
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+    },
+    /// Weighted kNN on cosine similarity.
+    Knn {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 20)]
+        k: usize,
+        #[arg(long, default_value_t = 0.07)]
+        temperature: f32,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Encoder weights (safetensors, torchvision names), or `none` for raw pixels.
     #[arg(long)]
-    weights: Option<String>,
+    weights: String,
+    /// fashion-mnist, mnist, cifar10, cifar100, image-folder or imagenet.
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: DatasetKind,
+    /// Dataset directory (default for fashion-mnist: Debian's package directory).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Architecture of a weights file without our metadata, e.g. resnet50 (checked otherwise).
+    #[arg(long)]
+    arch: Option<String>,
+    /// With --arch: width multiplier.
+    #[arg(long, default_value_t = 1)]
+    width: usize,
+    /// With --arch: imagenet or small.
+    #[arg(long, default_value = "imagenet")]
+    stem: String,
+    /// With --arch: 1 or 3.
+    #[arg(long, default_value_t = 3)]
+    in_channels: usize,
+    /// With --arch: stem channels before the width multiplier.
+    #[arg(long, default_value_t = 64)]
+    base_channels: usize,
+    /// Evaluation crop side (default: 28 MNIST-like, 32 CIFAR, else 224).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Use only the first N training images.
+    #[arg(long)]
+    train_subset: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    test_subset: Option<usize>,
+    /// Images per encoder batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory: feature caches (features/) and the report.
+    #[arg(long, default_value = "runs/linear-eval")]
+    out: PathBuf,
+    /// Report path (default: <out>/<mode>.json).
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+impl Common {
+    fn setup(&self) -> Result<EvalSetup> {
+        let weights = match self.weights.as_str() {
+            "none" => FeatureSource::Pixels,
+            hub if hub.starts_with("hf://") => {
+                bail!("--weights {hub}: Hub references are not supported yet; download the file and pass its path")
+            }
+            path => {
+                let path = PathBuf::from(path);
+                if !path.is_file() {
+                    bail!("--weights {}: no such file", path.display());
+                }
+                FeatureSource::Encoder {
+                    path,
+                    arch: self.arch()?,
+                }
+            }
+        };
+        Ok(EvalSetup {
+            data: DatasetSource::new(self.dataset, self.data.clone()),
+            weights,
+            image_size: self.image_size,
+            train_subset: self.train_subset,
+            test_subset: self.test_subset,
+            batch_size: self.batch_size,
+            workers: self.workers,
+            cache_dir: self.out.join("features"),
+            device: parse_device(&self.device)?,
+        })
+    }
+
+    fn arch(&self) -> Result<Option<ResNetConfig>> {
+        let Some(arch) = &self.arch else {
+            return Ok(None);
+        };
+        let depth: usize = arch
+            .strip_prefix("resnet")
+            .and_then(|d| d.parse().ok())
+            .with_context(|| format!("--arch {arch}: expected resnet18, resnet50, ..."))?;
+        let config = ResNetConfig {
+            width: self.width,
+            stem: self.stem.parse::<Stem>()?,
+            in_channels: self.in_channels,
+            base_channels: self.base_channels,
+            ..ResNetConfig::new(depth)
+        };
+        config.validate()?;
+        Ok(Some(config))
+    }
+
+    fn report_path(&self, mode: &str) -> PathBuf {
+        self.report
+            .clone()
+            .unwrap_or_else(|| self.out.join(format!("{mode}.json")))
+    }
+}
+
+fn finish(report: &ClassificationReport, common: &Common) -> Result<()> {
+    let path = common.report_path(&report.protocol);
+    report.write_json(&path)?;
+    print!("{}", report.table());
+    println!("report: {}", path.display());
+    Ok(())
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
-    bail!(
-        "byol-linear-eval is not implemented yet (weights: {:?}); `byol-pretrain --probe` runs the logistic probe meanwhile",
-        args.weights
-    )
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().mode {
+        Mode::Features(common) => {
+            let f = common.setup()?.features()?;
+            for ((name, status), path) in ["train", "test"].iter().zip(f.status).zip(&f.paths) {
+                let how = match status {
+                    CacheStatus::Hit => "up to date",
+                    CacheStatus::Missing => "computed",
+                    CacheStatus::Stale => "stale, recomputed",
+                };
+                let rows = if *name == "train" {
+                    f.train.labels.len()
+                } else {
+                    f.test.labels.len()
+                };
+                println!(
+                    "{name}: {rows} × {} features, {how}: {}",
+                    f.train.features.view().cols(),
+                    path.display()
+                );
+            }
+        }
+        Mode::Logistic {
+            common,
+            lambdas,
+            lambda_min,
+            lambda_max,
+            val_fraction,
+        } => {
+            let opts = LinearProtocolOptions {
+                grid: lambda_grid(lambdas, lambda_min, lambda_max)?,
+                val_fraction,
+                seed: common.seed,
+                ..LinearProtocolOptions::default()
+            };
+            let report = common.setup()?.logistic(&opts)?;
+            finish(&report, &common)?;
+        }
+        Mode::Sgd {
+            common,
+            lrs,
+            epochs,
+            head_batch_size,
+            val_fraction,
+        } => {
+            let opts = SgdProbeOptions {
+                learning_rates: lrs.unwrap_or_else(|| PAPER_LEARNING_RATES.to_vec()),
+                epochs,
+                batch_size: head_batch_size,
+                val_fraction,
+                seed: common.seed,
+                workers: common.workers,
+                sgd: SgdConfig::default(),
+            };
+            let mut on_epoch = |epoch: usize, loss: f64| {
+                tracing::info!("epoch {}/{epochs}: head loss {loss:.4}", epoch + 1);
+            };
+            let report = common.setup()?.sgd(&opts, &mut on_epoch)?;
+            finish(&report, &common)?;
+        }
+        Mode::Knn {
+            common,
+            k,
+            temperature,
+        } => {
+            let opts = KnnOptions {
+                k,
+                temperature,
+                ..KnnOptions::default()
+            };
+            let report = common.setup()?.knn(&opts)?;
+            finish(&report, &common)?;
+        }
+    }
+    Ok(())
 }

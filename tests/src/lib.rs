@@ -1,7 +1,7 @@
 //! Helpers shared by the workspace-level integration tests in `tests/`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use byol_core::byol::{Byol, ByolConfig};
 use byol_core::nn::{MlpConfig, ResNetConfig, Stem};
@@ -73,4 +73,45 @@ pub fn views(n: usize, size: usize, seed: u64) -> (Tensor, Tensor) {
         Tensor::from_vec(data, (n, 3, size, size), &Device::Cpu).unwrap()
     };
     (make(seed * 2 + 1), make(seed * 2 + 2))
+}
+
+/// Writes an MNIST-layout IDX dataset (uncompressed, `{train,t10k}-{images-idx3,labels-idx1}-ubyte`)
+/// of 28×28 grey images into `dir`: class `c` of `classes` is a bright 8×8 square at its own
+/// place on a noisy background, so raw pixels separate the classes linearly.
+pub fn write_mnist_like(dir: &Path, train: usize, test: usize, classes: u8, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    std::fs::create_dir_all(dir).expect("fixture directory");
+    for (prefix, n) in [("train", train), ("t10k", test)] {
+        let mut images = idx_header(0x0803, &[n as u32, 28, 28]);
+        let mut labels = idx_header(0x0801, &[n as u32]);
+        for i in 0..n {
+            let class = (i % classes as usize) as u8;
+            let (top, left) = (2 + 6 * (class as usize / 3), 2 + 8 * (class as usize % 3));
+            for y in 0..28 {
+                for x in 0..28 {
+                    let inside = (top..top + 8).contains(&y) && (left..left + 8).contains(&x);
+                    let base: u8 = if inside { 200 } else { 20 };
+                    images.push(base.saturating_add(rng.random_range(0..40)));
+                }
+            }
+            labels.push(class);
+        }
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).expect("write");
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).expect("write");
+    }
+}
+
+fn idx_header(magic: u32, dims: &[u32]) -> Vec<u8> {
+    let mut out = magic.to_be_bytes().to_vec();
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out
+}
+
+/// Saves the online encoder of [`tiny_byol`]`(seed)` (3 input channels) to `path`.
+pub fn save_tiny_encoder(path: &Path, seed: u64) {
+    byol_core::checkpoint::save_encoder(path, &tiny_byol(seed), Default::default())
+        .expect("the tiny encoder saves");
 }

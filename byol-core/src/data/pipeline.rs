@@ -53,3 +53,46 @@ impl Transform for EvalTransform {
         EvalTransform::apply(self, &sample.image, view)
     }
 }
+
+/// One augmented view per sample (the first view of the config): the training transform of the
+/// linear-evaluation head (random resized crop and flip).
+#[derive(Debug, Clone)]
+pub struct OneViewAugmenter(TwoViewAugmenter);
+
+impl OneViewAugmenter {
+    pub fn new(cfg: AugmentConfig) -> Result<Self> {
+        Ok(Self(TwoViewAugmenter::new(cfg)?))
+    }
+
+    /// The paper's linear-evaluation augmentation on top of `base`'s size and normalisation:
+    /// random resized crop (area 0.08–1) and horizontal flip, no colour operations.
+    pub fn crop_and_flip(base: &AugmentConfig) -> Result<Self> {
+        let mut view = super::augment::ViewConfig::byol(0.0, 0.0);
+        view.jitter_prob = 0.0;
+        view.grayscale_prob = 0.0;
+        Self::new(AugmentConfig {
+            view1: view.clone(),
+            view2: view,
+            ..base.clone()
+        })
+    }
+}
+
+impl Transform for OneViewAugmenter {
+    fn apply(&self, sample: &Sample, ctx: &SampleCtx, views: &mut [&mut [f32]]) -> Result<()> {
+        let [view] = views else {
+            return Err(Error::Input(format!(
+                "the one-view augmentation fills 1 view, the loader asked for {}",
+                views.len()
+            )));
+        };
+        self.0.apply(
+            &sample.image,
+            ctx.seed,
+            ctx.epoch as u64,
+            ctx.index as u64,
+            0,
+            view,
+        )
+    }
+}

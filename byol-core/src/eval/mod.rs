@@ -10,14 +10,22 @@
 //! - [`svm`]: the VOC07 linear-SVM protocol (squared hinge, dual coordinate descent, cost chosen by
 //!   3-fold cross-validated AP).
 //!
+//! - [`sgd_probe`]: the ImageNet linear protocol (SGD head on augmented views, lr sweep).
+//! - [`cache`], [`report`], [`linear_eval`]: the cached features, the JSON report and the four
+//!   modes of `byol-linear-eval` built from the above.
+//!
 //! Features are row-major f32 matrices ([`matrix::Features`]); tensors convert once through
 //! [`matrix::OwnedFeatures::from_tensor`].
 
+pub mod cache;
 pub mod features;
 pub mod knn;
 pub mod lbfgs;
+pub mod linear_eval;
 pub mod logistic;
 pub mod matrix;
 pub mod metrics;
 pub mod probe;
+pub mod report;
+pub mod sgd_probe;
 pub mod svm;

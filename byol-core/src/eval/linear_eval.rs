@@ -1,0 +1,433 @@
+//! The four modes of `byol-linear-eval` on one dataset and one set of weights: cached
+//! features, the logistic (transfer) protocol, the SGD (ImageNet) protocol and kNN, each
+//! ending in a [`ClassificationReport`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+use serde_json::json;
+
+use crate::checkpoint::{load_encoder, LoadedEncoder};
+use crate::data::augment::{AugmentConfig, EvalTransform};
+use crate::data::pipeline::OneViewAugmenter;
+use crate::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
+use crate::eval::cache::{cached_features, sha256_file, CacheKey, CacheStatus};
+use crate::eval::features::{extract, Extractor, LabelledFeatures};
+use crate::eval::knn::{knn_scores, KnnOptions};
+use crate::eval::logistic::{linear_protocol, LinearProtocolOptions};
+use crate::eval::report::{ClassificationMetrics, ClassificationReport, SplitSizes, WeightsInfo};
+use crate::eval::sgd_probe::{sgd_probe, SgdProbeData, SgdProbeOptions};
+use crate::nn::ResNetConfig;
+use crate::{Error, Result};
+
+/// What turns images into features.
+#[derive(Debug, Clone)]
+pub enum FeatureSource {
+    /// An encoder file; `arch` is needed for files without our metadata (a plain torchvision
+    /// state dict) and is checked against the metadata otherwise.
+    Encoder {
+        path: PathBuf,
+        arch: Option<ResNetConfig>,
+    },
+    /// Raw pixels after the evaluation transform (the baseline).
+    Pixels,
+}
+
+/// One evaluation setting.
+#[derive(Debug, Clone)]
+pub struct EvalSetup {
+    pub data: DatasetSource,
+    pub weights: FeatureSource,
+    /// Side of the evaluation crop; default: the dataset's native size (28 for MNIST-like,
+    /// 32 for CIFAR) or 224.
+    pub image_size: Option<usize>,
+    /// Use only the first N images of train / test.
+    pub train_subset: Option<usize>,
+    pub test_subset: Option<usize>,
+    pub batch_size: usize,
+    pub workers: usize,
+    /// Where feature caches live.
+    pub cache_dir: PathBuf,
+    pub device: Device,
+}
+
+/// Features of both splits and whether each came from the cache.
+pub struct SplitFeatures {
+    pub train: LabelledFeatures,
+    pub test: LabelledFeatures,
+    pub status: [CacheStatus; 2],
+    pub paths: [PathBuf; 2],
+}
+
+struct Prepared {
+    encoder: Option<LoadedEncoder>,
+    weights: WeightsInfo,
+    train: Arc<dyn Dataset>,
+    test: Arc<dyn Dataset>,
+    augment: AugmentConfig,
+    view_shape: (usize, usize, usize),
+    classes: usize,
+}
+
+impl Prepared {
+    fn extractor(&self) -> Extractor<'_> {
+        match &self.encoder {
+            Some(e) => Extractor::Encoder(&e.encoder),
+            None => Extractor::Pixels,
+        }
+    }
+}
+
+fn describe(c: &ResNetConfig) -> String {
+    format!(
+        "resnet{} x{} {:?} stem, {} input channel(s), base {}",
+        c.depth, c.width, c.stem, c.in_channels, c.base_channels
+    )
+}
+
+fn same_shape(a: &ResNetConfig, b: &ResNetConfig) -> bool {
+    (a.depth, a.width, a.stem, a.in_channels, a.base_channels)
+        == (b.depth, b.width, b.stem, b.in_channels, b.base_channels)
+}
+
+/// Loads an encoder file, checking `arch` (when given) against what the file declares.
+pub fn load_checked_encoder(
+    path: &Path,
+    arch: Option<&ResNetConfig>,
+    device: &Device,
+) -> Result<LoadedEncoder> {
+    match load_encoder(path, device, None) {
+        Ok(loaded) => {
+            if let Some(arch) = arch {
+                if !same_shape(arch, loaded.encoder.config()) {
+                    return Err(Error::config(
+                        "arch",
+                        format!(
+                            "{} holds a {}, not the requested {}",
+                            path.display(),
+                            describe(loaded.encoder.config()),
+                            describe(arch)
+                        ),
+                    ));
+                }
+            }
+            Ok(loaded)
+        }
+        // A file without our metadata: the architecture must be given.
+        Err(Error::Format { .. }) if arch.is_some() => load_encoder(path, device, arch),
+        Err(e) => Err(e),
+    }
+}
+
+impl EvalSetup {
+    fn image_size(&self) -> usize {
+        self.image_size.unwrap_or(match self.data.kind {
+            DatasetKind::FashionMnist | DatasetKind::Mnist => 28,
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 => 32,
+            DatasetKind::ImageFolder | DatasetKind::Imagenet => 224,
+        })
+    }
+
+    fn prepare(&self) -> Result<Prepared> {
+        let (encoder, weights) = match &self.weights {
+            FeatureSource::Encoder { path, arch } => {
+                let loaded = load_checked_encoder(path, arch.as_ref(), &self.device)?;
+                let info = WeightsInfo {
+                    extractor: "encoder".into(),
+                    path: Some(path.display().to_string()),
+                    sha256: Some(sha256_file(path)?),
+                    architecture: Some(describe(loaded.encoder.config())),
+                };
+                (Some(loaded), info)
+            }
+            FeatureSource::Pixels => (
+                None,
+                WeightsInfo {
+                    extractor: "pixels".into(),
+                    path: None,
+                    sha256: None,
+                    architecture: None,
+                },
+            ),
+        };
+        let mut train = self.data.open(Split::Train)?;
+        let mut test = self.data.open(Split::Test)?;
+        if let Some(n) = self.train_subset {
+            train = Arc::new(Subset::first(train, n));
+        }
+        if let Some(n) = self.test_subset {
+            test = Arc::new(Subset::first(test, n));
+        }
+        if train.class_names() != test.class_names() {
+            return Err(Error::Input(format!(
+                "{}: train has {} classes and test {}, or they are named differently",
+                self.data.dir()?.display(),
+                train.num_classes(),
+                test.num_classes()
+            )));
+        }
+        let channels = match &encoder {
+            Some(e) => e.encoder.config().in_channels,
+            None => match self.data.kind {
+                DatasetKind::FashionMnist | DatasetKind::Mnist => 1,
+                _ => 3,
+            },
+        };
+        let size = self.image_size();
+        let augment = self.data.augment_config(size, channels);
+        Ok(Prepared {
+            encoder,
+            weights,
+            classes: train.num_classes(),
+            train,
+            test,
+            augment,
+            view_shape: (channels, size, size),
+        })
+    }
+
+    fn cache_key(&self, p: &Prepared, split: Split, samples: usize) -> Result<CacheKey> {
+        let transform = json!({
+            "size": p.augment.size,
+            "channels": p.augment.out_channels,
+            "mean": p.augment.mean,
+            "std": p.augment.std,
+            "eval_resize_ratio": p.augment.eval_resize_ratio,
+        });
+        Ok(CacheKey {
+            weights: p.weights.sha256.clone().unwrap_or_else(|| "pixels".into()),
+            transform: transform.to_string(),
+            dataset: format!("{} {}", self.data.kind, self.data.dir()?.display()),
+            split: format!("{split:?}").to_lowercase(),
+            samples,
+        })
+    }
+
+    fn cache_path(&self, split: Split) -> PathBuf {
+        let weights = match &self.weights {
+            FeatureSource::Encoder { path, .. } => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "encoder".into()),
+            FeatureSource::Pixels => "pixels".into(),
+        };
+        self.cache_dir.join(format!(
+            "{}-{}-{}.safetensors",
+            self.data.kind,
+            format!("{split:?}").to_lowercase(),
+            weights
+        ))
+    }
+
+    fn split_features(&self, p: &Prepared) -> Result<SplitFeatures> {
+        let transform = Arc::new(EvalTransform::new(p.augment.clone())?);
+        let mut out = Vec::with_capacity(2);
+        for (split, set) in [(Split::Train, &p.train), (Split::Test, &p.test)] {
+            let key = self.cache_key(p, split, set.len())?;
+            let path = self.cache_path(split);
+            let (features, status) = cached_features(&path, &key, || {
+                extract(
+                    &p.extractor(),
+                    Arc::clone(set),
+                    transform.clone(),
+                    p.view_shape,
+                    self.batch_size,
+                    self.workers,
+                    &self.device,
+                )
+            })?;
+            out.push((features, status, path));
+        }
+        let (test, test_status, test_path) = out.pop().ok_or_else(no_split)?;
+        let (train, train_status, train_path) = out.pop().ok_or_else(no_split)?;
+        if train.features.view().cols() != test.features.view().cols() {
+            return Err(Error::Input(format!(
+                "feature dimension {} in {} but {} in {}",
+                train.features.view().cols(),
+                train_path.display(),
+                test.features.view().cols(),
+                test_path.display()
+            )));
+        }
+        Ok(SplitFeatures {
+            train,
+            test,
+            status: [train_status, test_status],
+            paths: [train_path, test_path],
+        })
+    }
+
+    /// The `features` mode: computes (or finds up to date) the cached features of both splits.
+    pub fn features(&self) -> Result<SplitFeatures> {
+        self.split_features(&self.prepare()?)
+    }
+
+    fn report(
+        &self,
+        p: &Prepared,
+        protocol: (&str, &str),
+        splits: SplitSizes,
+        feature_dim: usize,
+        hyperparameters: BTreeMap<String, serde_json::Value>,
+        metrics: ClassificationMetrics,
+        started: Instant,
+    ) -> Result<ClassificationReport> {
+        Ok(ClassificationReport {
+            protocol: protocol.0.into(),
+            protocol_description: protocol.1.into(),
+            dataset: self.data.kind.to_string(),
+            data_dir: self.data.dir()?.display().to_string(),
+            weights: p.weights.clone(),
+            splits,
+            feature_dim,
+            hyperparameters,
+            top1: metrics.top1,
+            top5: metrics.top5,
+            mean_per_class_accuracy: metrics.mean_per_class_accuracy,
+            class_names: p.train.class_names().to_vec(),
+            per_class_accuracy: metrics.per_class_accuracy,
+            confusion_matrix: metrics.confusion_matrix,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The linear-transfer protocol on cached features: L2-regularised multinomial logistic
+    /// regression, λ chosen on a held-out split of train, refit on all of train.
+    pub fn logistic(&self, opts: &LinearProtocolOptions) -> Result<ClassificationReport> {
+        let started = Instant::now();
+        let p = self.prepare()?;
+        let f = self.split_features(&p)?;
+        let result = linear_protocol(
+            f.train.features.view(),
+            &f.train.labels,
+            f.test.features.view(),
+            &f.test.labels,
+            p.classes,
+            opts,
+        )?;
+        let scores = result.model.predict_scores(f.test.features.view())?;
+        let metrics = ClassificationMetrics::from_scores(&scores, &f.test.labels, p.classes)?;
+        let val = ((f.train.labels.len() as f64 * opts.val_fraction).round() as usize).max(1);
+        let hyper = BTreeMap::from([
+            ("lambda".into(), json!(result.best_lambda)),
+            ("lambda_grid".into(), json!(opts.grid)),
+            ("val_fraction".into(), json!(opts.val_fraction)),
+        ]);
+        self.report(
+            &p,
+            (
+                "logistic",
+                "L2-regularised multinomial logistic regression (L-BFGS) on frozen features, λ from the grid on a held-out split, refit on train (BYOL App. D.2)",
+            ),
+            SplitSizes {
+                train: f.train.labels.len(),
+                val,
+                test: f.test.labels.len(),
+            },
+            f.train.features.view().cols(),
+            hyper,
+            metrics,
+            started,
+        )
+    }
+
+    /// Weighted cosine kNN on cached features.
+    pub fn knn(&self, opts: &KnnOptions) -> Result<ClassificationReport> {
+        let started = Instant::now();
+        let p = self.prepare()?;
+        let f = self.split_features(&p)?;
+        let scores = knn_scores(
+            f.train.features.view(),
+            &f.train.labels,
+            p.classes,
+            f.test.features.view(),
+            opts,
+        )?;
+        let metrics = ClassificationMetrics::from_scores(&scores, &f.test.labels, p.classes)?;
+        let hyper = BTreeMap::from([
+            ("k".into(), json!(opts.k)),
+            ("temperature".into(), json!(opts.temperature)),
+        ]);
+        self.report(
+            &p,
+            (
+                "knn",
+                "k-nearest neighbours, cosine similarity, votes weighted by exp(sim/T)",
+            ),
+            SplitSizes {
+                train: f.train.labels.len(),
+                val: 0,
+                test: f.test.labels.len(),
+            },
+            f.train.features.view().cols(),
+            hyper,
+            metrics,
+            started,
+        )
+    }
+
+    /// The ImageNet linear protocol: a linear head by SGD on random-crop + flip views of the
+    /// frozen encoder. Needs an encoder (raw pixels have no such protocol).
+    pub fn sgd(
+        &self,
+        opts: &SgdProbeOptions,
+        on_epoch: &mut dyn FnMut(usize, f64),
+    ) -> Result<ClassificationReport> {
+        let started = Instant::now();
+        let p = self.prepare()?;
+        let encoder = p.encoder.as_ref().ok_or_else(|| {
+            Error::config(
+                "weights",
+                "the sgd protocol trains on encoder features of augmented views: give encoder weights (use logistic or knn for raw pixels)",
+            )
+        })?;
+        let data = SgdProbeData {
+            encoder: &encoder.encoder,
+            train: Arc::clone(&p.train),
+            test: Arc::clone(&p.test),
+            train_transform: Arc::new(OneViewAugmenter::crop_and_flip(&p.augment)?),
+            eval_transform: Arc::new(EvalTransform::new(p.augment.clone())?),
+            view_shape: p.view_shape,
+            classes: p.classes,
+        };
+        let result = sgd_probe(&data, opts, &self.device, on_epoch)?;
+        let metrics = ClassificationMetrics::from_scores(
+            &result.test_scores,
+            &result.test_labels,
+            p.classes,
+        )?;
+        let hyper = BTreeMap::from([
+            ("lr".into(), json!(result.best_lr)),
+            ("lr_grid".into(), json!(opts.learning_rates)),
+            ("val_top1_per_lr".into(), json!(result.candidates)),
+            ("epochs".into(), json!(opts.epochs)),
+            ("batch_size".into(), json!(opts.batch_size)),
+            ("momentum".into(), json!(opts.sgd.momentum)),
+            ("nesterov".into(), json!(opts.sgd.nesterov)),
+            ("weight_decay".into(), json!(opts.sgd.weight_decay)),
+        ]);
+        self.report(
+            &p,
+            (
+                "sgd",
+                "linear head by SGD (Nesterov, cosine lr, no weight decay) on random-crop + flip views of the frozen encoder, lr chosen on a held-out split (BYOL App. C.1)",
+            ),
+            SplitSizes {
+                train: result.train_size,
+                val: result.val_size,
+                test: result.test_labels.len(),
+            },
+            result.feature_dim,
+            hyper,
+            metrics,
+            started,
+        )
+    }
+}
+
+fn no_split() -> Error {
+    Error::Input("feature extraction returned no split".into())
+}

@@ -1,0 +1,144 @@
+//! The classification report of `byol-linear-eval`: what was evaluated and how (dataset, split
+//! sizes, weights, protocol, chosen hyper-parameters) and the metrics (top-1, top-5, mean
+//! per-class accuracy, per-class accuracy, confusion matrix), as JSON and as a short table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::write_atomic;
+use crate::eval::metrics;
+use crate::{Error, Result};
+
+/// Where the features came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightsInfo {
+    /// `encoder` or `pixels`.
+    pub extractor: String,
+    pub path: Option<String>,
+    pub sha256: Option<String>,
+    /// e.g. `resnet18 small-stem 1ch base 16`.
+    pub architecture: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitSizes {
+    /// Images the final classifier was fitted on (train, held-out split included).
+    pub train: usize,
+    /// The held-out part of train used to choose hyper-parameters (0 when none is chosen).
+    pub val: usize,
+    pub test: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassificationReport {
+    /// `logistic`, `sgd` or `knn`.
+    pub protocol: String,
+    /// One line saying what the protocol is.
+    pub protocol_description: String,
+    pub dataset: String,
+    pub data_dir: String,
+    pub weights: WeightsInfo,
+    pub splits: SplitSizes,
+    pub feature_dim: usize,
+    /// Chosen values and the grids they came from (e.g. `lambda`, `lr`, `k`).
+    pub hyperparameters: BTreeMap<String, serde_json::Value>,
+    pub top1: f64,
+    pub top5: f64,
+    pub mean_per_class_accuracy: f64,
+    pub class_names: Vec<String>,
+    /// `None` for a class absent from test.
+    pub per_class_accuracy: Vec<Option<f64>>,
+    /// Row = true class, column = prediction.
+    pub confusion_matrix: Vec<Vec<u64>>,
+    pub seconds: f64,
+}
+
+/// The metrics part of a report, from test scores (`[n, classes]`, row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassificationMetrics {
+    pub top1: f64,
+    pub top5: f64,
+    pub mean_per_class_accuracy: f64,
+    pub per_class_accuracy: Vec<Option<f64>>,
+    pub confusion_matrix: Vec<Vec<u64>>,
+}
+
+impl ClassificationMetrics {
+    pub fn from_scores(scores: &[f32], labels: &[usize], classes: usize) -> Result<Self> {
+        let pred = metrics::predictions(scores, classes)?;
+        let cm = metrics::confusion_matrix(labels, &pred, classes)?;
+        let rows: Vec<Vec<u64>> = cm.chunks(classes).map(<[u64]>::to_vec).collect();
+        let per_class_accuracy = rows
+            .iter()
+            .enumerate()
+            .map(|(c, row)| {
+                let total: u64 = row.iter().sum();
+                (total > 0).then(|| row[c] as f64 / total as f64)
+            })
+            .collect();
+        Ok(Self {
+            top1: metrics::top_k_accuracy(scores, labels, classes, 1)?,
+            top5: metrics::top_k_accuracy(scores, labels, classes, 5.min(classes))?,
+            mean_per_class_accuracy: metrics::mean_per_class_accuracy(labels, &pred, classes)?,
+            per_class_accuracy,
+            confusion_matrix: rows,
+        })
+    }
+}
+
+impl ClassificationReport {
+    /// Writes the report as pretty JSON, atomically.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Input(format!("cannot encode the report: {e}")))?;
+        write_atomic(path, text.as_bytes())
+    }
+
+    pub fn read_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))
+    }
+
+    /// A short human table: the setting, then the metrics.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let weights = self
+            .weights
+            .path
+            .as_deref()
+            .unwrap_or(self.weights.extractor.as_str());
+        let _ = writeln!(s, "{} — {}", self.protocol, self.protocol_description);
+        let _ = writeln!(
+            s,
+            "dataset {} ({} train / {} held out / {} test), features {} × {} from {}",
+            self.dataset,
+            self.splits.train,
+            self.splits.val,
+            self.splits.test,
+            self.feature_dim,
+            self.splits.train,
+            weights
+        );
+        let chosen: Vec<String> = self
+            .hyperparameters
+            .iter()
+            .filter(|(_, v)| !v.is_array())
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        if !chosen.is_empty() {
+            let _ = writeln!(s, "chosen: {}", chosen.join(", "));
+        }
+        let _ = writeln!(s, "{:>8} {:>8} {:>16}", "top-1", "top-5", "mean per-class");
+        let _ = writeln!(
+            s,
+            "{:>7.2}% {:>7.2}% {:>15.2}%",
+            100.0 * self.top1,
+            100.0 * self.top5,
+            100.0 * self.mean_per_class_accuracy
+        );
+        s
+    }
+}
