@@ -43,7 +43,7 @@ fn short_logistic() -> LinearProtocolOptions {
 #[test]
 fn sgd_steps_match_pytorch() {
     // scripts/make_sgd_fixture.py: torch.optim.SGD(nesterov, momentum 0.9, weight_decay 0.01).
-    let expected: [[f32; 6]; 3] = [
+    let expected: [[f64; 6]; 3] = [
         [
             0.480049998,
             -1.03610003,
@@ -95,7 +95,7 @@ fn sgd_steps_match_pytorch() {
         sgd.step(&store, &grad_store, *lr, &|_| true).unwrap();
         let got: Vec<f32> = w.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         for (a, b) in got.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
+            assert!((f64::from(*a) - b).abs() < 1e-6, "{got:?} vs {want:?}");
         }
     }
     assert!(Sgd::new(SgdConfig {

@@ -265,31 +265,22 @@ impl EvalSetup {
         self.split_features(&self.prepare()?)
     }
 
-    fn report(
-        &self,
-        p: &Prepared,
-        protocol: (&str, &str),
-        splits: SplitSizes,
-        feature_dim: usize,
-        hyperparameters: BTreeMap<String, serde_json::Value>,
-        metrics: ClassificationMetrics,
-        started: Instant,
-    ) -> Result<ClassificationReport> {
+    fn report(&self, p: &Prepared, o: Outcome, started: Instant) -> Result<ClassificationReport> {
         Ok(ClassificationReport {
-            protocol: protocol.0.into(),
-            protocol_description: protocol.1.into(),
+            protocol: o.protocol.into(),
+            protocol_description: o.description.into(),
             dataset: self.data.kind.to_string(),
             data_dir: self.data.dir()?.display().to_string(),
             weights: p.weights.clone(),
-            splits,
-            feature_dim,
-            hyperparameters,
-            top1: metrics.top1,
-            top5: metrics.top5,
-            mean_per_class_accuracy: metrics.mean_per_class_accuracy,
+            splits: o.splits,
+            feature_dim: o.feature_dim,
+            hyperparameters: o.hyperparameters,
+            top1: o.metrics.top1,
+            top5: o.metrics.top5,
+            mean_per_class_accuracy: o.metrics.mean_per_class_accuracy,
             class_names: p.train.class_names().to_vec(),
-            per_class_accuracy: metrics.per_class_accuracy,
-            confusion_matrix: metrics.confusion_matrix,
+            per_class_accuracy: o.metrics.per_class_accuracy,
+            confusion_matrix: o.metrics.confusion_matrix,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -318,18 +309,18 @@ impl EvalSetup {
         ]);
         self.report(
             &p,
-            (
-                "logistic",
-                "L2-regularised multinomial logistic regression (L-BFGS) on frozen features, λ from the grid on a held-out split, refit on train (BYOL App. D.2)",
-            ),
-            SplitSizes {
+            Outcome {
+                protocol: "logistic",
+                description: "L2-regularised multinomial logistic regression (L-BFGS) on frozen features, λ from the grid on a held-out split, refit on train (BYOL App. D.2)",
+                splits: SplitSizes {
                 train: f.train.labels.len(),
                 val,
                 test: f.test.labels.len(),
             },
-            f.train.features.view().cols(),
-            hyper,
-            metrics,
+                feature_dim: f.train.features.view().cols(),
+                hyperparameters: hyper,
+                metrics,
+            },
             started,
         )
     }
@@ -353,18 +344,19 @@ impl EvalSetup {
         ]);
         self.report(
             &p,
-            (
-                "knn",
-                "k-nearest neighbours, cosine similarity, votes weighted by exp(sim/T)",
-            ),
-            SplitSizes {
-                train: f.train.labels.len(),
-                val: 0,
-                test: f.test.labels.len(),
+            Outcome {
+                protocol: "knn",
+                description:
+                    "k-nearest neighbours, cosine similarity, votes weighted by exp(sim/T)",
+                splits: SplitSizes {
+                    train: f.train.labels.len(),
+                    val: 0,
+                    test: f.test.labels.len(),
+                },
+                feature_dim: f.train.features.view().cols(),
+                hyperparameters: hyper,
+                metrics,
             },
-            f.train.features.view().cols(),
-            hyper,
-            metrics,
             started,
         )
     }
@@ -411,21 +403,31 @@ impl EvalSetup {
         ]);
         self.report(
             &p,
-            (
-                "sgd",
-                "linear head by SGD (Nesterov, cosine lr, no weight decay) on random-crop + flip views of the frozen encoder, lr chosen on a held-out split (BYOL App. C.1)",
-            ),
-            SplitSizes {
+            Outcome {
+                protocol: "sgd",
+                description: "linear head by SGD (Nesterov, cosine lr, no weight decay) on random-crop + flip views of the frozen encoder, lr chosen on a held-out split (BYOL App. C.1)",
+                splits: SplitSizes {
                 train: result.train_size,
                 val: result.val_size,
                 test: result.test_labels.len(),
             },
-            result.feature_dim,
-            hyper,
-            metrics,
+                feature_dim: result.feature_dim,
+                hyperparameters: hyper,
+                metrics,
+            },
             started,
         )
     }
+}
+
+/// What a protocol produced, before it becomes a report.
+struct Outcome {
+    protocol: &'static str,
+    description: &'static str,
+    splits: SplitSizes,
+    feature_dim: usize,
+    hyperparameters: BTreeMap<String, serde_json::Value>,
+    metrics: ClassificationMetrics,
 }
 
 fn no_split() -> Error {
