@@ -1,7 +1,10 @@
 //! Helpers shared by the workspace-level integration tests in `tests/`.
 
+pub mod fixtures;
+
+use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use byol_core::byol::{Byol, ByolConfig};
 use byol_core::nn::{MlpConfig, ResNetConfig, Stem};
@@ -73,4 +76,13 @@ pub fn views(n: usize, size: usize, seed: u64) -> (Tensor, Tensor) {
         Tensor::from_vec(data, (n, 3, size, size), &Device::Cpu).unwrap()
     };
     (make(seed * 2 + 1), make(seed * 2 + 2))
+}
+
+/// Writes the online encoder of [`tiny_byol`]`(seed)` as an encoder file (torchvision names,
+/// config in the metadata) and returns its path.
+pub fn write_tiny_encoder(dir: &Path, seed: u64) -> PathBuf {
+    let path = dir.join(format!("tiny-encoder-{seed}.safetensors"));
+    byol_core::checkpoint::save_encoder(&path, &tiny_byol(seed), BTreeMap::new())
+        .expect("the tiny encoder is written");
+    path
 }
