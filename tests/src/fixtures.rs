@@ -126,6 +126,9 @@ pub fn voc_palette() -> Vec<u8> {
     p
 }
 
+/// One VOC2007 image: id and per-class targets.
+type Row = (String, [i8; 20]);
+
 /// A miniature `VOCdevkit` with `VOC2007` (classification: train/val/test, `ImageSets/Main`
 /// lists and XML annotations) and `VOC2012` (segmentation: palette masks with void borders).
 /// Every image shows one class in that class's colour, so the tasks are learnable.
@@ -161,8 +164,7 @@ impl MiniVoc {
     fn write_voc2007(&self, voc: &Path) {
         let (w, h) = self.size;
         let mut next = 0usize;
-        // split → (id, targets)
-        let mut splits: Vec<(&str, Vec<(String, [i8; 20])>)> = Vec::new();
+        let mut splits: Vec<(&str, Vec<Row>)> = Vec::new();
         for (si, split) in ["train", "val", "test"].into_iter().enumerate() {
             let mut rows = Vec::new();
             for c in 0..20 {
@@ -200,7 +202,7 @@ impl MiniVoc {
             }
             splits.push((split, rows));
         }
-        let trainval: Vec<(String, [i8; 20])> = [splits[0].1.clone(), splits[1].1.clone()].concat();
+        let trainval: Vec<Row> = [splits[0].1.clone(), splits[1].1.clone()].concat();
         splits.push(("trainval", trainval));
         for (split, rows) in &splits {
             let ids: String = rows.iter().map(|(id, _)| format!("{id}\n")).collect();

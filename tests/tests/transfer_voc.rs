@@ -113,3 +113,18 @@ fn voc_missing_class_file_and_absent_image_are_named() -> R {
     assert!(msg.contains("nowhere") && msg.contains("VOC2007"), "{msg}");
     Ok(())
 }
+
+/// Writes the miniature VOCdevkit (and a tiny encoder) under `$BYOL_MINI_VOC` to try the
+/// `byol-transfer` command line on: `BYOL_MINI_VOC=/tmp/mini cargo test -p byol-tests --test
+/// transfer_voc -- --ignored write_mini_vocdevkit`.
+#[test]
+#[ignore]
+fn write_mini_vocdevkit() {
+    let root = std::path::PathBuf::from(std::env::var("BYOL_MINI_VOC").expect("set BYOL_MINI_VOC"));
+    MiniVoc {
+        seg: [40, 20],
+        ..MiniVoc::default()
+    }
+    .write(&root);
+    write_tiny_encoder(&root, 0);
+}

@@ -305,12 +305,14 @@ impl Dataset for Concat {
     }
 }
 
+type SharedDataset = Arc<dyn Dataset>;
+
 /// Train and validation sets for model selection: the val split, or a carve-out of train.
 fn selection_split(
     splits: &Splits,
     val_fraction: f64,
     seed: u64,
-) -> Result<(Arc<dyn Dataset>, Arc<dyn Dataset>, bool)> {
+) -> Result<(SharedDataset, SharedDataset, bool)> {
     match &splits.val {
         Some(v) => Ok((Arc::clone(&splits.train), Arc::clone(v), true)),
         None => {

@@ -43,7 +43,7 @@ impl VocProtocol {
     pub fn description(self) -> &'static str {
         match self {
             VocProtocol::Logistic => {
-                "BYOL paper (App. D.2): per-class L2 logistic regression, L2 from a 45-value sweep \
+                "BYOL paper (App. D.2): per-class L2 logistic regression, L2 strength from a log-spaced sweep \
                  on a validation split, refit on trainval, 11-point mAP on test"
             }
             VocProtocol::Svm => {
