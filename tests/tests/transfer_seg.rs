@@ -82,5 +82,26 @@ fn segmentation_mask_of_wrong_size_and_absent_image_are_named() -> R {
         .unwrap_err()
         .to_string();
     assert!(msg.contains(&format!("{id}.jpg")), "{msg}");
+
+    // A mask value that is no class (30) stops training, naming the mask.
+    let dir = tempfile::tempdir()?;
+    let devkit = MiniVoc::default().write(dir.path());
+    let voc = devkit.join("VOC2012");
+    let train = std::fs::read_to_string(voc.join("ImageSets/Segmentation/train.txt"))?;
+    for id in train.lines() {
+        let mut mask = vec![0u8; 24 * 20];
+        mask[7] = 30;
+        write(
+            &voc.join(format!("SegmentationClass/{id}.png")),
+            &png_bytes(24, 20, png::ColorType::Indexed, Some(voc_palette()), &mask),
+        );
+    }
+    let msg = run_segmentation(&devkit, &options(Weights::None, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(".png") && msg.contains("mask value 30"),
+        "{msg}"
+    );
     Ok(())
 }

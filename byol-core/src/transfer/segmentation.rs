@@ -297,6 +297,22 @@ fn warp(img: &Image, mask: Option<&Image>, p: Placement, s: usize) -> (Vec<f32>,
     (out, labels)
 }
 
+/// A mask value that is neither a class nor void is a dataset error: name the file.
+fn check_labels(mask: &Image, path: &Path) -> Result<()> {
+    match mask
+        .data
+        .iter()
+        .find(|&&v| v as u32 != IGNORE_LABEL && v as usize >= SEG_CLASSES)
+    {
+        // Input, as for a mask of the wrong size: a dataset error, never skipped as corrupt.
+        Some(v) => Err(Error::Input(format!(
+            "{}: mask value {v} is neither a class (0..{SEG_CLASSES}) nor void (255)",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Random training placement: shorter side to `s · r`, random window, random flip.
 fn train_placement(
     rng: &mut ChaCha8Rng,
@@ -373,6 +389,10 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
     let decays =
         |store: &VarStore, name: &str| store.get(name).is_some_and(|e| e.role == Role::Weight);
 
+    let mask_path = |i: usize| {
+        dir.join("SegmentationClass")
+            .join(format!("{}.png", train.image_id(i).unwrap_or("?")))
+    };
     let (s, bs) = (common.image_size, common.batch_size);
     let mut rng = ChaCha8Rng::seed_from_u64(common.seed);
     let mut losses = Vec::with_capacity(opts.steps);
@@ -385,6 +405,7 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
             .zip(&seeds)
             .map(|(&i, &seed)| {
                 let sample = train.get(i)?;
+                check_labels(&sample.mask, &mask_path(i))?;
                 let mut r = ChaCha8Rng::seed_from_u64(seed);
                 let p = train_placement(
                     &mut r,
