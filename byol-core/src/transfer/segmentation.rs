@@ -12,7 +12,8 @@
 //! (`scale_range`), a random `size × size` window (padding: mean pixel, void mask), random
 //! horizontal flip; the image resampled bilinearly, the mask by nearest neighbour. Evaluation:
 //! the whole image scaled to fit the window, the predicted labels mapped back by nearest
-//! neighbour and scored on the original-resolution mask.
+//! neighbour and scored on the original-resolution mask. Before training, every listed image and
+//! mask is checked from its file header (present, same size).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -297,6 +298,43 @@ fn warp(img: &Image, mask: Option<&Image>, p: Placement, s: usize) -> (Vec<f32>,
     (out, labels)
 }
 
+/// `(width, height)` from the header of a JPEG or PNG file (sniffed, not taken from the name).
+fn image_size(path: &Path) -> Result<(usize, usize)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let mut d = zune_jpeg::JpegDecoder::new(std::io::Cursor::new(&bytes));
+        d.decode_headers()
+            .map_err(|e| Error::format(path, format!("bad JPEG: {e:?}")))?;
+        d.dimensions()
+            .ok_or_else(|| Error::format(path, "JPEG without dimensions"))
+    } else {
+        let reader = png::Decoder::new(std::io::Cursor::new(&bytes))
+            .read_info()
+            .map_err(|e| Error::format(path, format!("neither a JPEG nor a readable PNG: {e}")))?;
+        let info = reader.info();
+        Ok((info.width as usize, info.height as usize))
+    }
+}
+
+/// Checks every listed pair from the file headers before training: both files exist and the
+/// sizes agree, so a dataset error stops the run in seconds rather than hours in.
+fn preflight(dir: &Path, ds: &VocSegmentation) -> Result<()> {
+    (0..ds.len()).into_par_iter().try_for_each(|i| {
+        let id = ds.image_id(i).unwrap_or_default();
+        let image = dir.join("JPEGImages").join(format!("{id}.jpg"));
+        let mask = dir.join("SegmentationClass").join(format!("{id}.png"));
+        let (iw, ih) = image_size(&image)?;
+        let (mw, mh) = image_size(&mask)?;
+        if (iw, ih) != (mw, mh) {
+            return Err(Error::Input(format!(
+                "{}: mask is {mw}x{mh} but its image is {iw}x{ih}",
+                mask.display()
+            )));
+        }
+        Ok(())
+    })
+}
+
 /// A mask value that is neither a class nor void is a dataset error: name the file.
 fn check_labels(mask: &Image, path: &Path) -> Result<()> {
     match mask
@@ -364,6 +402,8 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
         };
         return Err(Error::format(list(split), "lists no image"));
     }
+    preflight(&dir, &train)?;
+    preflight(&dir, &val)?;
     let (encoder, enc_store) = common.trainable_encoder()?;
     if encoder.config().in_channels != 3 {
         return Err(Error::config(
