@@ -212,6 +212,13 @@ fn main() -> Result<()> {
             suite.write(&report_path)?;
             print!("{}", suite.table());
             println!("report: {}", report_path.display());
+            if !suite.failed.is_empty() {
+                bail!(
+                    "{} dataset(s) failed: {}",
+                    suite.failed.len(),
+                    suite.failed.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
             return Ok(());
         }
         other => bail!("--task `{other}`: use voc, voc-svm, voc-seg or classify"),

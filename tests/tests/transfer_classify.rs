@@ -134,10 +134,13 @@ fn suite_runs_what_it_finds_next_to_the_papers_numbers() -> R {
     }
     .write(&dir.path().join("voc"));
     std::fs::rename(devkit.join("VOC2007"), root.join("voc2007"))?;
+    // A dataset folder that is not a dataset is reported, not fatal.
+    std::fs::create_dir_all(root.join("cars/junk"))?;
     let suite = run_suite(&root, &options(Weights::None))?;
+    assert!(suite.failed["cars"].contains("cars"), "{:?}", suite.failed);
     let names: Vec<&str> = suite.rows.iter().map(|r| r.dataset.as_str()).collect();
     assert_eq!(names, ["voc2007", "dtd"]);
-    assert_eq!(suite.missing.len(), 10);
+    assert_eq!(suite.missing.len(), 9);
     assert_eq!(suite.rows[0].paper_linear, Some(0.825));
     assert_eq!(suite.rows[0].metric, "mAP (11-point)");
     let table = suite.table();

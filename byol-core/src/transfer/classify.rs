@@ -681,6 +681,7 @@ pub fn run_suite(root: &Path, opts: &ClassifyOptions) -> Result<SuiteReport> {
     let mut rows = Vec::new();
     let mut reports = Vec::new();
     let mut missing = Vec::new();
+    let mut failed = BTreeMap::new();
     for entry in PAPER_TRANSFER {
         let dir = root.join(entry.name);
         if !dir.is_dir() {
@@ -688,12 +689,13 @@ pub fn run_suite(root: &Path, opts: &ClassifyOptions) -> Result<SuiteReport> {
             continue;
         }
         tracing::info!(dataset = entry.name, "transfer suite");
-        let (linear, finetuned) = if entry.metric == Metric::Map11 {
-            let mut v = VocOptions::new(opts.common.clone(), VocProtocol::Logistic);
-            v.lambda_grid = opts.lambda_grid.clone();
-            v.val_fraction = opts.val_fraction;
-            (run_voc_classification(&dir, &v)?, None)
-        } else {
+        let run = || -> Result<(TransferReport, Option<TransferReport>)> {
+            if entry.metric == Metric::Map11 {
+                let mut v = VocOptions::new(opts.common.clone(), VocProtocol::Logistic);
+                v.lambda_grid = opts.lambda_grid.clone();
+                v.val_fraction = opts.val_fraction;
+                return Ok((run_voc_classification(&dir, &v)?, None));
+            }
             let lin = run_classify(
                 &dir,
                 &ClassifyOptions {
@@ -705,7 +707,16 @@ pub fn run_suite(root: &Path, opts: &ClassifyOptions) -> Result<SuiteReport> {
                 Some(_) => Some(run_classify(&dir, opts)?),
                 None => None,
             };
-            (lin, ft)
+            Ok((lin, ft))
+        };
+        // One broken dataset must not throw away hours of the others: record it and go on.
+        let (linear, finetuned) = match run() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(dataset = entry.name, "{e}");
+                failed.insert(entry.name.to_string(), e.to_string());
+                continue;
+            }
         };
         rows.push(SuiteRow {
             dataset: entry.name.into(),
@@ -718,7 +729,7 @@ pub fn run_suite(root: &Path, opts: &ClassifyOptions) -> Result<SuiteReport> {
         reports.push(linear);
         reports.extend(finetuned);
     }
-    if rows.is_empty() {
+    if rows.is_empty() && failed.is_empty() {
         return Err(Error::format(
             root,
             format!(
@@ -730,6 +741,7 @@ pub fn run_suite(root: &Path, opts: &ClassifyOptions) -> Result<SuiteReport> {
     Ok(SuiteReport {
         root: root.to_path_buf(),
         missing,
+        failed,
         rows,
         reports,
     })

@@ -106,6 +106,8 @@ pub struct SuiteReport {
     pub root: PathBuf,
     /// Datasets of the paper's list with no folder under the root.
     pub missing: Vec<String>,
+    /// Datasets that were found but failed, with the error.
+    pub failed: BTreeMap<String, String>,
     pub rows: Vec<SuiteRow>,
     pub reports: Vec<TransferReport>,
 }
@@ -133,6 +135,9 @@ impl SuiteReport {
                 f(r.finetune),
                 f(r.paper_finetune)
             );
+        }
+        for (name, err) in &self.failed {
+            let _ = writeln!(s, "FAILED {name}: {err}");
         }
         if !self.missing.is_empty() {
             let _ = writeln!(s, "not found: {}", self.missing.join(", "));
