@@ -102,14 +102,14 @@ struct Args {
     /// voc-seg: score only the first N validation images.
     #[arg(long)]
     max_val_images: Option<usize>,
-    /// classify: fine-tune encoder + linear head instead of the linear protocol (the suite runs
-    /// both).
+    /// classify and voc: fine-tune encoder + linear head instead of the frozen-feature protocol
+    /// (the suite runs both).
     #[arg(long)]
     finetune: bool,
-    /// classify --finetune: learning-rate grid.
+    /// --finetune: learning-rate grid.
     #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.03, 0.1])]
     lrs: Vec<f64>,
-    /// classify --finetune: weight-decay grid.
+    /// --finetune: weight-decay grid.
     #[arg(long, value_delimiter = ',', default_values_t = [0.0, 1e-5, 1e-4])]
     weight_decays: Vec<f64>,
     /// classify: override the dataset's metric (top1 or mean-per-class).
@@ -187,6 +187,7 @@ fn main() -> Result<()> {
                 other => bail!("--voc-source `{other}`: use image-sets or annotations"),
             };
             o.svm.costs = args.svm_costs.clone();
+            o.finetune = classify_opts(o.common.clone())?.finetune;
             run_voc_classification(&args.data, &o)?
         }
         "voc-seg" => {

@@ -1,6 +1,7 @@
 //! `byol-transfer --task voc / voc-svm` end to end on a generated miniature VOCdevkit: the
 //! report's shape, an above-chance score on an easy setting, and errors that name the file.
 
+use byol_core::transfer::classify::FinetuneOptions;
 use byol_core::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
 use byol_core::transfer::{CommonOptions, TransferReport, Weights};
 use byol_tests::fixtures::MiniVoc;
@@ -80,6 +81,38 @@ fn voc_svm_is_labelled_as_the_vissl_protocol() -> R {
     assert_eq!(report.per_class.len(), 20);
     assert!(report.value > 0.6, "mAP {}", report.value);
     assert!(report.hyperparameters.contains_key("cost_per_class"));
+    Ok(())
+}
+
+#[test]
+fn voc_fine_tuning_reports_the_chosen_grid_point() -> R {
+    let dir = tempfile::tempdir()?;
+    let devkit = MiniVoc::default().write(dir.path());
+    let weights = write_tiny_encoder(dir.path(), 4);
+    let mut o = options(Weights::File(weights), VocProtocol::Logistic);
+    o.common.batch_size = 8;
+    o.finetune = Some(FinetuneOptions {
+        steps: 3,
+        lrs: vec![0.01, 0.1],
+        weight_decays: vec![1e-4],
+        momentum: 0.9,
+    });
+    let report = run_voc_classification(&devkit, &o)?;
+    assert!(
+        report.protocol.contains("fine-tuned"),
+        "{}",
+        report.protocol
+    );
+    assert_eq!(report.paper, Some(0.854));
+    assert_eq!(report.per_class.len(), 20);
+    assert!((0.0..=1.0 + 1e-12).contains(&report.value));
+    assert_eq!(
+        report.hyperparameters["grid"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert!(report.extra["final_loss"].is_finite());
+    o.protocol = VocProtocol::Svm;
+    assert!(run_voc_classification(&devkit, &o).is_err());
     Ok(())
 }
 

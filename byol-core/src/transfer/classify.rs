@@ -513,18 +513,40 @@ fn linear(dir: &Path, splits: &Splits, opts: &ClassifyOptions) -> Result<Transfe
     Ok(report)
 }
 
+/// Mean over the kept entries (`keep` = 1) of the sigmoid cross-entropy of `logits` against `y`
+/// in {0, 1}, in the stable form `max(x, 0) − x·y + log(1 + e^−|x|)`.
+fn sigmoid_cross_entropy(logits: &Tensor, y: &Tensor, keep: &Tensor) -> Result<Tensor> {
+    let x = logits;
+    let per = ((x.relu()? - (x * y)?)? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let n = keep.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok((per * keep)?.sum_all()?.affine(1.0 / n.max(1.0), 0.0)?)
+}
+
 /// Fine-tunes a fresh copy of the encoder plus a linear head on `train` for `steps`, returning
 /// the test scores on `eval` (row-major `n × classes`) and its labels.
-fn finetune_once(
+///
+/// With `multi_label` (row-major `train.len() × classes` targets 1 / -1 / 0 = difficult) the loss
+/// is a per-class sigmoid cross-entropy with difficult entries left out (VOC); otherwise softmax
+/// cross-entropy on the dataset's labels.
+pub(crate) fn finetune_once(
     train: &Arc<dyn Dataset>,
     eval: &Arc<dyn Dataset>,
+    multi_label: Option<&[i8]>,
     lr: f64,
     weight_decay: f64,
-    opts: &ClassifyOptions,
+    common: &CommonOptions,
     ft: &FinetuneOptions,
 ) -> Result<(Vec<f32>, Vec<usize>, f64)> {
-    let common = &opts.common;
     let classes = train.num_classes();
+    if let Some(t) = multi_label {
+        if t.len() != train.len() * classes {
+            return Err(Error::Input(format!(
+                "{} multi-label targets for {} images × {classes} classes",
+                t.len(),
+                train.len()
+            )));
+        }
+    }
     let (encoder, enc_store) = common.trainable_encoder()?;
     let channels = encoder.config().in_channels;
     let dim = encoder.config().feature_dim()?;
@@ -572,14 +594,31 @@ fn finetune_once(
                     0,
                     &mut out,
                 )?;
-                Ok((out, sample.label as u32))
+                Ok((out, (i, sample.label as u32)))
             })
             .collect::<Result<Vec<_>>>()?;
-        let (pixels, labels): (Vec<Vec<f32>>, Vec<u32>) = batch.into_iter().unzip();
+        let (pixels, meta): (Vec<Vec<f32>>, Vec<(usize, u32)>) = batch.into_iter().unzip();
         let x = Tensor::from_vec(pixels.concat(), (bs, channels, s, s), &common.device)?;
-        let y = Tensor::from_vec(labels, bs, &common.device)?;
         let logits = head.forward(&encoder.forward_t(&x, true)?)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let loss = match multi_label {
+            None => {
+                let labels: Vec<u32> = meta.iter().map(|m| m.1).collect();
+                let y = Tensor::from_vec(labels, bs, &common.device)?;
+                candle_nn::loss::cross_entropy(&logits, &y)?
+            }
+            Some(t) => {
+                let pick = |f: fn(i8) -> f32| -> Vec<f32> {
+                    meta.iter()
+                        .flat_map(|&(i, _)| t[i * classes..(i + 1) * classes].iter().map(|&v| f(v)))
+                        .collect()
+                };
+                let y =
+                    Tensor::from_vec(pick(|v| f32::from(v == 1)), (bs, classes), &common.device)?;
+                let keep =
+                    Tensor::from_vec(pick(|v| f32::from(v != 0)), (bs, classes), &common.device)?;
+                sigmoid_cross_entropy(&logits, &y, &keep)?
+            }
+        };
         last_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !last_loss.is_finite() {
             return Err(Error::Diverged(format!(
@@ -624,7 +663,8 @@ fn finetune(
     let mut best: Option<(f64, f64, f64)> = None;
     for &lr in &ft.lrs {
         for &wd in &ft.weight_decays {
-            let (scores, labels, _) = finetune_once(&sel_train, &sel_val, lr, wd, opts, ft)?;
+            let (scores, labels, _) =
+                finetune_once(&sel_train, &sel_val, None, lr, wd, &opts.common, ft)?;
             let (v, _) = score(&scores, &labels, classes, metric)?;
             tracing::info!(lr, wd, val = v, "fine-tuning grid point");
             grid.push(serde_json::json!({"lr": lr, "weight_decay": wd, "val": v}));
@@ -641,7 +681,8 @@ fn finetune(
         }),
         None => Arc::clone(&splits.train),
     };
-    let (scores, labels, loss) = finetune_once(&final_train, &splits.test, lr, wd, opts, ft)?;
+    let (scores, labels, loss) =
+        finetune_once(&final_train, &splits.test, None, lr, wd, &opts.common, ft)?;
     let (value, per_class) = score(&scores, &labels, classes, metric)?;
     report.protocol = "fine-tuned (App. D.3): encoder + linear head, SGD Nesterov, cosine lr, \
                        random crop + flip, lr × weight decay chosen on val, retrained on \
@@ -676,7 +717,7 @@ fn finetune(
 }
 
 /// Every dataset of [`PAPER_TRANSFER`] found as a folder of `root`: linear (and fine-tuned when
-/// `opts.finetune` is set; VOC2007 is linear only), one row each next to the paper's numbers.
+/// `opts.finetune` is set), one row each next to the paper's numbers.
 pub fn run_suite(root: &Path, opts: &ClassifyOptions) -> Result<SuiteReport> {
     let mut rows = Vec::new();
     let mut reports = Vec::new();
@@ -694,7 +735,13 @@ pub fn run_suite(root: &Path, opts: &ClassifyOptions) -> Result<SuiteReport> {
                 let mut v = VocOptions::new(opts.common.clone(), VocProtocol::Logistic);
                 v.lambda_grid = opts.lambda_grid.clone();
                 v.val_fraction = opts.val_fraction;
-                return Ok((run_voc_classification(&dir, &v)?, None));
+                let lin = run_voc_classification(&dir, &v)?;
+                v.finetune = opts.finetune.clone();
+                let ft = match &opts.finetune {
+                    Some(_) => Some(run_voc_classification(&dir, &v)?),
+                    None => None,
+                };
+                return Ok((lin, ft));
             }
             let lin = run_classify(
                 &dir,
