@@ -179,7 +179,7 @@ fn main() -> Result<()> {
                 VocProtocol::Svm
             };
             let mut o = VocOptions::new(common, protocol);
-            o.lambda_grid = grid;
+            o.lambda_grid = grid.clone();
             o.val_fraction = args.val_fraction;
             o.source = match args.voc_source.as_str() {
                 "image-sets" => VocSource::ImageSets,
