@@ -3,7 +3,7 @@
 //! BYOL (Bootstrap Your Own Latent, Grill et al. 2020) on candle: ResNet encoders with torchvision
 //! tensor names, projector and predictor, the normalised regression loss, the EMA target with its
 //! cosine schedule, LARS with the warm-up + cosine schedule, datasets and augmentations,
-//! safetensors checkpoints and evaluation.
+//! safetensors checkpoints, evaluation and transfer (VOC, segmentation, the classification suite).
 
 pub mod byol;
 pub mod checkpoint;
@@ -16,5 +16,6 @@ pub mod kernels;
 pub mod nn;
 pub mod optim;
 pub mod train;
+pub mod transfer;
 
 pub use error::{Error, Result};

@@ -1,22 +1,231 @@
-//! `byol-transfer`: VOC and the paper's transfer suite. Only the command line exists so far; the
-//! metrics (11-point and all-point AP, mIoU) and solvers live in `byol_core::eval`.
+//! `byol-transfer`: VOC2007 classification (paper logistic protocol or VISSL SVM), VOC2012
+//! segmentation (FCN, fine-tuned), image-folder classification (linear or fine-tuned) and the
+//! paper's transfer suite. Parses flags, calls `byol_core::transfer`, prints a table and writes
+//! the JSON report.
 
-use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use byol_core::data::voc::VocSource;
+use byol_core::device::parse_device;
+use byol_core::eval::logistic::lambda_grid;
+use byol_core::nn::{ResNetConfig, Stem};
+use byol_core::transfer::classify::{
+    run_classify, run_suite, ClassifyOptions, FinetuneOptions, Metric,
+};
+use byol_core::transfer::segmentation::{run_segmentation, LrPolicy, SegOptions};
+use byol_core::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
+use byol_core::transfer::{CommonOptions, Weights};
 use clap::Parser;
 
-/// Transfer evaluation of a pretrained encoder (not wired up yet: see the README).
+/// Transfer evaluation of a pretrained encoder (see the README's "Transfer" section).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// voc, voc-svm, voc-seg or classify.
+    /// voc (paper: logistic, 11-point mAP), voc-svm (VISSL: SVM, all-point mAP), voc-seg
+    /// (VOC2012 FCN segmentation) or classify (image-folder dataset).
     #[arg(long)]
     task: Option<String>,
+    /// `paper`: every dataset of the paper's suite found under --data (folders food101, cifar10,
+    /// ..., voc2007, ...), one table next to the paper's numbers.
+    #[arg(long)]
+    suite: Option<String>,
+    /// Encoder weights (safetensors), or `none`: raw pixels for frozen-feature protocols, a
+    /// random init of --depth/--stem for fine-tuning.
+    #[arg(long)]
+    weights: String,
+    /// VOCdevkit root or VOC20xx directory (voc*), dataset directory (classify), suite root.
+    #[arg(long)]
+    data: PathBuf,
+    /// Directory of the default report file.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// JSON report (default: <out>/transfer-<task>.json).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Network input side (default 224; 512 for voc-seg, the training crop).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Batch size (default 64; 8 for voc-seg).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Architecture of a weights file without config metadata, or of the random encoder of
+    /// `--weights none` (default ResNet-50, ImageNet stem).
+    #[arg(long)]
+    depth: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    width: usize,
+    /// imagenet or small.
+    #[arg(long, default_value = "imagenet")]
+    stem: String,
+    /// Number of L2 strengths, log-spaced in [1e-6, 1e5] (the paper: 45).
+    #[arg(long, default_value_t = 45)]
+    lambdas: usize,
+    /// Validation fraction carved out of the training split when the dataset has no val split.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// VOC classification targets: image-sets (ImageSets/Main/<class>_<split>.txt) or
+    /// annotations (the XML files).
+    #[arg(long, default_value = "image-sets")]
+    voc_source: String,
+    /// voc-svm: costs tried per class.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.1, 1.0, 10.0, 100.0])]
+    svm_costs: Vec<f64>,
+    /// Fine-tuning steps (voc-seg default 30000, classify --finetune default 20000).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// voc-seg: base learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    /// voc-seg: SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// voc-seg: Nesterov momentum instead of plain momentum.
+    #[arg(long)]
+    nesterov: bool,
+    /// voc-seg: weight decay (convolution and linear weights only).
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// voc-seg: poly or cosine.
+    #[arg(long, default_value = "poly")]
+    lr_schedule: String,
+    /// voc-seg: random scale range of the training views, `min,max`.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 2.0])]
+    scale_range: Vec<f64>,
+    /// voc-seg: score only the first N validation images.
+    #[arg(long)]
+    max_val_images: Option<usize>,
+    /// classify and voc: fine-tune encoder + linear head instead of the frozen-feature protocol
+    /// (the suite runs both).
+    #[arg(long)]
+    finetune: bool,
+    /// --finetune: learning-rate grid.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.03, 0.1])]
+    lrs: Vec<f64>,
+    /// --finetune: weight-decay grid.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 1e-5, 1e-4])]
+    weight_decays: Vec<f64>,
+    /// classify: override the dataset's metric (top1 or mean-per-class).
+    #[arg(long)]
+    metric: Option<String>,
 }
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
-    bail!(
-        "byol-transfer is not implemented yet (task: {:?})",
-        args.task
-    )
+    let task = match (&args.task, args.suite.as_deref()) {
+        (_, Some("paper")) => "suite",
+        (_, Some(other)) => bail!("--suite `{other}`: the only suite is `paper`"),
+        (Some(t), None) => t.as_str(),
+        (None, None) => bail!("give --task (voc, voc-svm, voc-seg, classify) or --suite paper"),
+    };
+    let seg = task == "voc-seg";
+    let mut common = CommonOptions::new(
+        args.weights.parse::<Weights>()?,
+        args.image_size.unwrap_or(if seg { 512 } else { 224 }),
+    );
+    common.batch_size = args.batch_size.unwrap_or(if seg { 8 } else { 64 });
+    common.workers = args.workers;
+    common.seed = args.seed;
+    common.device = parse_device(&args.device)?;
+    if let Some(depth) = args.depth {
+        common.arch = Some(ResNetConfig {
+            width: args.width,
+            stem: args.stem.parse::<Stem>()?,
+            ..ResNetConfig::new(depth)
+        });
+    }
+    let grid = lambda_grid(args.lambdas, 1e-6, 1e5).context("--lambdas")?;
+    let report_path = args
+        .report
+        .clone()
+        .unwrap_or_else(|| args.out.join(format!("transfer-{task}.json")));
+    let classify_opts = |common: CommonOptions| -> Result<ClassifyOptions> {
+        let mut o = ClassifyOptions::new(common);
+        o.lambda_grid = grid.clone();
+        o.val_fraction = args.val_fraction;
+        o.metric = args
+            .metric
+            .as_deref()
+            .map(str::parse::<Metric>)
+            .transpose()?;
+        if args.finetune {
+            o.finetune = Some(FinetuneOptions {
+                steps: args.steps.unwrap_or(20_000),
+                lrs: args.lrs.clone(),
+                weight_decays: args.weight_decays.clone(),
+                momentum: 0.9,
+            });
+        }
+        Ok(o)
+    };
+    let report = match task {
+        "voc" | "voc-svm" => {
+            let protocol = if task == "voc" {
+                VocProtocol::Logistic
+            } else {
+                VocProtocol::Svm
+            };
+            let mut o = VocOptions::new(common, protocol);
+            o.lambda_grid = grid.clone();
+            o.val_fraction = args.val_fraction;
+            o.source = match args.voc_source.as_str() {
+                "image-sets" => VocSource::ImageSets,
+                "annotations" => VocSource::Annotations,
+                other => bail!("--voc-source `{other}`: use image-sets or annotations"),
+            };
+            o.svm.costs = args.svm_costs.clone();
+            o.finetune = classify_opts(o.common.clone())?.finetune;
+            run_voc_classification(&args.data, &o)?
+        }
+        "voc-seg" => {
+            let mut o = SegOptions::new(common);
+            if let Some(s) = args.steps {
+                o.steps = s;
+            }
+            o.lr = args.lr;
+            o.momentum = args.momentum;
+            o.nesterov = args.nesterov;
+            o.weight_decay = args.weight_decay;
+            o.schedule = args.lr_schedule.parse::<LrPolicy>()?;
+            let [lo, hi] = args.scale_range[..] else {
+                bail!("--scale-range takes two values, `min,max`");
+            };
+            o.scale_range = [lo, hi];
+            o.max_val_images = args.max_val_images;
+            run_segmentation(&args.data, &o)?
+        }
+        "classify" => run_classify(&args.data, &classify_opts(common)?)?,
+        "suite" => {
+            let suite = run_suite(&args.data, &classify_opts(common)?)?;
+            suite.write(&report_path)?;
+            print!("{}", suite.table());
+            println!("report: {}", report_path.display());
+            if !suite.failed.is_empty() {
+                bail!(
+                    "{} dataset(s) failed: {}",
+                    suite.failed.len(),
+                    suite.failed.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            return Ok(());
+        }
+        other => bail!("--task `{other}`: use voc, voc-svm, voc-seg or classify"),
+    };
+    report.write(&report_path)?;
+    print!("{}", report.table());
+    println!("report: {}", report_path.display());
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! Helpers shared by the workspace-level integration tests in `tests/`.
 
+pub mod fixtures;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -114,4 +116,12 @@ fn idx_header(magic: u32, dims: &[u32]) -> Vec<u8> {
 pub fn save_tiny_encoder(path: &Path, seed: u64) {
     byol_core::checkpoint::save_encoder(path, &tiny_byol(seed), Default::default())
         .expect("the tiny encoder saves");
+}
+
+/// Writes the online encoder of [`tiny_byol`]`(seed)` as an encoder file (torchvision names,
+/// config in the metadata) and returns its path.
+pub fn write_tiny_encoder(dir: &Path, seed: u64) -> PathBuf {
+    let path = dir.join(format!("tiny-encoder-{seed}.safetensors"));
+    save_tiny_encoder(&path, seed);
+    path
 }

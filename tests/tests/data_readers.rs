@@ -5,23 +5,16 @@ use byol_core::data::decode::{decode_bytes, decode_file, ColorMode};
 use byol_core::data::idx::{read_idx, IdxDataset, FASHION_MNIST_DIR};
 use byol_core::data::image_folder::ImageFolder;
 use byol_core::data::imagenet::{imagenet_train, imagenet_val};
-use byol_core::data::voc::{read_mask, VocClassification, VocSegmentation, VocSource, VOC_CLASSES};
+use byol_core::data::voc::{read_mask, VocClassification, VocSegmentation, VocSource};
 use byol_core::data::{Dataset, Split};
 use byol_core::Error;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-type R = anyhow::Result<()>;
+use byol_tests::fixtures::{png_bytes, voc_fixture, write, write_jpeg};
 
-/// A solid-colour RGB JPEG; solid colours survive JPEG almost exactly.
-fn write_jpeg(path: &Path, w: u16, h: u16, rgb: [u8; 3]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let data: Vec<u8> = (0..w as usize * h as usize).flat_map(|_| rgb).collect();
-    let enc = jpeg_encoder::Encoder::new_file(path, 95).unwrap();
-    enc.encode(&data, w, h, jpeg_encoder::ColorType::Rgb)
-        .unwrap();
-}
+type R = anyhow::Result<()>;
 
 fn jpeg_bytes(w: u16, h: u16, data: &[u8], color: jpeg_encoder::ColorType) -> Vec<u8> {
     let mut out = Vec::new();
@@ -29,31 +22,6 @@ fn jpeg_bytes(w: u16, h: u16, data: &[u8], color: jpeg_encoder::ColorType) -> Ve
         .encode(data, w, h, color)
         .unwrap();
     out
-}
-
-fn png_bytes(
-    w: u32,
-    h: u32,
-    color: png::ColorType,
-    palette: Option<Vec<u8>>,
-    data: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut enc = png::Encoder::new(&mut out, w, h);
-    enc.set_color(color);
-    enc.set_depth(png::BitDepth::Eight);
-    if let Some(p) = palette {
-        enc.set_palette(p);
-    }
-    let mut writer = enc.write_header().unwrap();
-    writer.write_image_data(data).unwrap();
-    writer.finish().unwrap();
-    out
-}
-
-fn write(path: &Path, bytes: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, bytes).unwrap();
 }
 
 fn close(a: &[u8], b: &[u8], tol: i32) -> bool {
@@ -405,60 +373,6 @@ fn real_fashion_mnist_when_installed() -> R {
     );
     assert!(s.label < 10);
     Ok(())
-}
-
-const PALETTE: [u8; 9] = [0, 0, 0, 128, 0, 0, 0, 128, 0];
-
-fn voc_fixture(voc: &Path) {
-    for (id, v) in [("000001", 10u8), ("000002", 200)] {
-        write_jpeg(&voc.join(format!("JPEGImages/{id}.jpg")), 4, 3, [v; 3]);
-    }
-    write(
-        &voc.join("ImageSets/Main/trainval.txt"),
-        b"000001\n000002\n",
-    );
-    for class in VOC_CLASSES {
-        let (a, b) = match class {
-            "cat" => (" 1", " 0"),
-            "dog" => ("-1", " 1"),
-            "person" => (" 0", "-1"),
-            _ => ("-1", "-1"),
-        };
-        let text = format!("000001 {a}\n000002 {b}\n");
-        write(
-            &voc.join(format!("ImageSets/Main/{class}_trainval.txt")),
-            text.as_bytes(),
-        );
-    }
-    let xml = |objects: &[(&str, u8)]| {
-        let objs: String = objects
-            .iter()
-            .map(|(n, d)| format!("<object><name>{n}</name><difficult>{d}</difficult></object>"))
-            .collect();
-        format!("<annotation><filename>x.jpg</filename>{objs}</annotation>")
-    };
-    write(
-        &voc.join("Annotations/000001.xml"),
-        xml(&[("cat", 0), ("person", 1)]).as_bytes(),
-    );
-    write(
-        &voc.join("Annotations/000002.xml"),
-        xml(&[("dog", 0), ("cat", 1), ("dog", 1)]).as_bytes(),
-    );
-    write(
-        &voc.join("ImageSets/Segmentation/val.txt"),
-        b"000001\n000002\n",
-    );
-    let mask = [0u8, 1, 1, 255, 0, 2, 2, 255, 0, 0, 0, 0];
-    let pal = Some(PALETTE.to_vec());
-    write(
-        &voc.join("SegmentationClass/000001.png"),
-        &png_bytes(4, 3, png::ColorType::Indexed, pal.clone(), &mask),
-    );
-    write(
-        &voc.join("SegmentationClass/000002.png"),
-        &png_bytes(3, 3, png::ColorType::Indexed, pal, &[0; 9]),
-    );
 }
 
 #[test]

@@ -250,6 +250,31 @@ impl ResNet {
     pub fn config(&self) -> &ResNetConfig {
         &self.config
     }
+
+    /// The outputs of the four stages (`layer1`..`layer4`, strides 4/8/16/32 with the ImageNet
+    /// stem, 1/2/4/8 with the small one), before pooling: dense heads (segmentation) read them.
+    pub fn forward_features(&self, xs: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
+        let mut ys = self.stem.forward_t(xs, train)?.relu()?;
+        if self.config.stem == Stem::Imagenet {
+            ys = max_pool_3x3_s2(&ys)?;
+        }
+        let mut outs = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            for block in stage {
+                ys = block.forward_t(&ys, train)?;
+            }
+            outs.push(ys.clone());
+        }
+        Ok(outs)
+    }
+
+    /// Channels of each stage's output.
+    pub fn stage_channels(&self) -> Result<[usize; 4]> {
+        let (_, bottleneck) = self.config.layout()?;
+        let e = if bottleneck { 4 } else { 1 };
+        let base = self.config.base_channels * self.config.width;
+        Ok([base * e, base * 2 * e, base * 4 * e, base * 8 * e])
+    }
 }
 
 /// 3×3 stride-2 max-pool with padding 1, for non-negative inputs (it follows a ReLU).

@@ -1,0 +1,196 @@
+//! Transfer evaluation of a pretrained encoder (the paper's section 4 / appendix D):
+//!
+//! - [`voc`]: VOC2007 multi-label classification on frozen features, either the paper's per-class
+//!   logistic regression with 11-point mAP or the VISSL/mmselfsup SVM protocol with all-point AP;
+//! - [`segmentation`]: VOC2012 semantic segmentation with an FCN head, encoder fine-tuned;
+//! - [`classify`]: image-folder datasets (the 12-dataset suite), linear and fine-tuned;
+//! - [`report`]: the JSON report every task writes and the table it prints.
+//!
+//! This file holds what the tasks share: which weights to start from, the evaluation transform
+//! and frozen-feature extraction.
+
+pub mod classify;
+pub mod report;
+pub mod segmentation;
+pub mod voc;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use crate::data::augment::{AugmentConfig, EvalTransform};
+use crate::data::Dataset;
+use crate::eval::cache::sha256_file;
+use crate::eval::features::{extract, Extractor, LabelledFeatures};
+use crate::eval::linear_eval::load_checked_encoder;
+use crate::nn::{ResNet, ResNetConfig, VarStore};
+use crate::{Error, Result};
+
+pub use report::{ClassScore, TransferReport, WeightsInfo};
+
+/// Where the encoder comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Weights {
+    /// An encoder file (`checkpoint::save_encoder`, or a torchvision state dict with `arch`).
+    File(PathBuf),
+    /// No pretrained weights: frozen-feature protocols read raw pixels (the baseline), fine-tuning
+    /// starts from a random initialisation of `arch`.
+    None,
+}
+
+impl std::str::FromStr for Weights {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "" => Err(Error::config(
+                "weights",
+                "empty: give an encoder file or `none`",
+            )),
+            "none" => Ok(Weights::None),
+            path => Ok(Weights::File(PathBuf::from(path))),
+        }
+    }
+}
+
+/// Settings every task shares.
+#[derive(Debug, Clone)]
+pub struct CommonOptions {
+    pub weights: Weights,
+    /// Architecture of a weights file without config metadata, or of the random encoder that
+    /// fine-tuning starts from with [`Weights::None`] (default: ResNet-50, ImageNet stem).
+    pub arch: Option<ResNetConfig>,
+    /// Side of the square network input.
+    pub image_size: usize,
+    pub batch_size: usize,
+    /// Loader threads.
+    pub workers: usize,
+    pub seed: u64,
+    pub device: Device,
+}
+
+impl CommonOptions {
+    pub fn new(weights: Weights, image_size: usize) -> Self {
+        Self {
+            weights,
+            arch: None,
+            image_size,
+            batch_size: 64,
+            workers: 2,
+            seed: 0,
+            device: Device::Cpu,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.image_size < 8 {
+            return Err(Error::config(
+                "image-size",
+                format!("{} px is too small (≥ 8)", self.image_size),
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::config("batch-size", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The report's description of the weights (path and SHA-256 of the file).
+    pub fn weights_info(&self) -> Result<WeightsInfo> {
+        Ok(match &self.weights {
+            Weights::None => WeightsInfo {
+                extractor: "none (raw pixels for frozen features, random init for fine-tuning)"
+                    .into(),
+                path: None,
+                sha256: None,
+                architecture: None,
+            },
+            Weights::File(p) => WeightsInfo {
+                extractor: "encoder".into(),
+                path: Some(p.display().to_string()),
+                sha256: Some(sha256_file(p)?),
+                architecture: None,
+            },
+        })
+    }
+
+    /// The frozen encoder, or `None` for the raw-pixel baseline.
+    pub fn frozen_encoder(&self) -> Result<Option<ResNet>> {
+        match &self.weights {
+            Weights::None => Ok(None),
+            Weights::File(p) => Ok(Some(
+                load_checked_encoder(p, self.arch.as_ref(), &self.device)?.encoder,
+            )),
+        }
+    }
+
+    /// An encoder to fine-tune and its store: the weights file, or a seeded random init.
+    pub fn trainable_encoder(&self) -> Result<(ResNet, VarStore)> {
+        match &self.weights {
+            Weights::File(p) => {
+                let loaded = load_checked_encoder(p, self.arch.as_ref(), &self.device)?;
+                Ok((loaded.encoder, loaded.store))
+            }
+            Weights::None => {
+                let arch = self.arch.clone().unwrap_or_else(|| ResNetConfig::new(50));
+                let mut store = VarStore::new(&self.device, self.seed);
+                let encoder = ResNet::new(&mut store.root(), &arch)?;
+                Ok((encoder, store))
+            }
+        }
+    }
+
+    /// The evaluation transform of the transfer protocol: shorter side resized to the input size,
+    /// centre crop, ImageNet normalisation; `channels` as the encoder expects.
+    pub fn eval_transform(&self, channels: usize) -> Result<EvalTransform> {
+        EvalTransform::new(eval_augment(self.image_size, channels))
+    }
+}
+
+/// [`AugmentConfig`] of the transfer protocol at `size` (no 256/224 margin: App. D.2 resizes the
+/// shorter side to 224 and centre-crops).
+pub fn eval_augment(size: usize, channels: usize) -> AugmentConfig {
+    let mut a = AugmentConfig::byol_imagenet(size);
+    a.eval_resize_ratio = 1.0;
+    if channels == 1 {
+        a.out_channels = 1;
+        a.mean.truncate(1);
+        a.std.truncate(1);
+    }
+    a
+}
+
+/// Frozen features (or raw pixels with `encoder` = `None`) of every sample of `dataset`, rows in
+/// dataset order. A file skipped as corrupt would shift every later row against its targets, so
+/// a short result is an error.
+pub fn frozen_features(
+    encoder: Option<&ResNet>,
+    dataset: Arc<dyn Dataset>,
+    opts: &CommonOptions,
+    what: &str,
+) -> Result<LabelledFeatures> {
+    let channels = encoder.map_or(3, |e| e.config().in_channels);
+    let transform = Arc::new(opts.eval_transform(channels)?);
+    let extractor = match encoder {
+        Some(e) => Extractor::Encoder(e),
+        None => Extractor::Pixels,
+    };
+    let n = dataset.len();
+    let s = opts.image_size;
+    let out = extract(
+        &extractor,
+        dataset,
+        transform,
+        (channels, s, s),
+        opts.batch_size,
+        opts.workers.max(1),
+        &opts.device,
+    )?;
+    if out.labels.len() != n {
+        return Err(Error::Input(format!(
+            "{what}: {} of {n} images were read; the others were skipped as corrupt (see the warnings)",
+            out.labels.len()
+        )));
+    }
+    Ok(out)
+}
