@@ -15,6 +15,7 @@ pub mod eval;
 pub mod kernels;
 pub mod nn;
 pub mod optim;
+pub mod plot;
 pub mod train;
 pub mod transfer;
 

@@ -21,12 +21,15 @@ use crate::config::TrainConfig;
 use crate::data::loader::{Loader, LoaderConfig, Transform};
 use crate::data::Dataset;
 use crate::optim::{Lars, LarsConfig, LrSchedule};
+use crate::plot::plot_training_curves;
 use crate::{Error, Result};
 
 /// Name of the per-step metrics log in the output directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Name of the encoder-only weights written at every checkpoint.
 pub const ENCODER_FILE: &str = "encoder.safetensors";
+/// The loss (and kNN) curves, redrawn at the end of every run.
+pub const PLOT_FILE: &str = "metrics.png";
 /// Metadata key under which the run's [`TrainConfig`] is stored in a training state.
 pub const TRAIN_CONFIG_KEY: &str = "byol.train";
 const STATE_PREFIX: &str = "state-";
@@ -304,6 +307,13 @@ pub fn pretrain(
         }
     }
     save(&model, &optimizer, step, observer)?;
+    drop(log);
+    // The plot is a convenience: failing to draw it must not fail a finished run.
+    let plotted = read_metrics(&out_dir.join(METRICS_FILE))
+        .and_then(|logs| plot_training_curves(&logs, &out_dir.join(PLOT_FILE)));
+    if let Err(e) = plotted {
+        observer.on_warning(&e.to_string());
+    }
     Ok(RunSummary {
         steps_done: step,
         total_steps,

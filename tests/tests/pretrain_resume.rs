@@ -206,3 +206,47 @@ fn a_stop_request_saves_and_a_bad_config_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("in_channels"), "{err}");
 }
+
+#[test]
+fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
+    let no_stop = AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = config();
+    first.max_steps = Some(3);
+    pretrain(
+        &first,
+        &data(),
+        &run(dir.path(), false, &no_stop),
+        None,
+        &mut Silent,
+    )
+    .unwrap();
+    let good = latest_state(dir.path()).unwrap().unwrap();
+    let good_bytes = std::fs::read(&good).unwrap();
+
+    // Resumed with an absurd learning rate, the weights overflow within a step or two.
+    let mut exploding = config();
+    exploding.base_lr = 1e30;
+    let err = pretrain(
+        &exploding,
+        &data(),
+        &run(dir.path(), true, &no_stop),
+        None,
+        &mut Silent,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Diverged(_)), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("step"), "{message}");
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+    assert_eq!(latest_state(dir.path()).unwrap().unwrap(), good);
+    assert_eq!(
+        std::fs::read(&good).unwrap(),
+        good_bytes,
+        "the good checkpoint is untouched"
+    );
+    byol_core::checkpoint::load_training_state(&good, &Device::Cpu).unwrap();
+}

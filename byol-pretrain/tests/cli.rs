@@ -1,0 +1,149 @@
+//! The binary itself on a generated MNIST-layout dataset: a run killed with SIGKILL (twice, at
+//! moments it does not choose) and resumed logs exactly the losses of an uninterrupted run;
+//! SIGINT saves a checkpoint and exits cleanly; the run leaves its plot and encoder behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use byol_core::train::{latest_state, read_metrics, METRICS_FILE};
+use byol_tests::write_mnist_like;
+
+const STEPS: u64 = 24;
+
+fn command(data: &Path, out: &Path, epochs: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_byol-pretrain"));
+    c.args(["--dataset", "mnist", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--base-channels",
+            "4",
+            "--batch-size",
+            "8",
+            "--epochs",
+            epochs,
+            "--checkpoint-every",
+            "2",
+            "--knn-every",
+            "0",
+            "--workers",
+            "2",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn finish(child: Child) -> Output {
+    child.wait_with_output().expect("the run ends")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn losses(dir: &Path) -> Vec<(u64, f64)> {
+    read_metrics(&dir.join(METRICS_FILE))
+        .unwrap()
+        .iter()
+        .map(|l| (l.step, l.loss))
+        .collect()
+}
+
+/// Waits until `dir` holds a training state of at least `step`.
+fn wait_for_state(dir: &Path, step: u64, child: &mut Child) -> PathBuf {
+    let start = Instant::now();
+    loop {
+        if let Some(path) = latest_state(dir).ok().flatten() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let n: u64 = name
+                .trim_start_matches("state-")
+                .trim_end_matches(".safetensors")
+                .parse()
+                .unwrap();
+            if n >= step {
+                return path;
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before step {step}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sigkill_then_resume_gives_the_uninterrupted_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // 64 images, batch 8: 8 steps per epoch, 24 in all.
+    write_mnist_like(&data, 64, 16, 4, 3);
+
+    let full = dir.path().join("full");
+    let o = command(&data, &full, "3", &[]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = losses(&full);
+    assert_eq!(reference.len() as u64, STEPS);
+    assert!(full.join("encoder.safetensors").is_file());
+    assert!(
+        full.join("metrics.png").is_file(),
+        "the loss plot is written"
+    );
+
+    let killed = dir.path().join("killed");
+    for (run, after) in [(0, 5), (1, 13)] {
+        let extra: &[&str] = if run == 0 { &[] } else { &["--resume"] };
+        let mut child = command(&data, &killed, "3", extra).spawn().unwrap();
+        wait_for_state(&killed, after, &mut child);
+        child.kill().unwrap(); // SIGKILL: no handler runs, whatever the run was doing
+        child.wait().unwrap();
+    }
+    let o = command(&data, &killed, "3", &["--resume"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        losses(&killed),
+        reference,
+        "bit-identical losses after two kills"
+    );
+    // A fresh run into a directory with checkpoints is refused, naming the flag.
+    let o = command(&data, &killed, "3", &[]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("resume"), "{}", text(&o));
+}
+
+#[test]
+fn sigint_saves_a_checkpoint_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_mnist_like(&data, 64, 16, 4, 4);
+    let out = dir.path().join("out");
+    let mut child = command(&data, &out, "200", &[]).spawn().unwrap();
+    wait_for_state(&out, 2, &mut child);
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = finish(child);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("interrupted at step"), "{}", text(&o));
+    let logged = losses(&out);
+    let newest = latest_state(&out).unwrap().unwrap();
+    assert!(
+        newest.ends_with(format!("state-{:09}.safetensors", logged.len())),
+        "the last logged step {} is saved: {newest:?}",
+        logged.len()
+    );
+}
