@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use byol_core::byol::Byol;
 use byol_core::config::TrainConfig;
 use byol_core::data::augment::{AugmentConfig, EvalTransform, TwoViewAugmenter};
@@ -105,6 +105,9 @@ struct Args {
     /// kNN monitor: held-out queries (first N of test).
     #[arg(long, default_value_t = 1000)]
     knn_queries: usize,
+    /// Stop cleanly (checkpoint + encoder, as on SIGINT) after this many minutes of training.
+    #[arg(long)]
+    time_limit: Option<f64>,
     /// Run the kNN monitor every N epochs (0: never).
     #[arg(long)]
     knn_every: Option<usize>,
@@ -227,6 +230,16 @@ fn main() -> Result<()> {
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .context("cannot install the SIGINT handler")?;
+    if let Some(minutes) = args.time_limit {
+        if !(minutes.is_finite() && minutes > 0.0) {
+            bail!("--time-limit {minutes}: give a positive number of minutes");
+        }
+        let flag = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs_f64(minutes * 60.0));
+            flag.store(true, Ordering::Relaxed);
+        });
+    }
 
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")

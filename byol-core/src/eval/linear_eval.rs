@@ -340,7 +340,7 @@ impl EvalSetup {
         let metrics = ClassificationMetrics::from_scores(&scores, &f.test.labels, p.classes)?;
         let hyper = BTreeMap::from([
             ("k".into(), json!(opts.k)),
-            ("temperature".into(), json!(opts.temperature)),
+            ("temperature".into(), json!((f64::from(opts.temperature) * 1e6).round() / 1e6)),
         ]);
         self.report(
             &p,

@@ -113,13 +113,12 @@ impl ClassificationReport {
         let _ = writeln!(s, "{} — {}", self.protocol, self.protocol_description);
         let _ = writeln!(
             s,
-            "dataset {} ({} train / {} held out / {} test), features {} × {} from {}",
+            "dataset {} ({} train / {} held out / {} test), {}-d features of {}",
             self.dataset,
             self.splits.train,
             self.splits.val,
             self.splits.test,
             self.feature_dim,
-            self.splits.train,
             weights
         );
         let chosen: Vec<String> = self
