@@ -101,6 +101,15 @@ impl VarStore {
         self.entries.iter().filter(|e| e.role.is_trainable())
     }
 
+    /// The trainable entries that have a gradient in `grads` (what an optimiser steps).
+    pub fn with_grads<'a>(
+        &'a self,
+        grads: &'a candle_core::backprop::GradStore,
+    ) -> impl Iterator<Item = (&'a Entry, &'a Tensor)> {
+        self.trainable()
+            .filter_map(|e| grads.get(e.var.as_tensor()).map(|g| (e, g)))
+    }
+
     /// Number of trainable scalars.
     pub fn num_trainable(&self) -> usize {
         self.trainable().map(|e| e.var.elem_count()).sum()

@@ -61,10 +61,7 @@ impl Lars {
         lr: f64,
         lr_scale: &dyn Fn(&str) -> f64,
     ) -> Result<()> {
-        for entry in store.trainable() {
-            let Some(grad) = grads.get(entry.var.as_tensor()) else {
-                continue;
-            };
+        for (entry, grad) in store.with_grads(grads) {
             self.update(entry, grad, lr * lr_scale(&entry.name))?;
         }
         Ok(())

@@ -78,11 +78,8 @@ impl Sgd {
             nesterov,
             weight_decay,
         } = self.config;
-        for entry in store.trainable() {
+        for (entry, grad) in store.with_grads(grads) {
             let w = entry.var.as_tensor();
-            let Some(grad) = grads.get(w) else {
-                continue;
-            };
             let mut g = grad.clone();
             if weight_decay > 0.0 && decays(&entry.name) {
                 g = (g + w.affine(weight_decay, 0.0)?)?;
