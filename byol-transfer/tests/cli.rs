@@ -35,7 +35,16 @@ fn the_three_tasks_run_from_the_command_line() {
     let (data, w) = (devkit.to_str().unwrap(), weights.to_str().unwrap());
     let out = dir.path().join("out");
     let out_s = out.to_str().unwrap();
-    let base = ["--weights", w, "--data", data, "--out", out_s, "--image-size", "32"];
+    let base = [
+        "--weights",
+        w,
+        "--data",
+        data,
+        "--out",
+        out_s,
+        "--image-size",
+        "32",
+    ];
 
     for task in ["voc", "voc-svm"] {
         let mut args = vec!["--task", task, "--lambdas", "5"];
@@ -45,7 +54,8 @@ fn the_three_tasks_run_from_the_command_line() {
         let r = report(&out.join(format!("transfer-{task}.json")));
         assert_eq!(r["per_class"].as_array().unwrap().len(), 20, "{task}");
         let map = r["value"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&map), "{task}: {map}");
+        // 11-point AP sums p/11 as the devkit does: 1 can come out one ulp above.
+        assert!((0.0..=1.0 + 1e-9).contains(&map), "{task}: {map}");
     }
     assert!(report(&out.join("transfer-voc-svm.json"))["protocol"]
         .as_str()

@@ -340,7 +340,10 @@ impl EvalSetup {
         let metrics = ClassificationMetrics::from_scores(&scores, &f.test.labels, p.classes)?;
         let hyper = BTreeMap::from([
             ("k".into(), json!(opts.k)),
-            ("temperature".into(), json!((f64::from(opts.temperature) * 1e6).round() / 1e6)),
+            (
+                "temperature".into(),
+                json!((f64::from(opts.temperature) * 1e6).round() / 1e6),
+            ),
         ]);
         self.report(
             &p,
