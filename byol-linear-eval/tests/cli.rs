@@ -2,24 +2,16 @@
 //! and the messages a user sees for bad flags.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use byol_tests::{save_tiny_encoder, write_mnist_like};
+use byol_tests::{output_text, run_binary, save_tiny_encoder, write_mnist_like};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_byol-linear-eval"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the binary runs")
+    run_binary(env!("CARGO_BIN_EXE_byol-linear-eval"), args)
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    output_text(o)
 }
 
 fn common<'a>(data: &'a str, out: &'a str, weights: &'a str) -> Vec<&'a str> {

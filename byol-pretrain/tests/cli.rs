@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use byol_core::train::{latest_state, read_metrics, METRICS_FILE};
-use byol_tests::write_mnist_like;
+use byol_tests::{output_text, write_mnist_like};
 
 const STEPS: u64 = 24;
 
@@ -43,11 +43,7 @@ fn finish(child: Child) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    output_text(o)
 }
 
 fn losses(dir: &Path) -> Vec<(u64, f64)> {

@@ -1,26 +1,18 @@
-//! The binary itself on the miniature VOCdevkit: `--task voc`, `voc-svm`, `voc-seg` and
-//! `classify` end to end from the command line, and the message for a missing class file.
+//! The binary itself on the miniature VOCdevkit: `--task voc`, `voc-svm` and `voc-seg` end to
+//! end from the command line, and the message for a missing class file.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use byol_tests::fixtures::MiniVoc;
-use byol_tests::write_tiny_encoder;
+use byol_tests::{output_text, run_binary, write_tiny_encoder};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_byol-transfer"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the binary runs")
+    run_binary(env!("CARGO_BIN_EXE_byol-transfer"), args)
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    output_text(o)
 }
 
 fn report(path: &Path) -> serde_json::Value {

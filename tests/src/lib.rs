@@ -125,3 +125,22 @@ pub fn write_tiny_encoder(dir: &Path, seed: u64) -> PathBuf {
     save_tiny_encoder(&path, seed);
     path
 }
+
+/// Runs a workspace binary (`env!("CARGO_BIN_EXE_<name>")` of the calling test) with `args`,
+/// logs at warn level, and returns its output.
+pub fn run_binary(binary: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs")
+}
+
+/// stdout then stderr of a finished command, as text (for assertions and failure messages).
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
