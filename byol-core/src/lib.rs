@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod kernels;
+pub mod logging;
 pub mod nn;
 pub mod optim;
 pub mod plot;

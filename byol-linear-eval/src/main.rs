@@ -189,12 +189,7 @@ fn finish(report: &ClassificationReport, common: &Common) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    byol_core::logging::init_logging();
     match Cli::parse().mode {
         Mode::Features(common) => {
             let f = common.setup()?.features()?;

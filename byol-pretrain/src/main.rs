@@ -200,12 +200,7 @@ impl Observer for Progress {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    byol_core::logging::init_logging();
     let args = Args::parse();
     let config = build_config(&args)?;
     let device = parse_device(&args.device)?;

@@ -118,12 +118,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    byol_core::logging::init_logging();
     let args = Args::parse();
     let task = match (&args.task, args.suite.as_deref()) {
         (_, Some("paper")) => "suite",
