@@ -12,10 +12,12 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod import;
 pub mod kernels;
 pub mod nn;
 pub mod optim;
 pub mod train;
 pub mod transfer;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -45,6 +45,7 @@ pub fn tiny_byol_config() -> ByolConfig {
         in_channels: 3,
         base_channels: 4,
         zero_init_residual: false,
+        padding: Default::default(),
     });
     config.projector = MlpConfig {
         hidden_dim: 32,
