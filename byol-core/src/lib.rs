@@ -12,6 +12,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod hub;
 pub mod import;
 pub mod kernels;
 pub mod nn;

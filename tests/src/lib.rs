@@ -1,6 +1,7 @@
 //! Helpers shared by the workspace-level integration tests in `tests/`.
 
 pub mod fixtures;
+pub mod hub_server;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
