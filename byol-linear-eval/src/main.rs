@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use byol_core::data::{DatasetKind, DatasetSource};
 use byol_core::device::parse_device;
 use byol_core::eval::cache::CacheStatus;
