@@ -165,14 +165,15 @@ pub struct LoadedEncoder {
     pub metadata: HashMap<String, String>,
 }
 
-/// Loads an encoder file. Its config comes from the metadata, or from `config` for files that
-/// carry none (a plain torchvision state dict); `fc.*` tensors are ignored.
+/// Loads an encoder file (any format of [`crate::weights::read_weights`]: safetensors, a PyTorch
+/// `.pth`, an official DeepMind pickle). Its config comes from the metadata, or from `config` for
+/// files that carry none (a plain torchvision state dict); `fc.*` tensors are ignored.
 pub fn load_encoder(
     path: &Path,
     device: &Device,
     config: Option<&ResNetConfig>,
 ) -> Result<LoadedEncoder> {
-    let file = SafetensorsFile::read(path, device)?;
+    let file = crate::weights::read_weights(path, device)?;
     let config: ResNetConfig = match config {
         Some(c) => c.clone(),
         None => file.metadata_json(path, ENCODER_CONFIG_KEY).map_err(|_| {

@@ -118,6 +118,7 @@ impl TrainConfig {
             in_channels: 1,
             base_channels: 16,
             zero_init_residual: false,
+            padding: Default::default(),
         };
         let heads = MlpConfig {
             hidden_dim: 512,

@@ -12,6 +12,8 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod hub;
+pub mod import;
 pub mod kernels;
 pub mod logging;
 pub mod nn;
@@ -19,5 +21,6 @@ pub mod optim;
 pub mod plot;
 pub mod train;
 pub mod transfer;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use byol_core::data::{DatasetKind, DatasetSource};
 use byol_core::device::parse_device;
 use byol_core::eval::cache::CacheStatus;
@@ -72,7 +72,8 @@ enum Mode {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// Encoder weights (safetensors, torchvision names), or `none` for raw pixels.
+    /// Encoder weights: safetensors (ours or torchvision/timm names), a PyTorch .pth state dict,
+    /// an official DeepMind BYOL .pkl, or hf://owner/repo[@rev][/file]; `none` for raw pixels.
     #[arg(long)]
     weights: String,
     /// fashion-mnist, mnist, cifar10, cifar100, image-folder or imagenet.
@@ -127,14 +128,10 @@ impl Common {
     fn setup(&self) -> Result<EvalSetup> {
         let weights = match self.weights.as_str() {
             "none" => FeatureSource::Pixels,
-            hub if hub.starts_with("hf://") => {
-                bail!("--weights {hub}: Hub references are not supported yet; download the file and pass its path")
-            }
-            path => {
-                let path = PathBuf::from(path);
-                if !path.is_file() {
-                    bail!("--weights {}: no such file", path.display());
-                }
+            value => {
+                // A local file, or an hf:// reference fetched into the Hub cache.
+                let path = byol_core::hub::resolve_weights(value)
+                    .with_context(|| format!("--weights {value}"))?;
                 FeatureSource::Encoder {
                     path,
                     arch: self.arch()?,

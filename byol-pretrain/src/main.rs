@@ -16,13 +16,22 @@ use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
 use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
 use byol_core::nn::Stem;
 use byol_core::train::{pretrain, Monitor, Observer, RunControl, StepLog, TrainData};
-use clap::Parser;
+use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// BYOL pretraining (Grill et al. 2020): a preset or a TOML config, overridden by flags.
 #[derive(Debug, Parser)]
 #[command(version, about)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// After training, publish the output directory to this Hub repository (owner/name): encoder
+    /// as model.safetensors, config.json, model card (HF_TOKEN, HF_ENDPOINT as usual).
+    #[arg(long, value_name = "OWNER/NAME")]
+    push_to_hub: Option<String>,
+    #[command(flatten)]
+    hub: HubArgs,
     /// Paper presets imagenet-40ep/-100ep/-300ep/-1000ep, or cifar10, fashion-mnist.
     #[arg(long, default_value = "fashion-mnist")]
     preset: String,
@@ -111,6 +120,66 @@ struct Args {
     /// Run the kNN monitor every N epochs (0: never).
     #[arg(long)]
     knn_every: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish an existing output directory to a Hub repository in one commit (the repository
+    /// is created if needed).
+    Publish {
+        /// A byol-pretrain output directory (encoder.safetensors, config.toml, reports, plots).
+        out_dir: PathBuf,
+        /// Target repository, owner/name.
+        #[arg(long, value_name = "OWNER/NAME")]
+        repo: String,
+        #[command(flatten)]
+        hub: HubArgs,
+    },
+}
+
+/// Options of a Hub publish.
+#[derive(Debug, Clone, ClapArgs)]
+struct HubArgs {
+    /// Also upload the newest training state as training_state.safetensors.
+    #[arg(long)]
+    include_state: bool,
+    /// Create the repository private.
+    #[arg(long)]
+    private: bool,
+    /// Licence in the model card.
+    #[arg(long, default_value = "apache-2.0")]
+    license: String,
+    /// Hub dataset id of the pretraining data for the card (repeatable), e.g. imagenet-1k.
+    #[arg(long = "hub-dataset")]
+    hub_datasets: Vec<String>,
+    /// A linear-eval or transfer JSON report for the card's results (repeatable); the *.json
+    /// reports in the output directory are always included.
+    #[arg(long = "report")]
+    reports: Vec<PathBuf>,
+    /// Branch to commit to (default main).
+    #[arg(long)]
+    revision: Option<String>,
+}
+
+fn publish(out_dir: &std::path::Path, repo: &str, hub: &HubArgs) -> Result<()> {
+    let opts = byol_core::hub::PublishOptions {
+        revision: hub.revision.clone(),
+        private: hub.private,
+        include_state: hub.include_state,
+        reports: hub.reports.clone(),
+        datasets: hub.hub_datasets.clone(),
+        license: hub.license.clone(),
+        ..byol_core::hub::PublishOptions::new(repo)
+    };
+    let done = byol_core::hub::publish(out_dir, &opts, &byol_core::hub::HubOptions::from_env())
+        .with_context(|| format!("publishing {} to {repo}", out_dir.display()))?;
+    println!(
+        "published {} files to {} (commit {})",
+        done.files.len(),
+        done.repo,
+        done.commit.as_deref().unwrap_or("?")
+    );
+    Ok(())
 }
 
 fn build_config(args: &Args) -> Result<TrainConfig> {
@@ -202,6 +271,9 @@ impl Observer for Progress {
 fn main() -> Result<()> {
     byol_core::logging::init_logging();
     let args = Args::parse();
+    if let Some(Command::Publish { out_dir, repo, hub }) = &args.command {
+        return publish(out_dir, repo, hub);
+    }
     let config = build_config(&args)?;
     let device = parse_device(&args.device)?;
     let source = DatasetSource::new(args.dataset, args.data.clone());
@@ -343,6 +415,9 @@ fn main() -> Result<()> {
         let report = serde_json::to_string_pretty(&rows)?;
         std::fs::write(args.out.join("probe.json"), report)
             .with_context(|| format!("cannot write {}/probe.json", args.out.display()))?;
+    }
+    if let Some(repo) = &args.push_to_hub {
+        publish(&args.out, repo, &args.hub)?;
     }
     Ok(())
 }

@@ -30,8 +30,9 @@ struct Args {
     /// ..., voc2007, ...), one table next to the paper's numbers.
     #[arg(long)]
     suite: Option<String>,
-    /// Encoder weights (safetensors), or `none`: raw pixels for frozen-feature protocols, a
-    /// random init of --depth/--stem for fine-tuning.
+    /// Encoder weights (safetensors, .pth, official .pkl, or hf://owner/repo[@rev][/file]), or
+    /// `none`: raw pixels for frozen-feature protocols, a random init of --depth/--stem for
+    /// fine-tuning.
     #[arg(long)]
     weights: String,
     /// VOCdevkit root or VOC20xx directory (voc*), dataset directory (classify), suite root.
@@ -60,6 +61,9 @@ struct Args {
     /// `--weights none` (default ResNet-50, ImageNet stem).
     #[arg(long)]
     depth: Option<usize>,
+    /// The same as --depth, named as torchvision does: resnet18, resnet50, ...
+    #[arg(long, conflicts_with = "depth")]
+    arch: Option<String>,
     #[arg(long, default_value_t = 1)]
     width: usize,
     /// imagenet or small.
@@ -128,14 +132,22 @@ fn main() -> Result<()> {
     };
     let seg = task == "voc-seg";
     let mut common = CommonOptions::new(
-        args.weights.parse::<Weights>()?,
+        resolve_weights(&args.weights)?,
         args.image_size.unwrap_or(if seg { 512 } else { 224 }),
     );
     common.batch_size = args.batch_size.unwrap_or(if seg { 8 } else { 64 });
     common.workers = args.workers;
     common.seed = args.seed;
     common.device = parse_device(&args.device)?;
-    if let Some(depth) = args.depth {
+    let depth = match &args.arch {
+        Some(arch) => Some(
+            arch.strip_prefix("resnet")
+                .and_then(|d| d.parse::<usize>().ok())
+                .with_context(|| format!("--arch {arch}: expected resnet18, resnet50, ..."))?,
+        ),
+        None => args.depth,
+    };
+    if let Some(depth) = depth {
         common.arch = Some(ResNetConfig {
             width: args.width,
             stem: args.stem.parse::<Stem>()?,
@@ -223,4 +235,14 @@ fn main() -> Result<()> {
     print!("{}", report.table());
     println!("report: {}", report_path.display());
     Ok(())
+}
+
+/// `none`, a local weights file, or an hf:// reference fetched into the Hub cache.
+fn resolve_weights(value: &str) -> Result<Weights> {
+    if value == "none" || value.is_empty() {
+        return Ok(value.parse::<Weights>()?);
+    }
+    let path =
+        byol_core::hub::resolve_weights(value).with_context(|| format!("--weights {value}"))?;
+    Ok(Weights::File(path))
 }

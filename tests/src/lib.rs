@@ -1,6 +1,7 @@
 //! Helpers shared by the workspace-level integration tests in `tests/`.
 
 pub mod fixtures;
+pub mod hub_server;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ pub fn tiny_byol_config() -> ByolConfig {
         in_channels: 3,
         base_channels: 4,
         zero_init_residual: false,
+        padding: Default::default(),
     });
     config.projector = MlpConfig {
         hidden_dim: 32,

@@ -1,5 +1,5 @@
-// Shared helpers of the eval_* integration tests. The other eval_* files pull them in with
-// `#[path = "eval_common.rs"] mod common;`; as its own test target this file checks the helpers.
+// Shared helpers of the eval_* integration tests (`use crate::eval_common as common;`); its own
+// tests check the helpers.
 
 /// Small deterministic generator (xorshift64*), so the tests need no rand dependency.
 pub struct Rng(u64);

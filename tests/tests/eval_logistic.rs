@@ -1,8 +1,6 @@
 //! Logistic probes: separable data, the L2 path's choice, sklearn parity, errors.
 
-#[path = "eval_common.rs"]
-#[allow(dead_code)]
-mod common;
+use crate::eval_common as common;
 
 use byol_core::eval::lbfgs::LbfgsOptions;
 use byol_core::eval::logistic::{

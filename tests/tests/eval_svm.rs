@@ -1,8 +1,6 @@
 //! Linear SVM (dual coordinate descent) against scikit-learn's LinearSVC, and the VOC07 protocol.
 
-#[path = "eval_common.rs"]
-#[allow(dead_code)]
-mod common;
+use crate::eval_common as common;
 
 use byol_core::eval::matrix::Features;
 use byol_core::eval::svm::{

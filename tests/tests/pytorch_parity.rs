@@ -29,6 +29,7 @@ fn check_encoder(name: &str) {
         in_channels: meta("in_channels").parse().unwrap(),
         base_channels: meta("base_channels").parse().unwrap(),
         zero_init_residual: false,
+        padding: Default::default(),
     };
     let mut store = VarStore::new(&Device::Cpu, 0);
     let encoder = ResNet::new(&mut store.root(), &config).unwrap();
@@ -169,6 +170,7 @@ fn zero_init_touches_only_the_last_bn_of_each_block() {
         let mut store = VarStore::new(&Device::Cpu, 0);
         let cfg = ResNetConfig {
             zero_init_residual: true,
+            padding: Default::default(),
             base_channels: 4,
             ..ResNetConfig::new(depth)
         };
@@ -183,6 +185,7 @@ fn zero_init_touches_only_the_last_bn_of_each_block() {
             &mut plain.root(),
             &ResNetConfig {
                 zero_init_residual: false,
+                padding: Default::default(),
                 ..cfg
             },
         )

@@ -11,6 +11,8 @@ pub struct Conv2d {
     weight: Var,
     stride: usize,
     padding: usize,
+    /// TensorFlow `SAME` padding (see [`super::resnet::Padding`]) instead of `padding`.
+    tf_same: bool,
 }
 
 impl Conv2d {
@@ -34,17 +36,49 @@ impl Conv2d {
             weight,
             stride,
             padding,
+            tf_same: false,
         })
     }
+
+    /// Pads as TensorFlow's `SAME` when `on`: output `⌈n / stride⌉`, padding split with the
+    /// extra row/column at the end.
+    pub fn with_tf_same(mut self, on: bool) -> Self {
+        self.tf_same = on;
+        self
+    }
+
+    fn conv(&self, xs: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
+        if crate::kernels::use_fast(xs) {
+            crate::kernels::conv2d(xs, &self.weight, padding, self.stride)
+        } else {
+            xs.conv2d(&self.weight, padding, self.stride, 1, 1)
+        }
+    }
+}
+
+/// TensorFlow `SAME` padding (before, after) of one spatial dimension.
+pub fn tf_same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let out = size.div_ceil(stride);
+    let total = ((out.max(1) - 1) * stride + kernel).saturating_sub(size);
+    (total / 2, total - total / 2)
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        if crate::kernels::use_fast(xs) {
-            crate::kernels::conv2d(xs, &self.weight, self.padding, self.stride)
-        } else {
-            xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+        if !self.tf_same {
+            return self.conv(xs, self.padding);
         }
+        let (_, _, kh, kw) = self.weight.dims4()?;
+        let (_, _, h, w) = xs.dims4()?;
+        let (top, bottom) = tf_same_padding(h, kh, self.stride);
+        let (left, right) = tf_same_padding(w, kw, self.stride);
+        if top == bottom && left == right && top == left {
+            return self.conv(xs, top);
+        }
+        let padded = xs
+            .pad_with_zeros(2, top, bottom)?
+            .pad_with_zeros(3, left, right)?;
+        self.conv(&padded, 0)
     }
 }
 

@@ -8,5 +8,5 @@ pub mod var_store;
 
 pub use mlp::{Mlp, MlpConfig};
 pub use norm::BatchNorm;
-pub use resnet::{ResNet, ResNetConfig, Stem};
+pub use resnet::{Padding, ResNet, ResNetConfig, Stem};
 pub use var_store::{Role, VarPath, VarStore};

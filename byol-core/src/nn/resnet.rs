@@ -38,6 +38,19 @@ impl std::str::FromStr for Stem {
     }
 }
 
+/// How convolutions and the stem max-pool pad their input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Padding {
+    /// PyTorch: `(k − 1) / 2` on every side (torchvision, our own training).
+    #[default]
+    Torch,
+    /// TensorFlow/Haiku `SAME`: output `⌈n / stride⌉`, the total padding split with the extra
+    /// row/column at the end, so stride-2 layers on even sizes pad only bottom/right. The official
+    /// BYOL checkpoints need it to give their features.
+    TfSame,
+}
+
 /// The shape of a ResNet encoder. Stored in checkpoint metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResNetConfig {
@@ -55,6 +68,9 @@ pub struct ResNetConfig {
     /// Zero-initialise the last BatchNorm scale of every residual block.
     #[serde(default)]
     pub zero_init_residual: bool,
+    /// Padding convention (absent in older files: PyTorch's).
+    #[serde(default)]
+    pub padding: Padding,
 }
 
 fn default_base_channels() -> usize {
@@ -71,6 +87,7 @@ impl ResNetConfig {
             in_channels: 3,
             base_channels: 64,
             zero_init_residual: false,
+            padding: Padding::Torch,
         }
     }
 
@@ -146,6 +163,7 @@ impl Block {
         stride: usize,
         bottleneck: bool,
         zero_init: bool,
+        padding: Padding,
     ) -> Result<Self> {
         // (kernel, stride, padding, in, out) of each branch convolution.
         let out_ch = if bottleneck { planes * 4 } else { planes };
@@ -161,7 +179,8 @@ impl Block {
         let last = convs.len();
         let mut branch = Vec::with_capacity(last);
         for (i, &(k, s, p, cin, cout)) in convs.iter().enumerate() {
-            let conv = Conv2d::new(&mut vs.pp(format!("conv{}", i + 1)), cin, cout, k, s, p)?;
+            let conv = Conv2d::new(&mut vs.pp(format!("conv{}", i + 1)), cin, cout, k, s, p)?
+                .with_tf_same(padding == Padding::TfSame);
             let bn = BatchNorm::new(
                 &mut vs.pp(format!("bn{}", i + 1)),
                 cout,
@@ -171,7 +190,8 @@ impl Block {
         }
         let downsample = if stride != 1 || in_ch != out_ch {
             let mut ds = vs.pp("downsample");
-            let conv = Conv2d::new(&mut ds.pp(0), in_ch, out_ch, 1, stride, 0)?;
+            let conv = Conv2d::new(&mut ds.pp(0), in_ch, out_ch, 1, stride, 0)?
+                .with_tf_same(padding == Padding::TfSame);
             let bn = BatchNorm::new(&mut ds.pp(1), out_ch, false)?;
             Some(ConvBn { conv, bn })
         } else {
@@ -216,7 +236,8 @@ impl ResNet {
             Stem::Small => (3, 1, 1),
         };
         let stem = ConvBn {
-            conv: Conv2d::new(&mut vs.pp("conv1"), config.in_channels, base, k, s, p)?,
+            conv: Conv2d::new(&mut vs.pp("conv1"), config.in_channels, base, k, s, p)?
+                .with_tf_same(config.padding == Padding::TfSame),
             bn: BatchNorm::new(&mut vs.pp("bn1"), base, false)?,
         };
         let expansion = if bottleneck { 4 } else { 1 };
@@ -235,6 +256,7 @@ impl ResNet {
                     stride,
                     bottleneck,
                     config.zero_init_residual,
+                    config.padding,
                 )?);
                 in_ch = planes * expansion;
             }
@@ -256,7 +278,7 @@ impl ResNet {
     pub fn forward_features(&self, xs: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
         let mut ys = self.stem.forward_t(xs, train)?.relu()?;
         if self.config.stem == Stem::Imagenet {
-            ys = max_pool_3x3_s2(&ys)?;
+            ys = max_pool_3x3_s2(&ys, self.config.padding)?;
         }
         let mut outs = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
@@ -277,17 +299,24 @@ impl ResNet {
     }
 }
 
-/// 3×3 stride-2 max-pool with padding 1, for non-negative inputs (it follows a ReLU).
+/// 3×3 stride-2 max-pool, for non-negative inputs (it follows a ReLU): padding 1 (PyTorch) or
+/// TensorFlow `SAME` (none before on even sizes); both give `⌈n / 2⌉` outputs.
 ///
 /// candle's `max_pool2d` has no backward pass when kernel ≠ stride, so the pool is the maximum of
-/// the nine shifted, stride-2 views; zero padding is exact because the input is ≥ 0.
-fn max_pool_3x3_s2(xs: &Tensor) -> candle_core::Result<Tensor> {
+/// the nine shifted, stride-2 views; zero padding is exact because the input is ≥ 0 (TensorFlow
+/// pads with −∞, equivalent here).
+fn max_pool_3x3_s2(xs: &Tensor, padding: Padding) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = xs.dims4()?;
     let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
-    // One row/column of padding on the left, enough on the right for 2·ho rows from offset 2.
+    let before = |size: usize, out: usize| match padding {
+        Padding::Torch => 1,
+        Padding::TfSame => ((out - 1) * 2 + 3).saturating_sub(size) / 2,
+    };
+    let (top, left) = (before(h, ho), before(w, wo));
+    // `before` rows/columns of padding first, enough after for 2·ho rows from offset 2.
     let padded = xs
-        .pad_with_zeros(2, 1, 2 * ho + 1 - h)?
-        .pad_with_zeros(3, 1, 2 * wo + 1 - w)?;
+        .pad_with_zeros(2, top, 2 * ho + 2 - h - top)?
+        .pad_with_zeros(3, left, 2 * wo + 2 - w - left)?;
     let mut out: Option<Tensor> = None;
     for di in 0..3 {
         for dj in 0..3 {
@@ -311,7 +340,7 @@ impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let mut ys = self.stem.forward_t(xs, train)?.relu()?;
         if self.config.stem == Stem::Imagenet {
-            ys = max_pool_3x3_s2(&ys)?;
+            ys = max_pool_3x3_s2(&ys, self.config.padding)?;
         }
         for stage in &self.stages {
             for block in stage {

@@ -1,0 +1,91 @@
+//! Pulling a weights file from the Hub into the local cache.
+
+use std::path::PathBuf;
+
+use hf_hub::HFError;
+
+use super::{describe, HubOptions};
+use crate::weights::{HubRef, WeightsRef};
+use crate::{Error, Result};
+
+/// Downloads (or finds in the cache) the file `reference` names and returns its local path.
+///
+/// Offline ([`HubOptions::offline`]), only the cache is looked at. A 404 is explained: the
+/// repository, the revision or the file is missing (two metadata calls tell which).
+pub fn download(reference: &HubRef, opts: &HubOptions) -> Result<PathBuf> {
+    let what = reference.to_string();
+    let endpoint = opts.endpoint_display();
+    let client = opts.client(&what)?;
+    let (owner, name) = reference
+        .repo
+        .split_once('/')
+        .ok_or_else(|| Error::hub(&what, "the repository is not `owner/name`"))?;
+    let repo = client.model(owner, name);
+    let result = repo
+        .download_file()
+        .filename(reference.file())
+        .maybe_revision(reference.revision.clone())
+        .local_files_only(opts.offline)
+        .send();
+    match result {
+        Ok(path) => Ok(path),
+        Err(HFError::LocalEntryNotFound { .. }) | Err(HFError::CacheNotEnabled) if opts.offline => {
+            Err(Error::hub(
+                &what,
+                format!(
+                    "HF_HUB_OFFLINE is set and `{}` at revision `{}` is not in the cache ({}): \
+                     download it once online, or unset HF_HUB_OFFLINE",
+                    reference.file(),
+                    reference.revision(),
+                    opts.cache_dir_display().display()
+                ),
+            ))
+        }
+        Err(HFError::EntryNotFound { .. }) => {
+            // The resolve call answers 404 for a missing repo, revision or file alike.
+            let message = match repo.exists().send() {
+                Ok(false) => describe(
+                    &HFError::RepoNotFound {
+                        repo_id: reference.repo.clone(),
+                        context: None,
+                    },
+                    &endpoint,
+                ),
+                Ok(true) => match repo.revision_exists().revision(reference.revision()).send() {
+                    Ok(false) => format!(
+                        "revision `{}` not found in `{}`",
+                        reference.revision(),
+                        reference.repo
+                    ),
+                    _ => format!(
+                        "no file `{}` in `{}` at revision `{}`",
+                        reference.file(),
+                        reference.repo,
+                        reference.revision()
+                    ),
+                },
+                Err(e) => describe(&e, &endpoint),
+            };
+            Err(Error::hub(&what, message))
+        }
+        Err(e) => Err(Error::hub(&what, describe(&e, &endpoint))),
+    }
+}
+
+/// A `--weights` value as a local file: a path as is (checked to exist), a Hub reference
+/// downloaded with the settings of the environment.
+pub fn resolve_weights(value: &str) -> Result<PathBuf> {
+    match value.parse::<WeightsRef>()? {
+        WeightsRef::Local(path) => {
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Error::config(
+                    "weights",
+                    format!("{}: no such file", path.display()),
+                ))
+            }
+        }
+        WeightsRef::Hub(r) => download(&r, &HubOptions::from_env()),
+    }
+}

@@ -1,0 +1,4 @@
+//! Import of weights written by other frameworks without running their code.
+
+pub mod deepmind;
+pub mod pickle;

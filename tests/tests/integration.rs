@@ -1,0 +1,23 @@
+//! The workspace integration tests, one module per concern, linked into one test binary: each
+//! binary links candle and the whole library, and one link instead of eighteen keeps CI's time
+//! and disk down. `hub.rs` stays its own binary because it sets `HF_*` process environment.
+
+mod checkpoints;
+mod data_loader;
+mod data_readers;
+#[allow(dead_code)]
+mod eval_common;
+mod eval_knn;
+mod eval_logistic;
+mod eval_metrics;
+mod eval_svm;
+mod hub_olah;
+mod kernels_ops;
+mod linear_eval;
+mod pretrain_resume;
+mod pytorch_parity;
+mod recipe_formulas;
+mod transfer_classify;
+mod transfer_seg;
+mod transfer_voc;
+mod weights_import;
