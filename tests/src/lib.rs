@@ -146,3 +146,29 @@ pub fn output_text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// Asserts two safetensors files hold the same tensors, bit for bit, and the same metadata.
+pub fn assert_same_tensors(a: &Path, b: &Path) {
+    let a = byol_core::checkpoint::SafetensorsFile::read(a, &Device::Cpu).unwrap();
+    let b = byol_core::checkpoint::SafetensorsFile::read(b, &Device::Cpu).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (k, t) in &a.tensors {
+        let u = &b.tensors[k];
+        assert_eq!(t.dims(), u.dims(), "{k}");
+        let d: f64 = t
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .sub(&u.to_dtype(candle_core::DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0, "{k}");
+    }
+    assert_eq!(a.metadata, b.metadata);
+}

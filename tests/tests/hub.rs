@@ -4,10 +4,9 @@
 
 use std::path::Path;
 
-use byol_core::checkpoint::SafetensorsFile;
 use byol_core::hub::{download, publish, HubOptions, PublishOptions};
 use byol_tests::hub_server::HubServer;
-use byol_tests::save_tiny_encoder;
+use byol_tests::{assert_same_tensors, save_tiny_encoder};
 use candle_core::Device;
 use serde_json::json;
 
@@ -38,31 +37,6 @@ fn run_dir(dir: &Path) {
     // Non-UTF-8 PNG bytes (a truncated signature is enough for byte-for-byte checks).
     std::fs::write(dir.join("loss.png"), b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe").unwrap();
     std::fs::write(dir.join("probe.json"), b"[]").unwrap(); // not a report: skipped
-}
-
-fn assert_same_tensors(a: &Path, b: &Path) {
-    let a = SafetensorsFile::read(a, &Device::Cpu).unwrap();
-    let b = SafetensorsFile::read(b, &Device::Cpu).unwrap();
-    assert_eq!(a.tensors.len(), b.tensors.len());
-    for (k, t) in &a.tensors {
-        let u = &b.tensors[k];
-        assert_eq!(t.dims(), u.dims(), "{k}");
-        let d: f64 = t
-            .to_dtype(candle_core::DType::F64)
-            .unwrap()
-            .sub(&u.to_dtype(candle_core::DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert_eq!(d, 0.0, "{k}");
-    }
-    assert_eq!(a.metadata, b.metadata);
 }
 
 #[test]

@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use byol_core::checkpoint::SafetensorsFile;
 use byol_core::hub::publish::prepare;
 use byol_core::hub::{download, HubOptions, PublishOptions};
 use byol_core::weights::{HubRef, WeightsRef};
-use byol_tests::save_tiny_encoder;
+use byol_tests::{assert_same_tensors, save_tiny_encoder};
 use candle_core::Device;
 
 fn olah_cli() -> Option<PathBuf> {
@@ -131,27 +130,7 @@ fn pull_from_olah_mirror_gives_identical_tensors() {
         retries: Some(1),
     };
     let pulled = download(&hub_ref("hf://byol-rs/tiny-olah"), &hub).unwrap();
-    let ours = SafetensorsFile::read(&run.join("encoder.safetensors"), &Device::Cpu).unwrap();
-    let theirs = SafetensorsFile::read(&pulled, &Device::Cpu).unwrap();
-    assert_eq!(ours.metadata, theirs.metadata);
-    assert_eq!(ours.tensors.len(), theirs.tensors.len());
-    for (k, t) in &ours.tensors {
-        let a: Vec<f32> = t
-            .to_dtype(candle_core::DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f32> = theirs.tensors[k]
-            .to_dtype(candle_core::DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(a, b, "{k}");
-    }
+    assert_same_tensors(&pulled, &run.join("encoder.safetensors"));
     assert_eq!(
         std::fs::read(&pulled).unwrap(),
         std::fs::read(run.join("encoder.safetensors")).unwrap()
