@@ -134,6 +134,9 @@ pub struct RunControl<'a> {
     pub device: &'a Device,
     /// Continue from the newest checkpoint in `out_dir`.
     pub resume: bool,
+    /// A fresh run starts its encoder from these weights (any format of
+    /// [`crate::weights::read_weights`]) instead of random init; ignored when resuming.
+    pub init_weights: Option<&'a Path>,
     /// Polled between steps: when set (by a SIGINT handler), the loop saves a checkpoint and
     /// returns with `interrupted`.
     pub stop: &'a AtomicBool,
@@ -152,6 +155,7 @@ pub fn pretrain(
         out_dir,
         device,
         resume,
+        init_weights,
         stop,
     } = *run;
     config.validate()?;
@@ -194,7 +198,14 @@ pub fn pretrain(
             (state.model, state.optimizer, state.step)
         }
         None => {
-            let model = Byol::new(&config.model, device, config.seed)?;
+            let mut model = Byol::new(&config.model, device, config.seed)?;
+            if let Some(path) = init_weights {
+                let file = crate::weights::read_weights(path, device)?;
+                model
+                    .init_encoder(&file.tensors)
+                    .map_err(|e| Error::format(path, format!("as the initial encoder: {e}")))?;
+                tracing::info!("encoder initialised from {}", path.display());
+            }
             let optimizer = Lars::new(LarsConfig {
                 momentum: config.momentum,
                 eta: config.eta,

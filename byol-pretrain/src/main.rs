@@ -53,6 +53,11 @@ struct Args {
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]
     resume: bool,
+    /// Start the encoder from these weights instead of random init: a local file (our
+    /// safetensors, a torchvision/timm state dict as safetensors or .pth, an official DeepMind
+    /// pickle) or hf://owner/repo[@rev][/file]. Its architecture must match the run's.
+    #[arg(long, value_name = "WEIGHTS")]
+    init_weights: Option<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -322,10 +327,19 @@ fn main() -> Result<()> {
         config.epochs,
         config.batch_size
     );
+    let init_weights = args
+        .init_weights
+        .as_deref()
+        .map(|value| {
+            byol_core::hub::resolve_weights(value)
+                .with_context(|| format!("--init-weights {value}"))
+        })
+        .transpose()?;
     let run = RunControl {
         out_dir: &args.out,
         device: &device,
         resume: args.resume,
+        init_weights: init_weights.as_deref(),
         stop: &stop,
     };
     // The kNN monitor on held-out data (datasets with a test split).

@@ -143,3 +143,27 @@ fn sigint_saves_a_checkpoint_and_exits_cleanly() {
         logged.len()
     );
 }
+
+#[test]
+fn init_weights_names_a_missing_file_and_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_mnist_like(&data, 16, 8, 4, 5);
+    let out = dir.path().join("out");
+    let missing = dir.path().join("no-such-encoder.safetensors");
+    let o = command(
+        &data,
+        &out,
+        "1",
+        &["--init-weights", missing.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("--init-weights") && t.contains("no-such-encoder.safetensors"),
+        "{t}"
+    );
+    assert!(latest_state(&out).unwrap_or(None).is_none());
+}

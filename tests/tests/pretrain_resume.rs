@@ -75,6 +75,7 @@ fn run<'a>(out_dir: &'a std::path::Path, resume: bool, stop: &'a AtomicBool) -> 
         out_dir,
         device: &Device::Cpu,
         resume,
+        init_weights: None,
         stop,
     }
 }
@@ -249,4 +250,66 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
         "the good checkpoint is untouched"
     );
     byol_core::checkpoint::load_training_state(&good, &Device::Cpu).unwrap();
+}
+
+#[test]
+fn a_fresh_run_can_start_its_encoder_from_a_weights_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = byol_tests::write_tiny_encoder(dir.path(), 42);
+    let file = byol_core::weights::read_weights(&weights, &Device::Cpu).unwrap();
+
+    // Both networks start from the file; the heads keep their own random init.
+    let mut model = byol_tests::tiny_byol(0);
+    let fresh = byol_tests::tiny_byol(0);
+    model.init_encoder(&file.tensors).unwrap();
+    let target = model.target_store().unwrap();
+    for name in [
+        "conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer4.1.bn2.running_var",
+    ] {
+        let expected = &file.tensors[name];
+        for store in [model.online_store(), target] {
+            let got = store
+                .get(&format!("encoder.{name}"))
+                .unwrap()
+                .var
+                .as_tensor();
+            assert_eq!(byol_tests::relative_error(got, expected), 0.0, "{name}");
+        }
+    }
+    let head = "projector.0.weight";
+    let (a, b) = (
+        model.online_store().get(head).unwrap().var.as_tensor(),
+        fresh.online_store().get(head).unwrap().var.as_tensor(),
+    );
+    assert_eq!(byol_tests::relative_error(a, b), 0.0);
+
+    // Through the loop: a file of another architecture is refused before any step, naming it.
+    let out = dir.path().join("run");
+    let stop = AtomicBool::new(false);
+    let wrong = byol_tests::fixture("import/resnet18-tiny.pth");
+    let control = RunControl {
+        init_weights: Some(&wrong),
+        ..run(&out, false, &stop)
+    };
+    let err = pretrain(&config(), &data(), &control, None, &mut Silent)
+        .err()
+        .expect("a mismatched encoder must be refused")
+        .to_string();
+    assert!(
+        err.contains("resnet18-tiny.pth") && err.contains("initial encoder"),
+        "{err}"
+    );
+    assert_eq!(latest_state(&out).unwrap(), None);
+
+    // And a matching file trains.
+    let control = RunControl {
+        init_weights: Some(&weights),
+        ..run(&out, false, &stop)
+    };
+    let mut short = config();
+    short.max_steps = Some(2);
+    pretrain(&short, &data(), &control, None, &mut Silent).unwrap();
+    assert_eq!(losses(&out).len(), 2);
 }

@@ -1,5 +1,7 @@
 //! The BYOL model: online encoder + projector + predictor, target encoder + projector.
 
+use std::collections::HashMap;
+
 use candle_core::{Device, ModuleT, Tensor, D};
 use serde::{Deserialize, Serialize};
 
@@ -145,6 +147,25 @@ impl Byol {
             target_store,
             target,
         })
+    }
+
+    /// Starts the encoder from pretrained weights in torchvision naming (`fc.*` ignored): the
+    /// online encoder, and the target's too when it starts as the online copy (the paper's init),
+    /// so both networks begin from the same point. Every name and shape is checked; the error names
+    /// the first tensor at fault.
+    pub fn init_encoder(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let encoder: HashMap<String, Tensor> = tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with("fc."))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        self.online_store.load_under("encoder.", &encoder, false)?;
+        if let Some(target) = &self.target_store {
+            if self.config.target_init == TargetInit::CopyOnline {
+                target.load_under("encoder.", &encoder, false)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &ByolConfig {
