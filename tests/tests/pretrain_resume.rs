@@ -293,10 +293,10 @@ fn a_fresh_run_can_start_its_encoder_from_a_weights_file() {
         init_weights: Some(&wrong),
         ..run(&out, false, &stop)
     };
-    let err = pretrain(&config(), &data(), &control, None, &mut Silent)
-        .err()
-        .expect("a mismatched encoder must be refused")
-        .to_string();
+    let Err(err) = pretrain(&config(), &data(), &control, None, &mut Silent) else {
+        panic!("a mismatched encoder must be refused");
+    };
+    let err = err.to_string();
     assert!(
         err.contains("resnet18-tiny.pth") && err.contains("initial encoder"),
         "{err}"
