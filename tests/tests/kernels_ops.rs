@@ -55,6 +55,9 @@ fn conv_forward_and_gradients_match_stock_candle() {
         (33, 4, 5, 5, 3, 3, 2, 1),  // grouped, uneven last group
         (64, 8, 2, 2, 4, 1, 1, 0),  // one group for the whole batch, 1×1 grouped
         (5, 2, 3, 3, 3, 3, 1, 0),   // 1×1 output map
+        (2, 3, 5, 1, 4, 3, 1, 1),   // same-size 3×3 on a 1-wide map: every side tap wraps
+        (2, 2, 1, 1, 3, 3, 1, 1),   // same-size 3×3 on a 1×1 map
+        (2, 3, 6, 5, 4, 5, 1, 2),   // same-size 5×5, pad 2
     ];
     for case in cases {
         let (y0, dx0, dw0) = conv_case(case, false);
@@ -179,7 +182,12 @@ fn bn_relu_case(shape: &[usize], residual: bool, backend: Backend) -> Vec<Tensor
 
 #[test]
 fn fused_batch_norm_relu_and_residual_match_stock_candle() {
-    for shape in [vec![8, 5], vec![4, 3, 5, 7], vec![16, 8, 4, 4], vec![3, 6, 1, 1]] {
+    for shape in [
+        vec![8, 5],
+        vec![4, 3, 5, 7],
+        vec![16, 8, 4, 4],
+        vec![3, 6, 1, 1],
+    ] {
         for residual in [false, true] {
             let stock = bn_relu_case(&shape, residual, Backend::Stock);
             let fast = bn_relu_case(&shape, residual, Backend::Fast);
@@ -314,7 +322,14 @@ fn byol_gradients(backend: Backend, perturb: f64) -> Vec<(String, Tensor)> {
 /// mean removes them, so both sides hold only rounding noise, ~1e-7 of the other gradients).
 fn worst_gradient_error(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, String) {
     assert_eq!(a.len(), b.len());
-    let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let max_abs = |t: &Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
     let global = b.iter().map(|(_, t)| max_abs(t)).fold(0f32, f32::max);
     let mut worst = (0f64, String::new());
     for ((name, x), (name_b, y)) in a.iter().zip(b) {
@@ -334,7 +349,11 @@ fn worst_gradient_error(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64,
 fn byol_gradients_match_between_backends_per_tensor() {
     let stock = byol_gradients(Backend::Stock, 0.0);
     let fast = byol_gradients(Backend::Fast, 0.0);
-    assert!(stock.len() > 40, "gradients of the whole network: {}", stock.len());
+    assert!(
+        stock.len() > 40,
+        "gradients of the whole network: {}",
+        stock.len()
+    );
     let worst = worst_gradient_error(&fast, &stock);
     // fp32's own sensitivity for scale: the stock gradients of views changed by 1e-7 relative.
     let noise = worst_gradient_error(&byol_gradients(Backend::Stock, 1e-7), &stock);

@@ -284,34 +284,30 @@ fn bn_backward(
         .collect();
     let mut dx = vec![0f32; x.len()];
     let cs = c * s;
-    dx.par_chunks_mut(cs)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (xr, dr) = (&x[i * cs..][..cs], &dy[i * cs..][..cs]);
-            for (ch, &(k, p, q)) in coef.iter().enumerate() {
-                let r = ch * s..(ch + 1) * s;
-                match mask_by {
-                    Some(y) => {
-                        let yr = &y[i * cs..][..cs];
-                        for (((o, &xv), &d), &yv) in o[r.clone()]
-                            .iter_mut()
-                            .zip(&xr[r.clone()])
-                            .zip(&dr[r.clone()])
-                            .zip(&yr[r])
-                        {
-                            *o = k * relu_mask(yv, d) + p * xv + q;
-                        }
+    dx.par_chunks_mut(cs).enumerate().for_each(|(i, o)| {
+        let (xr, dr) = (&x[i * cs..][..cs], &dy[i * cs..][..cs]);
+        for (ch, &(k, p, q)) in coef.iter().enumerate() {
+            let r = ch * s..(ch + 1) * s;
+            match mask_by {
+                Some(y) => {
+                    let yr = &y[i * cs..][..cs];
+                    for (((o, &xv), &d), &yv) in o[r.clone()]
+                        .iter_mut()
+                        .zip(&xr[r.clone()])
+                        .zip(&dr[r.clone()])
+                        .zip(&yr[r])
+                    {
+                        *o = k * relu_mask(yv, d) + p * xv + q;
                     }
-                    None => {
-                        for ((o, &xv), &d) in
-                            o[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dr[r])
-                        {
-                            *o = k * d + p * xv + q;
-                        }
+                }
+                None => {
+                    for ((o, &xv), &d) in o[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dr[r]) {
+                        *o = k * d + p * xv + q;
                     }
                 }
             }
-        });
+        }
+    });
     let dgamma = sums.iter().map(|s| s.1).collect();
     let dbeta = sums.iter().map(|s| s.0).collect();
     (dx, dgamma, dbeta)
@@ -401,16 +397,11 @@ impl CustomOp3 for BnTrain {
                 let (dx, dgamma, dbeta) = self.backward(x, &gb[..c], &g, None)?;
                 let mut dgb = dgamma;
                 dgb.extend(dbeta);
-                Ok((
-                    Some(dx),
-                    Some(Tensor::from_vec(dgb, (2, c), dev)?),
-                    Some(g),
-                ))
+                Ok((Some(dx), Some(Tensor::from_vec(dgb, (2, c), dev)?), Some(g)))
             }
         }
     }
 }
-
 
 /// Shared entry of the fused train-mode ops: checks, runs, collects the batch statistics.
 fn fused(
