@@ -13,6 +13,11 @@ use byol_core::nn::{ResNetConfig, Stem};
 use byol_core::optim::{Lars, LarsConfig};
 use candle_core::{Device, Tensor};
 
+/// Reuses freed activation/gradient buffers instead of page-faulting fresh ones every step
+/// (byol-core/src/allocator.rs); `main` switches off its purging first.
+#[global_allocator]
+static GLOBAL: byol_core::allocator::Allocator = byol_core::allocator::Allocator;
+
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
         .position(|a| a == name)
@@ -22,6 +27,7 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 }
 
 fn main() -> byol_core::Result<()> {
+    byol_core::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let model: String = arg(&args, "--model", "r18-small".to_string());
     let size: usize = arg(&args, "--size", 32);

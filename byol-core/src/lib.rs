@@ -5,6 +5,7 @@
 //! cosine schedule, LARS with the warm-up + cosine schedule, datasets and augmentations,
 //! safetensors checkpoints, evaluation and transfer (VOC, segmentation, the classification suite).
 
+pub mod allocator;
 pub mod byol;
 pub mod checkpoint;
 pub mod config;

@@ -16,6 +16,11 @@ use byol_core::nn::{ResNetConfig, Stem};
 use byol_core::optim::SgdConfig;
 use clap::{Args, Parser, Subcommand};
 
+/// Reuses freed activation/gradient buffers instead of page-faulting fresh ones every step
+/// (byol-core/src/allocator.rs); `main` switches off its purging first.
+#[global_allocator]
+static GLOBAL: byol_core::allocator::Allocator = byol_core::allocator::Allocator;
+
 /// Evaluates a frozen encoder (or raw pixels) on a labelled dataset.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -186,6 +191,7 @@ fn finish(report: &ClassificationReport, common: &Common) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    byol_core::allocator::keep_freed_memory();
     byol_core::logging::init_logging();
     match Cli::parse().mode {
         Mode::Features(common) => {

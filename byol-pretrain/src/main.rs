@@ -19,6 +19,11 @@ use byol_core::train::{pretrain, Monitor, Observer, RunControl, StepLog, TrainDa
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Reuses freed activation/gradient buffers instead of page-faulting fresh ones every step
+/// (byol-core/src/allocator.rs); `main` switches off its purging first.
+#[global_allocator]
+static GLOBAL: byol_core::allocator::Allocator = byol_core::allocator::Allocator;
+
 /// BYOL pretraining (Grill et al. 2020): a preset or a TOML config, overridden by flags.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -274,6 +279,7 @@ impl Observer for Progress {
 }
 
 fn main() -> Result<()> {
+    byol_core::allocator::keep_freed_memory();
     byol_core::logging::init_logging();
     let args = Args::parse();
     if let Some(Command::Publish { out_dir, repo, hub }) = &args.command {

@@ -18,6 +18,11 @@ use byol_core::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
 use byol_core::transfer::{CommonOptions, Weights};
 use clap::Parser;
 
+/// Reuses freed activation/gradient buffers instead of page-faulting fresh ones every step
+/// (byol-core/src/allocator.rs); `main` switches off its purging first.
+#[global_allocator]
+static GLOBAL: byol_core::allocator::Allocator = byol_core::allocator::Allocator;
+
 /// Transfer evaluation of a pretrained encoder (see the README's "Transfer" section).
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -122,6 +127,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    byol_core::allocator::keep_freed_memory();
     byol_core::logging::init_logging();
     let args = Args::parse();
     let task = match (&args.task, args.suite.as_deref()) {

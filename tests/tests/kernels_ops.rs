@@ -55,6 +55,9 @@ fn conv_forward_and_gradients_match_stock_candle() {
         (33, 4, 5, 5, 3, 3, 2, 1),  // grouped, uneven last group
         (64, 8, 2, 2, 4, 1, 1, 0),  // one group for the whole batch, 1×1 grouped
         (5, 2, 3, 3, 3, 3, 1, 0),   // 1×1 output map
+        (2, 3, 5, 1, 4, 3, 1, 1),   // same-size 3×3 on a 1-wide map: every side tap wraps
+        (2, 2, 1, 1, 3, 3, 1, 1),   // same-size 3×3 on a 1×1 map
+        (2, 3, 6, 5, 4, 5, 1, 2),   // same-size 5×5, pad 2
     ];
     for case in cases {
         let (y0, dx0, dw0) = conv_case(case, false);
@@ -144,6 +147,88 @@ fn batch_norm_matches_stock_candle() {
     }
 }
 
+/// (y, dx, dγ, dβ[, dr]) of `relu(bn(x))` or `relu(bn(x) + r)` in training mode under `backend`.
+fn bn_relu_case(shape: &[usize], residual: bool, backend: Backend) -> Vec<Tensor> {
+    with_backend(backend, || {
+        let c = shape[1];
+        let mut store = VarStore::new(&Device::Cpu, 0);
+        let bn = BatchNorm::new(&mut store.root().pp("bn"), c, false).unwrap();
+        let var = |name: &str| store.get(name).unwrap().var.clone();
+        var("bn.weight").set(&rand(&[c], 4)).unwrap();
+        var("bn.bias").set(&rand(&[c], 5)).unwrap();
+        let x = Var::from_tensor(&rand(shape, 6).affine(3.0, 0.5).unwrap()).unwrap();
+        let r = Var::from_tensor(&rand(shape, 8)).unwrap();
+        let y = if residual {
+            bn.forward_add_relu(&x, &r, true).unwrap()
+        } else {
+            bn.forward_relu(&x, true).unwrap()
+        };
+        let w = rand(y.dims(), 7);
+        let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = |t: &Tensor| grads.get(t).unwrap().clone();
+        let mut out = vec![
+            y.clone(),
+            g(x.as_tensor()),
+            g(var("bn.weight").as_tensor()),
+            g(var("bn.bias").as_tensor()),
+            var("bn.running_var").as_tensor().clone(),
+        ];
+        if residual {
+            out.push(g(r.as_tensor()));
+        }
+        out
+    })
+}
+
+#[test]
+fn fused_batch_norm_relu_and_residual_match_stock_candle() {
+    for shape in [
+        vec![8, 5],
+        vec![4, 3, 5, 7],
+        vec![16, 8, 4, 4],
+        vec![3, 6, 1, 1],
+    ] {
+        for residual in [false, true] {
+            let stock = bn_relu_case(&shape, residual, Backend::Stock);
+            let fast = bn_relu_case(&shape, residual, Backend::Fast);
+            let names = ["y", "dx", "dgamma", "dbeta", "running_var", "dresidual"];
+            for ((name, a), b) in names.iter().zip(&fast).zip(&stock) {
+                let e = relative_error(a, b);
+                assert!(e < TOL, "{shape:?} residual {residual} {name}: {e}");
+            }
+            // The ReLU cut something and let something through.
+            let y: Vec<f32> = fast[0].flatten_all().unwrap().to_vec1().unwrap();
+            assert!(y.contains(&0.0) && y.iter().any(|&v| v > 0.0));
+        }
+    }
+}
+
+#[test]
+fn fused_relu_propagates_nan_like_pytorch() {
+    let nan_at = |t: &Tensor, i: usize| {
+        let mut v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v[i] = f32::NAN;
+        Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+    };
+    let (gamma, beta) = (rand(&[3], 2), rand(&[3], 3));
+    // A NaN input poisons its channel's statistics: the whole channel is NaN, not 0.
+    let x = nan_at(&rand(&[4, 3, 2, 2], 1), 0);
+    let (y, _) = kernels::batch_norm_relu_train(&x, &gamma, &beta, 1e-5).unwrap();
+    let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+    for (i, v) in y.iter().enumerate() {
+        let channel = (i / 4) % 3;
+        assert_eq!(v.is_nan(), channel == 0, "element {i}: {v}");
+    }
+    // A NaN in the residual shows up at its own position only.
+    let x = rand(&[4, 3, 2, 2], 1);
+    let r = nan_at(&rand(&[4, 3, 2, 2], 4), 5);
+    let (y, _) = kernels::batch_norm_add_relu_train(&x, &gamma, &beta, &r, 1e-5).unwrap();
+    let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+    for (i, v) in y.iter().enumerate() {
+        assert_eq!(v.is_nan(), i == 5, "element {i}: {v}");
+    }
+}
+
 #[test]
 fn batch_norm_rejects_single_values() {
     let x = rand(&[1, 3], 1);
@@ -205,6 +290,75 @@ fn byol_train_step_matches_between_backends() {
     }
     eprintln!("worst tensor rel. error after {STEPS} steps: {worst:.2e}");
     assert!(worst < TOL, "worst {worst}");
+}
+
+/// The gradient of the BYOL loss for every online tensor, one step from the same model, with
+/// the views scaled by `1 + perturb`.
+fn byol_gradients(backend: Backend, perturb: f64) -> Vec<(String, Tensor)> {
+    with_backend(backend, || {
+        let model = tiny_byol(3);
+        let (v1, v2) = views(6, 16, 0);
+        let (v1, v2) = (
+            v1.affine(1.0 + perturb, 0.0).unwrap(),
+            v2.affine(1.0 + perturb, 0.0).unwrap(),
+        );
+        let (loss, _) = model.loss(&v1, &v2).unwrap();
+        let grads = loss.backward().unwrap();
+        model
+            .online_store()
+            .entries()
+            .iter()
+            .filter_map(|e| {
+                grads
+                    .get(e.var.as_tensor())
+                    .map(|g| (e.name.clone(), g.clone()))
+            })
+            .collect()
+    })
+}
+
+/// Largest per-tensor relative error of `a` against `b`, skipping the tensors whose gradient
+/// is zero in exact arithmetic (the biases of the Linear layers before a BatchNorm: the batch
+/// mean removes them, so both sides hold only rounding noise, ~1e-7 of the other gradients).
+fn worst_gradient_error(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, String) {
+    assert_eq!(a.len(), b.len());
+    let max_abs = |t: &Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let global = b.iter().map(|(_, t)| max_abs(t)).fold(0f32, f32::max);
+    let mut worst = (0f64, String::new());
+    for ((name, x), (name_b, y)) in a.iter().zip(b) {
+        assert_eq!(name, name_b);
+        if max_abs(y) < 1e-5 * global {
+            continue;
+        }
+        let e = relative_error(x, y);
+        if e > worst.0 {
+            worst = (e, name.clone());
+        }
+    }
+    worst
+}
+
+#[test]
+fn byol_gradients_match_between_backends_per_tensor() {
+    let stock = byol_gradients(Backend::Stock, 0.0);
+    let fast = byol_gradients(Backend::Fast, 0.0);
+    assert!(
+        stock.len() > 40,
+        "gradients of the whole network: {}",
+        stock.len()
+    );
+    let worst = worst_gradient_error(&fast, &stock);
+    // fp32's own sensitivity for scale: the stock gradients of views changed by 1e-7 relative.
+    let noise = worst_gradient_error(&byol_gradients(Backend::Stock, 1e-7), &stock);
+    eprintln!("worst gradient rel. error fast vs stock {worst:?}, stock vs stock with views x(1+1e-7) {noise:?}");
+    assert!(worst.0 < TOL, "{worst:?}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::slice;
@@ -39,8 +39,42 @@ struct Saved {
     inv_std: Vec<f32>,
 }
 
+/// What the fused op applies after `x·a + b`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Epilogue {
+    /// Plain BatchNorm.
+    None,
+    /// `relu(bn(x))`.
+    Relu,
+    /// `relu(bn(x) + r)`: the end of a residual block.
+    AddRelu,
+}
+
+/// ReLU that keeps NaN (as PyTorch does): `f32::max(v, 0)` would turn a NaN into 0 and hide a
+/// divergence. Written as one compare and select so the loops stay vectorised.
+#[inline(always)]
+fn relu(v: f32) -> f32 {
+    if v <= 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// ReLU's backward from its output: the gradient passes where the output is positive (PyTorch's
+/// `threshold_backward`; a NaN output passes nothing).
+#[inline(always)]
+fn relu_mask(y: f32, d: f32) -> f32 {
+    if y > 0.0 {
+        d
+    } else {
+        0.0
+    }
+}
+
 struct BnTrain {
     eps: f64,
+    epilogue: Epilogue,
     saved: Arc<Mutex<Saved>>,
 }
 
@@ -52,49 +86,46 @@ fn check_vec(s: &CpuStorage, l: &Layout, c: usize, what: &str) -> candle_core::R
     Ok(v.to_vec())
 }
 
-impl CustomOp3 for BnTrain {
-    fn name(&self) -> &'static str {
-        "byol-batch-norm-train"
-    }
+/// Per-channel (mean, biased variance) of `x` `[n, c, s]`, in f64 then rounded.
+fn channel_stats(x: &[f32], (n, c, s): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+    let count = (n * s) as f64;
+    let stats: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = (0..n).map(|i| &x[(i * c + ch) * s..][..s]);
+            let sum: f64 = planes
+                .clone()
+                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                .sum();
+            let mean = sum / count;
+            let sq: f64 = planes
+                .map(|p| {
+                    p.iter()
+                        .map(|&v| {
+                            let d = v as f64 - mean;
+                            d * d
+                        })
+                        .sum::<f64>()
+                })
+                .sum();
+            (mean as f32, (sq / count) as f32)
+        })
+        .collect();
+    stats.into_iter().unzip()
+}
 
-    fn cpu_fwd(
+impl BnTrain {
+    /// The forward of every epilogue: statistics, then one pass writing the output.
+    fn run(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, s) = ncs(l1.dims())?;
-        let x = slice(s1, l1, "BatchNorm input")?;
-        let gamma = check_vec(s2, l2, c, "weight")?;
-        let beta = check_vec(s3, l3, c, "bias")?;
-        let count = (n * s) as f64;
-        let stats: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let planes = (0..n).map(|i| &x[(i * c + ch) * s..][..s]);
-                let sum: f64 = planes
-                    .clone()
-                    .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                    .sum();
-                let mean = sum / count;
-                let sq: f64 = planes
-                    .map(|p| {
-                        p.iter()
-                            .map(|&v| {
-                                let d = v as f64 - mean;
-                                d * d
-                            })
-                            .sum::<f64>()
-                    })
-                    .sum();
-                (mean as f32, (sq / count) as f32)
-            })
-            .collect();
-        let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
-        let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
+        x: &[f32],
+        dims: (usize, usize, usize),
+        gamma: &[f32],
+        beta: &[f32],
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<Vec<f32>> {
+        let (_, c, s) = dims;
+        let (mean, var) = channel_stats(x, dims);
         let inv_std: Vec<f32> = var
             .iter()
             .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
@@ -103,123 +134,195 @@ impl CustomOp3 for BnTrain {
         let a: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, i)| g * i).collect();
         let b: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * a[ch]).collect();
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(c * s)
-            .zip(x.par_chunks(c * s))
-            .for_each(|(yr, xr)| {
-                for ch in 0..c {
-                    let (a, b) = (a[ch], b[ch]);
-                    for (o, &v) in yr[ch * s..][..s].iter_mut().zip(&xr[ch * s..][..s]) {
-                        *o = v * a + b;
+        let epilogue = self.epilogue;
+        let body = |(yr, xr): (&mut [f32], &[f32]), rr: Option<&[f32]>| {
+            for ch in 0..c {
+                let (a, b) = (a[ch], b[ch]);
+                let r = ch * s..(ch + 1) * s;
+                let (yp, xp) = (&mut yr[r.clone()], &xr[r.clone()]);
+                match (epilogue, rr) {
+                    (Epilogue::AddRelu, Some(rr)) => {
+                        for ((o, &v), &q) in yp.iter_mut().zip(xp).zip(&rr[r]) {
+                            *o = relu(v * a + b + q);
+                        }
+                    }
+                    (Epilogue::Relu, _) => {
+                        for (o, &v) in yp.iter_mut().zip(xp) {
+                            *o = relu(v * a + b);
+                        }
+                    }
+                    _ => {
+                        for (o, &v) in yp.iter_mut().zip(xp) {
+                            *o = v * a + b;
+                        }
                     }
                 }
-            });
+            }
+        };
+        match residual {
+            Some(res) => y
+                .par_chunks_mut(c * s)
+                .zip(x.par_chunks(c * s))
+                .zip(res.par_chunks(c * s))
+                .for_each(|(yx, rr)| body(yx, Some(rr))),
+            None => y
+                .par_chunks_mut(c * s)
+                .zip(x.par_chunks(c * s))
+                .for_each(|yx| body(yx, None)),
+        }
         *self
             .saved
             .lock()
             .map_err(|_| candle_core::Error::Msg("BatchNorm state poisoned".into()))? =
             Saved { mean, var, inv_std };
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok(y)
     }
 
-    fn bwd(
+    fn saved(&self) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        let saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("BatchNorm state poisoned".into()))?;
+        Ok((saved.mean.clone(), saved.inv_std.clone()))
+    }
+
+    /// `(dx, [Σg·x̂, Σg])` of the normalisation for the gradient `g`; with `mask_by` (the
+    /// op's ReLU output) `g = dy` where the output is positive and 0 elsewhere.
+    fn backward(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
-        _res: &Tensor,
+        gamma: &[f32],
         dy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (mean, inv_std) = {
-            let saved = self
-                .saved
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("BatchNorm state poisoned".into()))?;
-            (saved.mean.clone(), saved.inv_std.clone())
-        };
-        let dy = dy.contiguous()?;
-        let sums = x.apply_op2_no_bwd(
-            &dy,
-            &BnBwdReduce {
-                mean: mean.clone(),
-                inv_std: inv_std.clone(),
-            },
-        )?;
-        let dx = x.apply_op3_no_bwd(
-            &dy,
-            &sums,
-            &BnBwdDx {
-                mean,
-                inv_std,
-                gamma: gamma.to_vec1::<f32>()?,
-            },
-        )?;
-        Ok((Some(dx), Some(sums.get(1)?), Some(sums.get(0)?)))
-    }
-}
-
-/// `(x, dy) → [[Σdy], [Σdy·x̂]]`, shape `[2, C]`.
-struct BnBwdReduce {
-    mean: Vec<f32>,
-    inv_std: Vec<f32>,
-}
-
-impl CustomOp2 for BnBwdReduce {
-    fn name(&self) -> &'static str {
-        "byol-batch-norm-bwd-reduce"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, s) = ncs(l1.dims())?;
-        if l1.dims() != l2.dims() || self.mean.len() != c {
-            candle_core::bail!("BatchNorm backward: shapes {:?} {:?}", l1.dims(), l2.dims())
+        mask_by: Option<&Tensor>,
+    ) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>)> {
+        let (mean, inv_std) = self.saved()?;
+        let dims = ncs(x.dims())?;
+        let c = dims.1;
+        if dy.dims() != x.dims() || mean.len() != c || gamma.len() != c {
+            candle_core::bail!("BatchNorm backward: shapes {:?} {:?}", x.dims(), dy.dims())
         }
-        let x = slice(s1, l1, "BatchNorm input")?;
-        let dy = slice(s2, l2, "BatchNorm gradient")?;
-        let sums: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (m, is) = (self.mean[ch], self.inv_std[ch]);
-                let (mut sd, mut sdx) = (0f64, 0f64);
-                for i in 0..n {
-                    let off = (i * c + ch) * s;
-                    let (xp, dp) = (&x[off..][..s], &dy[off..][..s]);
-                    // f32 partial sums per plane keep the loop vectorised; planes add in f64.
-                    let (mut a, mut b) = (0f32, 0f32);
-                    for (&xv, &d) in xp.iter().zip(dp) {
-                        a += d;
-                        b += d * (xv - m);
-                    }
-                    sd += a as f64;
-                    sdx += b as f64;
-                }
-                (sd as f32, (sdx * is as f64) as f32)
+        let dy = dy.contiguous()?;
+        let (dx, dgamma, dbeta) = with_f32(x, |x| {
+            with_f32(&dy, |dy| match mask_by {
+                Some(y) => with_f32(y, |y| {
+                    Ok(bn_backward(x, dy, Some(y), dims, &mean, &inv_std, gamma))
+                }),
+                None => Ok(bn_backward(x, dy, None, dims, &mean, &inv_std, gamma)),
             })
-            .collect();
-        let mut out = Vec::with_capacity(2 * c);
-        out.extend(sums.iter().map(|s| s.0));
-        out.extend(sums.iter().map(|s| s.1));
-        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+        })?;
+        Ok((Tensor::from_vec(dx, x.shape(), x.device())?, dgamma, dbeta))
     }
 }
 
-/// `(x, dy, sums) → dx = γ·σ⁻¹·(dy − Σdy/m − x̂·Σdy·x̂/m)`.
-struct BnBwdDx {
-    mean: Vec<f32>,
-    inv_std: Vec<f32>,
-    gamma: Vec<f32>,
+/// Runs `f` on the contiguous f32 data of a CPU tensor.
+fn with_f32<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => f(slice(cpu, layout, "fused BatchNorm")?),
+        _ => candle_core::bail!("the fused BatchNorm runs on CPU tensors only"),
+    }
 }
 
-impl CustomOp3 for BnBwdDx {
+/// BatchNorm backward in two passes: per-channel `Σg` and `Σg·(x − μ)`, then
+/// `dx = γ·σ⁻¹·(g − Σg/m − x̂·Σg·x̂/m)`. Returns `(dx, dγ = Σg·x̂, dβ = Σg)`.
+fn bn_backward(
+    x: &[f32],
+    dy: &[f32],
+    mask_by: Option<&[f32]>,
+    (n, c, s): (usize, usize, usize),
+    mean: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let sums: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let m = mean[ch];
+            let (mut sd, mut sdx) = (0f64, 0f64);
+            for i in 0..n {
+                let off = (i * c + ch) * s;
+                let (xp, dp) = (&x[off..][..s], &dy[off..][..s]);
+                // f32 partial sums per plane keep the loop vectorised; planes add in f64.
+                let (mut a, mut b) = (0f32, 0f32);
+                match mask_by {
+                    Some(y) => {
+                        for ((&xv, &d), &yv) in xp.iter().zip(dp).zip(&y[off..][..s]) {
+                            let d = relu_mask(yv, d);
+                            a += d;
+                            b += d * (xv - m);
+                        }
+                    }
+                    None => {
+                        for (&xv, &d) in xp.iter().zip(dp) {
+                            a += d;
+                            b += d * (xv - m);
+                        }
+                    }
+                }
+                sd += a as f64;
+                sdx += b as f64;
+            }
+            (sd as f32, (sdx * inv_std[ch] as f64) as f32)
+        })
+        .collect();
+    let cnt = (n * s) as f32;
+    // dx = k·g + p·x + q per channel, folding every constant.
+    let coef: Vec<(f32, f32, f32)> = (0..c)
+        .map(|ch| {
+            let is = inv_std[ch];
+            let k = gamma[ch] * is;
+            let mean_dy = sums[ch].0 / cnt;
+            let mean_dyxh = sums[ch].1 / cnt;
+            // x̂ = (x − μ)·σ⁻¹, so −k·x̂·mean_dyxh = p·x − p·μ.
+            let p = -k * is * mean_dyxh;
+            let q = -k * mean_dy - p * mean[ch];
+            (k, p, q)
+        })
+        .collect();
+    let mut dx = vec![0f32; x.len()];
+    let cs = c * s;
+    dx.par_chunks_mut(cs).enumerate().for_each(|(i, o)| {
+        let (xr, dr) = (&x[i * cs..][..cs], &dy[i * cs..][..cs]);
+        for (ch, &(k, p, q)) in coef.iter().enumerate() {
+            let r = ch * s..(ch + 1) * s;
+            match mask_by {
+                Some(y) => {
+                    let yr = &y[i * cs..][..cs];
+                    for (((o, &xv), &d), &yv) in o[r.clone()]
+                        .iter_mut()
+                        .zip(&xr[r.clone()])
+                        .zip(&dr[r.clone()])
+                        .zip(&yr[r])
+                    {
+                        *o = k * relu_mask(yv, d) + p * xv + q;
+                    }
+                }
+                None => {
+                    for ((o, &xv), &d) in o[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dr[r]) {
+                        *o = k * d + p * xv + q;
+                    }
+                }
+            }
+        }
+    });
+    let dgamma = sums.iter().map(|s| s.1).collect();
+    let dbeta = sums.iter().map(|s| s.0).collect();
+    (dx, dgamma, dbeta)
+}
+
+impl CustomOp3 for BnTrain {
     fn name(&self) -> &'static str {
-        "byol-batch-norm-bwd-dx"
+        match self.epilogue {
+            Epilogue::None => "byol-batch-norm-train",
+            Epilogue::Relu => "byol-batch-norm-relu-train",
+            Epilogue::AddRelu => "byol-batch-norm-add-relu-train",
+        }
     }
 
+    /// Inputs: `(x, γ, β)`, or `(x, [γ; β], r)` for [`Epilogue::AddRelu`].
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -229,49 +332,84 @@ impl CustomOp3 for BnBwdDx {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, s) = ncs(l1.dims())?;
-        if l1.dims() != l2.dims() || l3.dims() != [2, c] || self.gamma.len() != c {
-            candle_core::bail!("BatchNorm backward: shapes {:?} {:?}", l1.dims(), l2.dims())
-        }
+        let dims = ncs(l1.dims())?;
+        let c = dims.1;
         let x = slice(s1, l1, "BatchNorm input")?;
-        let dy = slice(s2, l2, "BatchNorm gradient")?;
-        let sums = slice(s3, l3, "BatchNorm sums")?;
-        let m = (n * s) as f32;
-        // dx = k·dy + p·x + q per channel, folding every constant.
-        let coef: Vec<(f32, f32, f32)> = (0..c)
-            .map(|ch| {
-                let is = self.inv_std[ch];
-                let k = self.gamma[ch] * is;
-                let mean_dy = sums[ch] / m;
-                let mean_dyxh = sums[c + ch] / m;
-                // x̂ = (x − μ)·σ⁻¹, so −k·x̂·mean_dyxh = p·x − p·μ.
-                let p = -k * is * mean_dyxh;
-                let q = -k * mean_dy - p * self.mean[ch];
-                (k, p, q)
-            })
-            .collect();
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(c * s)
-            .zip(x.par_chunks(c * s).zip(dy.par_chunks(c * s)))
-            .for_each(|(o, (xr, dr))| {
-                for (ch, &(k, p, q)) in coef.iter().enumerate() {
-                    let r = ch * s..(ch + 1) * s;
-                    for ((o, &xv), &d) in o[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dr[r]) {
-                        *o = k * d + p * xv + q;
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        let y = if self.epilogue == Epilogue::AddRelu {
+            let gb = check_vec(s2, l2, 2 * c, "weight and bias")?;
+            if l3.dims() != l1.dims() {
+                candle_core::bail!(
+                    "BatchNorm: residual {:?} differs from the input {:?}",
+                    l3.dims(),
+                    l1.dims()
+                )
+            }
+            let res = slice(s3, l3, "residual")?;
+            self.run(x, dims, &gb[..c], &gb[c..], Some(res))?
+        } else {
+            let gamma = check_vec(s2, l2, c, "weight")?;
+            let beta = check_vec(s3, l3, c, "bias")?;
+            self.run(x, dims, &gamma, &beta, None)?
+        };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p2: &Tensor,
+        _p3: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = ncs(x.dims())?.1;
+        let dev = x.device();
+        match self.epilogue {
+            Epilogue::None | Epilogue::Relu => {
+                let gamma = p2.to_vec1::<f32>()?;
+                let mask = (self.epilogue == Epilogue::Relu).then_some(res);
+                let (dx, dgamma, dbeta) = self.backward(x, &gamma, dy, mask)?;
+                Ok((
+                    Some(dx),
+                    Some(Tensor::from_vec(dgamma, c, dev)?),
+                    Some(Tensor::from_vec(dbeta, c, dev)?),
+                ))
+            }
+            Epilogue::AddRelu => {
+                let gb = p2.flatten_all()?.to_vec1::<f32>()?;
+                // The residual's gradient is the masked dy, which is also the gradient of the
+                // normalisation: materialise it once and reuse it for both.
+                let dy = dy.contiguous()?;
+                let g = with_f32(&dy, |d| {
+                    with_f32(res, |y| {
+                        let mut g = vec![0f32; d.len()];
+                        g.par_chunks_mut(1 << 14)
+                            .zip(d.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+                            .for_each(|(o, (d, y))| {
+                                for ((o, &d), &y) in o.iter_mut().zip(d).zip(y) {
+                                    *o = relu_mask(y, d);
+                                }
+                            });
+                        Ok(g)
+                    })
+                })?;
+                let g = Tensor::from_vec(g, x.shape(), dev)?;
+                let (dx, dgamma, dbeta) = self.backward(x, &gb[..c], &g, None)?;
+                let mut dgb = dgamma;
+                dgb.extend(dbeta);
+                Ok((Some(dx), Some(Tensor::from_vec(dgb, (2, c), dev)?), Some(g)))
+            }
+        }
     }
 }
 
-/// Train-mode BatchNorm of an f32 CPU tensor with scale `gamma` and shift `beta` (`[C]` each),
-/// differentiable in all three; also returns the batch statistics (detached).
-pub fn batch_norm_train(
+/// Shared entry of the fused train-mode ops: checks, runs, collects the batch statistics.
+fn fused(
     x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
+    p2: &Tensor,
+    p3: &Tensor,
     eps: f64,
+    epilogue: Epilogue,
 ) -> candle_core::Result<(Tensor, BnStats)> {
     let (n, c, s) = ncs(x.dims())?;
     if n * s < 2 {
@@ -282,11 +420,12 @@ pub fn batch_norm_train(
     let saved = Arc::new(Mutex::new(Saved::default()));
     let op = BnTrain {
         eps,
+        epilogue,
         saved: saved.clone(),
     };
     let y = x
         .contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+        .apply_op3(&p2.contiguous()?, &p3.contiguous()?, op)?;
     let guard = saved
         .lock()
         .map_err(|_| candle_core::Error::Msg("BatchNorm state poisoned".into()))?;
@@ -296,4 +435,46 @@ pub fn batch_norm_train(
         count: n * s,
     };
     Ok((y, stats))
+}
+
+/// Train-mode BatchNorm of an f32 CPU tensor with scale `gamma` and shift `beta` (`[C]` each),
+/// differentiable in all three; also returns the batch statistics (detached).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, BnStats)> {
+    fused(x, gamma, beta, eps, Epilogue::None)
+}
+
+/// `relu(batch_norm_train(x))` in one op (NaN stays NaN, as in PyTorch).
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, BnStats)> {
+    fused(x, gamma, beta, eps, Epilogue::Relu)
+}
+
+/// `relu(batch_norm_train(x) + residual)` in one op: the end of a residual block.
+pub fn batch_norm_add_relu_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    residual: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, BnStats)> {
+    if residual.dims() != x.dims() {
+        candle_core::bail!(
+            "BatchNorm: residual {:?} differs from the input {:?}",
+            residual.dims(),
+            x.dims()
+        )
+    }
+    // γ and β travel as one [2, C] tensor so the op keeps three inputs; `stack`'s backward
+    // splits the gradient back.
+    let gb = Tensor::stack(&[gamma, beta], 0)?;
+    fused(x, &gb, residual, eps, Epilogue::AddRelu)
 }

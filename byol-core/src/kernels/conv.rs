@@ -162,9 +162,102 @@ fn valid(out: usize, size: usize, s: usize, k: usize, p: usize) -> (usize, usize
     (lo.min(hi), hi)
 }
 
+/// For a stride-1 "same" convolution (output map = input map), the im2col row of kernel tap
+/// `(ki, kj)` is the input plane shifted by `(ki − p)·w + (kj − p)` in flat order, except the
+/// `|kj − p|` columns of each row that wrap around to the neighbouring row (and the rows off
+/// the top or bottom). This gives (flat valid range `[a, b)` of the row, flat shift, column
+/// offset), so im2col/col2im move one long block per tap instead of one short copy per row.
+fn same_tap(g: &Conv2dGeometry, ki: usize, kj: usize) -> Option<(usize, usize, isize, isize)> {
+    let (h, w, p) = (g.h as isize, g.w as isize, g.pad as isize);
+    let (dy, dx) = (ki as isize - p, kj as isize - p);
+    if dx.abs() >= w || dy.abs() >= h {
+        return None;
+    }
+    let (ylo, yhi) = ((-dy).max(0), (h - dy).min(h));
+    // Flat destination range whose source index `i + dy·w + dx` lies inside the plane; what it
+    // drops at the ends are wrap-around columns, which are zero anyway.
+    let shift = dy * w + dx;
+    let a = (ylo * w).max(-shift);
+    let b = (yhi * w).min(h * w - shift);
+    Some((a as usize, b.max(a) as usize, shift, dx))
+}
+
+/// Whether [`same_tap`] applies: stride 1 and an output map the size of the input.
+fn same_conv(g: &Conv2dGeometry) -> bool {
+    g.stride == 1 && g.ho == g.h && g.wo == g.w && g.kh == 2 * g.pad + 1 && g.kw == g.kh
+}
+
+/// The columns of each output row that wrap around for column offset `dx`.
+fn wrap_cols(w: usize, dx: isize) -> std::ops::Range<usize> {
+    if dx < 0 {
+        0..(-dx) as usize
+    } else {
+        w - dx as usize..w
+    }
+}
+
+/// [`im2col`] of a stride-1 same-size convolution, one block copy per kernel tap.
+fn im2col_same(x: &[f32], g: &Conv2dGeometry, col: &mut [f32], ld: usize, off: usize) {
+    let (h, w, hw) = (g.h, g.w, g.h * g.w);
+    for ci in 0..g.cin {
+        let plane = &x[ci * hw..][..hw];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let dst = &mut col[row * ld + off..][..hw];
+                let Some((a, b, shift, dx)) = same_tap(g, ki, kj) else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                dst[..a].fill(0.0);
+                dst[b..].fill(0.0);
+                let src0 = (a as isize + shift) as usize;
+                dst[a..b].copy_from_slice(&plane[src0..src0 + (b - a)]);
+                if dx != 0 {
+                    let cols = wrap_cols(w, dx);
+                    for oy in 0..h {
+                        dst[oy * w..][cols.clone()].fill(0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`col2im`] of a stride-1 same-size convolution: zeroes the wrap-around columns of `col`, then
+/// adds one shifted block per kernel tap.
+fn col2im_same(col: &mut [f32], ld: usize, off: usize, g: &Conv2dGeometry, dx_out: &mut [f32]) {
+    let (h, w, hw) = (g.h, g.w, g.h * g.w);
+    for ci in 0..g.cin {
+        let plane = &mut dx_out[ci * hw..][..hw];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let Some((a, b, shift, dx)) = same_tap(g, ki, kj) else {
+                    continue;
+                };
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let src = &mut col[row * ld + off..][..hw];
+                if dx != 0 {
+                    let cols = wrap_cols(w, dx);
+                    for oy in 0..h {
+                        src[oy * w..][cols.clone()].fill(0.0);
+                    }
+                }
+                let dst0 = (a as isize + shift) as usize;
+                for (d, v) in plane[dst0..dst0 + (b - a)].iter_mut().zip(&src[a..b]) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+
 /// Writes sample `x` (`[cin, h, w]`) as im2col rows into `col` (row stride `ld`), starting at
 /// column `off`. Every element of the sample's block is written (padding as zeros).
 fn im2col(x: &[f32], g: &Conv2dGeometry, col: &mut [f32], ld: usize, off: usize) {
+    if same_conv(g) {
+        return im2col_same(x, g, col, ld, off);
+    }
     let (wo, s, p) = (g.wo, g.stride, g.pad);
     let hw = g.hw_out();
     for ci in 0..g.cin {
@@ -200,7 +293,11 @@ fn im2col(x: &[f32], g: &Conv2dGeometry, col: &mut [f32], ld: usize, off: usize)
 }
 
 /// Adds the im2col-shaped gradient `col` (row stride `ld`, from column `off`) into sample `dx`.
-fn col2im(col: &[f32], ld: usize, off: usize, g: &Conv2dGeometry, dx: &mut [f32]) {
+/// May overwrite the entries of `col` that fall on padding.
+fn col2im(col: &mut [f32], ld: usize, off: usize, g: &Conv2dGeometry, dx: &mut [f32]) {
+    if same_conv(g) {
+        return col2im_same(col, ld, off, g, dx);
+    }
     let (wo, s, p) = (g.wo, g.stride, g.pad);
     let hw = g.hw_out();
     for ci in 0..g.cin {

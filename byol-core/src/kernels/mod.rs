@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{DType, Tensor};
 
-pub use bn::{batch_norm_train, BnStats};
+pub use bn::{batch_norm_add_relu_train, batch_norm_relu_train, batch_norm_train, BnStats};
 pub use conv::{conv2d, Conv2dGeometry};
 
 /// Which implementation the layers use on CPU.

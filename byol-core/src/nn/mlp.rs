@@ -46,7 +46,7 @@ impl Mlp {
 
 impl ModuleT for Mlp {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let hidden = self.bn.forward_t(&self.fc1.forward(xs)?, train)?.relu()?;
+        let hidden = self.bn.forward_relu(&self.fc1.forward(xs)?, train)?;
         self.fc2.forward(&hidden)
     }
 }

@@ -66,6 +66,53 @@ impl BatchNorm {
             .set(&Tensor::new(count + 1, self.num_batches_tracked.device())?)?;
         Ok(())
     }
+
+    /// The fused train-mode op when the kernels apply, with the running statistics updated.
+    fn fused_train(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        use crate::kernels;
+        let (ys, stats) = match (residual, relu) {
+            (Some(r), _) => {
+                kernels::batch_norm_add_relu_train(xs, &self.weight, &self.bias, r, self.eps)?
+            }
+            (None, true) => kernels::batch_norm_relu_train(xs, &self.weight, &self.bias, self.eps)?,
+            (None, false) => kernels::batch_norm_train(xs, &self.weight, &self.bias, self.eps)?,
+        };
+        self.update_running_stats(&stats.mean, &stats.var, stats.count)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(ys)
+    }
+
+    /// Whether the fused kernels run this call: training mode on a CPU f32 input of rank 2 or 4.
+    fn fast(xs: &Tensor, train: bool) -> bool {
+        train && (xs.rank() == 2 || xs.rank() == 4) && crate::kernels::use_fast(xs)
+    }
+
+    /// `relu(bn(xs))`: one fused op on the fast backend (a NaN stays NaN there; stock candle's
+    /// ReLU maps it to 0).
+    pub fn forward_relu(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if Self::fast(xs, train) {
+            return self.fused_train(xs, None, true);
+        }
+        self.forward_t(xs, train)?.relu()
+    }
+
+    /// `relu(bn(xs) + residual)`, the end of a residual block: one fused op on the fast backend.
+    pub fn forward_add_relu(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        if Self::fast(xs, train) && crate::kernels::use_fast(residual) {
+            return self.fused_train(xs, Some(residual), true);
+        }
+        (self.forward_t(xs, train)? + residual)?.relu()
+    }
 }
 
 impl ModuleT for BatchNorm {
@@ -76,11 +123,7 @@ impl ModuleT for BatchNorm {
         }
         if train && crate::kernels::use_fast(xs) {
             // One fused op (2 passes forward, 2 backward) instead of ~35 tensor passes.
-            let (ys, stats) =
-                crate::kernels::batch_norm_train(xs, &self.weight, &self.bias, self.eps)?;
-            self.update_running_stats(&stats.mean, &stats.var, stats.count)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            return Ok(ys);
+            return self.fused_train(xs, None, false);
         }
         let (centred, var) = if train {
             let reduce: &[usize] = if rank == 2 { &[0] } else { &[0, 2, 3] };

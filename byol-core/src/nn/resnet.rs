@@ -145,6 +145,11 @@ impl ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.bn.forward_t(&self.conv.forward(xs)?, train)
     }
+
+    /// `relu(bn(conv(xs)))`, BatchNorm and ReLU fused on the fast backend.
+    fn forward_relu(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.bn.forward_relu(&self.conv.forward(xs)?, train)
+    }
 }
 
 /// A residual block: the basic (two 3×3) or bottleneck (1×1, 3×3, 1×1) branch plus shortcut.
@@ -201,19 +206,20 @@ impl Block {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let Some((last, inner)) = self.branch.split_last() else {
+            candle_core::bail!("a residual block without convolutions")
+        };
         let mut ys = xs.clone();
-        let last = self.branch.len() - 1;
-        for (i, cb) in self.branch.iter().enumerate() {
-            ys = cb.forward_t(&ys, train)?;
-            if i != last {
-                ys = ys.relu()?;
-            }
+        for cb in inner {
+            ys = cb.forward_relu(&ys, train)?;
         }
         let shortcut = match &self.downsample {
             Some(ds) => ds.forward_t(xs, train)?,
             None => xs.clone(),
         };
-        (ys + shortcut)?.relu()
+        // relu(bn(conv(ys)) + shortcut), the add and ReLU fused into the BatchNorm when fast.
+        last.bn
+            .forward_add_relu(&last.conv.forward(&ys)?, &shortcut, train)
     }
 }
 
@@ -276,7 +282,7 @@ impl ResNet {
     /// The outputs of the four stages (`layer1`..`layer4`, strides 4/8/16/32 with the ImageNet
     /// stem, 1/2/4/8 with the small one), before pooling: dense heads (segmentation) read them.
     pub fn forward_features(&self, xs: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
-        let mut ys = self.stem.forward_t(xs, train)?.relu()?;
+        let mut ys = self.stem.forward_relu(xs, train)?;
         if self.config.stem == Stem::Imagenet {
             ys = max_pool_3x3_s2(&ys, self.config.padding)?;
         }
@@ -338,7 +344,7 @@ fn max_pool_3x3_s2(xs: &Tensor, padding: Padding) -> candle_core::Result<Tensor>
 
 impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut ys = self.stem.forward_t(xs, train)?.relu()?;
+        let mut ys = self.stem.forward_relu(xs, train)?;
         if self.config.stem == Stem::Imagenet {
             ys = max_pool_3x3_s2(&ys, self.config.padding)?;
         }
