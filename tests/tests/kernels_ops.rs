@@ -98,15 +98,22 @@ fn conv_rejects_mismatched_shapes_without_panicking() {
     assert!(kernels::conv2d(&rand(&[2, 3, 8], 1), &rand(&[4, 3, 3, 3], 2), 1, 1).is_err());
 }
 
+/// A BatchNorm over `c` channels with seeded non-trivial scale and shift, and its store.
+fn seeded_bn(c: usize) -> (VarStore, BatchNorm) {
+    let mut store = VarStore::new(&Device::Cpu, 0);
+    let bn = BatchNorm::new(&mut store.root().pp("bn"), c, false).unwrap();
+    let var = |name: &str| store.get(name).unwrap().var.clone();
+    var("bn.weight").set(&rand(&[c], 4)).unwrap();
+    var("bn.bias").set(&rand(&[c], 5)).unwrap();
+    (store, bn)
+}
+
 /// (y, dx, dγ, dβ, running mean, running var) of a train-mode BatchNorm under `backend`.
 fn bn_case(shape: &[usize], backend: Backend) -> Vec<Tensor> {
     with_backend(backend, || {
         let c = shape[1];
-        let mut store = VarStore::new(&Device::Cpu, 0);
-        let bn = BatchNorm::new(&mut store.root().pp("bn"), c, false).unwrap();
+        let (store, bn) = seeded_bn(c);
         let var = |name: &str| store.get(name).unwrap().var.clone();
-        var("bn.weight").set(&rand(&[c], 4)).unwrap();
-        var("bn.bias").set(&rand(&[c], 5)).unwrap();
         // An offset mean and unequal scales, as activations have.
         let x = Var::from_tensor(&rand(shape, 6).affine(3.0, 0.5).unwrap()).unwrap();
         let y = bn.forward_t(&x, true).unwrap();
@@ -151,11 +158,8 @@ fn batch_norm_matches_stock_candle() {
 fn bn_relu_case(shape: &[usize], residual: bool, backend: Backend) -> Vec<Tensor> {
     with_backend(backend, || {
         let c = shape[1];
-        let mut store = VarStore::new(&Device::Cpu, 0);
-        let bn = BatchNorm::new(&mut store.root().pp("bn"), c, false).unwrap();
+        let (store, bn) = seeded_bn(c);
         let var = |name: &str| store.get(name).unwrap().var.clone();
-        var("bn.weight").set(&rand(&[c], 4)).unwrap();
-        var("bn.bias").set(&rand(&[c], 5)).unwrap();
         let x = Var::from_tensor(&rand(shape, 6).affine(3.0, 0.5).unwrap()).unwrap();
         let r = Var::from_tensor(&rand(shape, 8)).unwrap();
         let y = if residual {
