@@ -2,13 +2,13 @@
 //! backward, LARS, EMA) on CPU and prints images per second.
 //!
 //! `bench_step --model r18-small|r50-imagenet --size PX --batch N --steps K --warmup W
-//!  --backend fast|stock [--profile]`
+//!  --backend default|onednn|onednn-direct|fast|stock [--profile]`
 //! Output: one line `img/s <value>` (plus per-step times on stderr).
 
 use std::time::Instant;
 
 use byol_core::byol::{Byol, ByolConfig};
-use byol_core::kernels::{set_backend, Backend};
+use byol_core::kernels::{default_backend, set_backend, Backend};
 use byol_core::nn::{ResNetConfig, Stem};
 use byol_core::optim::{Lars, LarsConfig};
 use candle_core::{Device, Tensor};
@@ -34,17 +34,18 @@ fn main() -> byol_core::Result<()> {
     let batch: usize = arg(&args, "--batch", 64);
     let steps: usize = arg(&args, "--steps", 3);
     let warmup: usize = arg(&args, "--warmup", 1);
-    let backend: String = arg(&args, "--backend", "fast".to_string());
-    set_backend(match backend.as_str() {
-        "stock" => Backend::Stock,
-        "fast" => Backend::Fast,
-        other => {
-            return Err(byol_core::Error::config(
-                "backend",
-                format!("`{other}`: use fast or stock"),
-            ))
-        }
-    });
+    let backend: String = arg(&args, "--backend", "default".to_string());
+    let backend = match backend.as_str() {
+        "default" => default_backend(),
+        other => other
+            .parse::<Backend>()
+            .map_err(|e| byol_core::Error::config("backend", e))?,
+    };
+    set_backend(backend);
+    eprintln!(
+        "backend {backend:?} GOMP_SPINCOUNT={:?}",
+        std::env::var("GOMP_SPINCOUNT")
+    );
     let encoder = match model.as_str() {
         "r18-small" => ResNetConfig {
             stem: Stem::Small,

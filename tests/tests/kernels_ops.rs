@@ -24,17 +24,31 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 
-/// (output, dx, dw) of `sum(conv(x, w) · r)` with the fast op or with stock candle.
+/// The backends whose convolutions are ours to test: the Rust kernels, and oneDNN's direct and
+/// Winograd paths where oneDNN loads. CI sets `BYOL_REQUIRE_ONEDNN=1` so a missing oneDNN fails
+/// there instead of narrowing the test.
+fn conv_backends() -> Vec<Backend> {
+    let required = std::env::var("BYOL_REQUIRE_ONEDNN").is_ok_and(|v| v == "1");
+    if kernels::onednn::available() {
+        vec![Backend::Fast, Backend::OneDnnDirect, Backend::OneDnn]
+    } else {
+        assert!(!required, "BYOL_REQUIRE_ONEDNN=1 but oneDNN did not load");
+        eprintln!("oneDNN not available: testing the Rust kernels only");
+        vec![Backend::Fast]
+    }
+}
+
+/// (output, dx, dw) of `sum(conv(x, w) · r)` with our op under `backend`, or with stock candle.
 fn conv_case(
     (n, cin, h, w, cout, k, stride, pad): (usize, usize, usize, usize, usize, usize, usize, usize),
-    fast: bool,
+    backend: Backend,
 ) -> (Tensor, Tensor, Tensor) {
     let x = Var::from_tensor(&rand(&[n, cin, h, w], 1)).unwrap();
     let wt = Var::from_tensor(&rand(&[cout, cin, k, k], 2)).unwrap();
-    let y = if fast {
-        kernels::conv2d(&x, &wt, pad, stride).unwrap()
-    } else {
+    let y = if backend == Backend::Stock {
         x.conv2d(&wt, pad, stride, 1, 1).unwrap()
+    } else {
+        with_backend(backend, || kernels::conv2d(&x, &wt, pad, stride).unwrap())
     };
     let r = rand(y.dims(), 3);
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -58,10 +72,16 @@ fn conv_forward_and_gradients_match_stock_candle() {
         (2, 3, 5, 1, 4, 3, 1, 1),   // same-size 3×3 on a 1-wide map: every side tap wraps
         (2, 2, 1, 1, 3, 3, 1, 1),   // same-size 3×3 on a 1×1 map
         (2, 3, 6, 5, 4, 5, 1, 2),   // same-size 5×5, pad 2
+        (3, 16, 8, 8, 32, 3, 1, 1), // oneDNN Winograd (≥ 16 channels, 3×3 s1, ≥ 4×4 map)
+        (2, 32, 6, 7, 16, 3, 1, 1), // Winograd on a map that is not a multiple of its 4×4 tile
+        (2, 20, 9, 9, 24, 3, 1, 1), // channels not a multiple of oneDNN's 16-wide blocks
     ];
-    for case in cases {
-        let (y0, dx0, dw0) = conv_case(case, false);
-        let (y1, dx1, dw1) = conv_case(case, true);
+    for (case, backend) in cases
+        .iter()
+        .flat_map(|c| conv_backends().into_iter().map(move |b| (*c, b)))
+    {
+        let (y0, dx0, dw0) = conv_case(case, Backend::Stock);
+        let (y1, dx1, dw1) = conv_case(case, backend);
         assert_eq!(y0.dims(), y1.dims(), "{case:?}");
         let errs = [
             relative_error(&y1, &y0),
@@ -69,11 +89,11 @@ fn conv_forward_and_gradients_match_stock_candle() {
             relative_error(&dw1, &dw0),
         ];
         eprintln!(
-            "{case:?}: y {:.1e} dx {:.1e} dw {:.1e}",
+            "{backend:?} {case:?}: y {:.1e} dx {:.1e} dw {:.1e}",
             errs[0], errs[1], errs[2]
         );
         for (what, e) in ["output", "input grad", "weight grad"].iter().zip(errs) {
-            assert!(e < TOL, "{case:?} {what}: {e}");
+            assert!(e < TOL, "{backend:?} {case:?} {what}: {e}");
         }
         // Real values, not two zero tensors agreeing.
         assert!(
@@ -277,7 +297,7 @@ fn byol_steps(backend: Backend) -> (Vec<f64>, Vec<(String, Tensor)>) {
 #[test]
 fn byol_train_step_matches_between_backends() {
     let (loss_stock, w_stock) = byol_steps(Backend::Stock);
-    let (loss_fast, w_fast) = byol_steps(Backend::Fast);
+    let (loss_fast, w_fast) = byol_steps(kernels::default_backend());
     eprintln!("losses stock {loss_stock:?} fast {loss_fast:?}");
     for (a, b) in loss_fast.iter().zip(&loss_stock) {
         assert!((a - b).abs() <= TOL * b.abs(), "loss {a} vs {b}");
@@ -352,28 +372,38 @@ fn worst_gradient_error(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64,
 #[test]
 fn byol_gradients_match_between_backends_per_tensor() {
     let stock = byol_gradients(Backend::Stock, 0.0);
-    let fast = byol_gradients(Backend::Fast, 0.0);
     assert!(
         stock.len() > 40,
         "gradients of the whole network: {}",
         stock.len()
     );
-    let worst = worst_gradient_error(&fast, &stock);
     // fp32's own sensitivity for scale: the stock gradients of views changed by 1e-7 relative.
     let noise = worst_gradient_error(&byol_gradients(Backend::Stock, 1e-7), &stock);
-    eprintln!("worst gradient rel. error fast vs stock {worst:?}, stock vs stock with views x(1+1e-7) {noise:?}");
-    assert!(worst.0 < TOL, "{worst:?}");
+    eprintln!("stock vs stock with views x(1+1e-7): {noise:?}");
+    for backend in conv_backends() {
+        let worst = worst_gradient_error(&byol_gradients(backend, 0.0), &stock);
+        eprintln!("worst gradient rel. error {backend:?} vs stock {worst:?}");
+        assert!(worst.0 < TOL, "{backend:?}: {worst:?}");
+    }
 }
 
 #[test]
-fn backend_switch_is_scoped_and_fast_is_the_default() {
-    assert_eq!(kernels::backend(), Backend::Fast);
+fn backend_switch_is_scoped_and_the_default_is_the_fastest_available() {
+    let default = if kernels::onednn::available() {
+        Backend::OneDnn
+    } else {
+        Backend::Fast
+    };
+    assert_eq!(kernels::default_backend(), default);
+    assert_eq!(kernels::backend(), default);
     with_backend(Backend::Stock, || {
         assert_eq!(kernels::backend(), Backend::Stock);
         assert!(!kernels::use_fast(&rand(&[2, 2], 1)));
     });
-    assert_eq!(kernels::backend(), Backend::Fast);
+    assert_eq!(kernels::backend(), default);
     assert!(kernels::use_fast(&rand(&[2, 2], 1)));
+    assert_eq!("onednn-direct".parse(), Ok(Backend::OneDnnDirect));
+    assert!("gpu".parse::<Backend>().unwrap_err().contains("onednn"));
     assert!(!kernels::use_fast(
         &rand(&[2, 2], 1).to_dtype(candle_core::DType::F64).unwrap()
     ));

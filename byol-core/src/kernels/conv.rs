@@ -10,8 +10,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::onednn::{self, Pass};
 use super::scratch::with_scratch;
-use super::slice;
+use super::{slice, Backend};
 
 /// Columns per gemm below which samples are grouped into one gemm.
 const TARGET_COLS: usize = 256;
@@ -579,10 +580,55 @@ fn storage(v: Vec<f32>, shape: impl Into<Shape>) -> (CpuStorage, Shape) {
     (CpuStorage::F32(v), shape.into())
 }
 
-/// The forward op; its backward uses [`InputGrad`] and [`WeightGrad`].
+/// Which implementation runs the three convolution passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConvEngine {
+    /// im2col/col2im + `gemm` (this file).
+    Rust,
+    /// oneDNN's JIT kernels (`onednn.rs`), Winograd where it suits if `winograd`.
+    OneDnn { winograd: bool },
+}
+
+impl ConvEngine {
+    /// The engine of the backend in effect on this thread.
+    fn current() -> Self {
+        match super::backend() {
+            Backend::OneDnn => Self::OneDnn { winograd: true },
+            Backend::OneDnnDirect => Self::OneDnn { winograd: false },
+            Backend::Fast | Backend::Stock => Self::Rust,
+        }
+    }
+
+    /// Runs `pass` on inputs `(a, b)` (see [`Pass`]). A oneDNN failure (a shape its kernels
+    /// refuse, say) is reported once and that call runs on the Rust kernels.
+    fn run(self, pass: Pass, a: &[f32], b: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+        if let Self::OneDnn { winograd } = self {
+            let out_len = match pass {
+                Pass::Forward => g.n * g.y_len(),
+                Pass::InputGrad => g.n * g.x_len(),
+                Pass::WeightGrad => g.cout * g.k(),
+            };
+            match onednn::run(pass, g, winograd, a, b, out_len) {
+                Ok(out) => return out,
+                Err(e) => {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| tracing::warn!("{e}; using the Rust kernels instead"));
+                }
+            }
+        }
+        match pass {
+            Pass::Forward => forward(a, b, g),
+            Pass::InputGrad => input_grad(a, b, g),
+            Pass::WeightGrad => weight_grad(a, b, g),
+        }
+    }
+}
+
+/// The forward op; its backward uses [`ConvPass`] for both gradients.
 struct Conv2dOp {
     stride: usize,
     pad: usize,
+    engine: ConvEngine,
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -598,7 +644,12 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Conv2dGeometry::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let y = forward(slice(s1, l1, "conv2d")?, slice(s2, l2, "conv2d")?, &g);
+        let y = self.engine.run(
+            Pass::Forward,
+            slice(s1, l1, "conv2d")?,
+            slice(s2, l2, "conv2d")?,
+            &g,
+        );
         Ok(storage(y, (g.n, g.cout, g.ho, g.wo)))
     }
 
@@ -611,20 +662,45 @@ impl CustomOp2 for Conv2dOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = Conv2dGeometry::new(x.dims(), w.dims(), self.stride, self.pad)?;
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &InputGrad { g })?;
-        let dw = x.apply_op2_no_bwd(&dy, &WeightGrad { g })?;
-        Ok((Some(dx), Some(dw)))
+        let engine = self.engine;
+        // The images entering the first layer need no gradient: skip that input grad.
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(
+                w,
+                &ConvPass {
+                    g,
+                    pass: Pass::InputGrad,
+                    engine,
+                },
+            )?)
+        } else {
+            None
+        };
+        let dw = x.apply_op2_no_bwd(
+            &dy,
+            &ConvPass {
+                g,
+                pass: Pass::WeightGrad,
+                engine,
+            },
+        )?;
+        Ok((dx, Some(dw)))
     }
 }
 
-/// `(dy, w) → dx`.
-struct InputGrad {
+/// A gradient pass: `(dy, w) → dx` or `(x, dy) → dw`.
+struct ConvPass {
     g: Conv2dGeometry,
+    pass: Pass,
+    engine: ConvEngine,
 }
 
-impl CustomOp2 for InputGrad {
+impl CustomOp2 for ConvPass {
     fn name(&self) -> &'static str {
-        "byol-conv2d-input-grad"
+        match self.pass {
+            Pass::InputGrad => "byol-conv2d-input-grad",
+            _ => "byol-conv2d-weight-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -635,42 +711,30 @@ impl CustomOp2 for InputGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = &self.g;
-        if l1.dims() != [g.n, g.cout, g.ho, g.wo] {
-            candle_core::bail!("conv2d input grad: gradient shape {:?}", l1.dims())
+        let dy_dims = if self.pass == Pass::InputGrad {
+            l1.dims()
+        } else {
+            l2.dims()
+        };
+        if dy_dims != [g.n, g.cout, g.ho, g.wo] {
+            candle_core::bail!("{}: gradient shape {dy_dims:?}", self.name())
         }
-        let dx = input_grad(slice(s1, l1, "conv2d")?, slice(s2, l2, "conv2d")?, g);
-        Ok(storage(dx, (g.n, g.cin, g.h, g.w)))
-    }
-}
-
-/// `(x, dy) → dw`.
-struct WeightGrad {
-    g: Conv2dGeometry,
-}
-
-impl CustomOp2 for WeightGrad {
-    fn name(&self) -> &'static str {
-        "byol-conv2d-weight-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.g;
-        if l2.dims() != [g.n, g.cout, g.ho, g.wo] {
-            candle_core::bail!("conv2d weight grad: gradient shape {:?}", l2.dims())
-        }
-        let dw = weight_grad(slice(s1, l1, "conv2d")?, slice(s2, l2, "conv2d")?, g);
-        Ok(storage(dw, (g.cout, g.cin, g.kh, g.kw)))
+        let out = self.engine.run(
+            self.pass,
+            slice(s1, l1, "conv2d")?,
+            slice(s2, l2, "conv2d")?,
+            g,
+        );
+        Ok(match self.pass {
+            Pass::InputGrad => storage(out, (g.n, g.cin, g.h, g.w)),
+            _ => storage(out, (g.cout, g.cin, g.kh, g.kw)),
+        })
     }
 }
 
 /// Bias-free convolution of contiguous-able f32 CPU tensors `x [N, Cin, H, W]` and
-/// `w [Cout, Cin, kh, kw]`, differentiable in both.
+/// `w [Cout, Cin, kh, kw]`, differentiable in both; oneDNN or the Rust kernels run it
+/// according to the [`Backend`] in effect.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -683,6 +747,7 @@ pub fn conv2d(
         Conv2dOp {
             stride,
             pad: padding,
+            engine: ConvEngine::current(),
         },
     )
 }

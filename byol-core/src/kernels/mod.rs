@@ -4,12 +4,14 @@
 //! Stock candle spends most of a CPU training step in a single-threaded transposed convolution
 //! (input grad), a huge-im2col weight grad and ~35 tensor passes per BatchNorm (see
 //! `scripts/PERF.md`). These ops are f32, contiguous NCHW, multithreaded with rayon and use the
-//! `gemm` crate directly. Layers pick them through [`use_fast`]: only on CPU, only for f32, and
-//! only while the [`Backend`] is [`Backend::Fast`]; everything else (CUDA included) takes the
+//! `gemm` crate directly, or oneDNN for the convolutions when the build found it (`onednn.rs`).
+//! Layers pick them through [`use_fast`]: only on CPU, only for f32, and
+//! only while the [`Backend`] is not [`Backend::Stock`]; everything else (CUDA included) takes the
 //! stock candle ops, so the recipe code is the same on every device.
 
 mod bn;
 mod conv;
+pub mod onednn;
 mod scratch;
 
 use std::cell::Cell;
@@ -25,38 +27,72 @@ pub use conv::{conv2d, Conv2dGeometry};
 pub enum Backend {
     /// candle's own ops (the reference).
     Stock,
-    /// The custom ops of this module (the default).
+    /// The custom ops of this module, pure Rust (the default without oneDNN).
     Fast,
+    /// [`Backend::Fast`] with convolutions on oneDNN, Winograd for the 3×3 stride-1 layers where
+    /// it is faster (the default when the build found oneDNN; see [`onednn::available`]).
+    OneDnn,
+    /// [`Backend::OneDnn`] with oneDNN's direct kernels only (no Winograd).
+    OneDnnDirect,
 }
 
-static GLOBAL: AtomicU8 = AtomicU8::new(1);
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stock" => Ok(Self::Stock),
+            "fast" => Ok(Self::Fast),
+            "onednn" => Ok(Self::OneDnn),
+            "onednn-direct" => Ok(Self::OneDnnDirect),
+            _ => Err(format!("`{s}`: use stock, fast, onednn or onednn-direct")),
+        }
+    }
+}
+
+/// No setting yet: the default applies.
+const UNSET: u8 = u8::MAX;
+static GLOBAL: AtomicU8 = AtomicU8::new(UNSET);
 
 thread_local! {
     // A per-thread override lets tests compare both backends while other tests run in parallel.
     static OVERRIDE: Cell<Option<Backend>> = const { Cell::new(None) };
 }
 
-fn encode(b: Backend) -> u8 {
-    match b {
-        Backend::Stock => 0,
-        Backend::Fast => 1,
+const BACKENDS: [Backend; 4] = [
+    Backend::Stock,
+    Backend::Fast,
+    Backend::OneDnn,
+    Backend::OneDnnDirect,
+];
+
+/// [`Backend::OneDnn`] when this build has oneDNN, else [`Backend::Fast`].
+pub fn default_backend() -> Backend {
+    if onednn::available() {
+        Backend::OneDnn
+    } else {
+        Backend::Fast
     }
 }
 
-/// Sets the process-wide backend (default [`Backend::Fast`]).
+/// Sets the process-wide backend (default: [`default_backend`]).
 pub fn set_backend(backend: Backend) {
-    GLOBAL.store(encode(backend), Ordering::Relaxed);
+    let code = BACKENDS.iter().position(|b| *b == backend).unwrap_or(1);
+    GLOBAL.store(code as u8, Ordering::Relaxed);
 }
 
 /// The backend in effect on this thread: the [`with_backend`] override, else the global one.
+/// A oneDNN backend asked of a build without oneDNN runs as [`Backend::Fast`].
 pub fn backend() -> Backend {
-    OVERRIDE.with(|o| o.get()).unwrap_or_else(|| {
-        if GLOBAL.load(Ordering::Relaxed) == 0 {
-            Backend::Stock
-        } else {
-            Backend::Fast
-        }
-    })
+    let chosen = OVERRIDE.with(|o| o.get()).unwrap_or_else(|| {
+        BACKENDS
+            .get(usize::from(GLOBAL.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or_else(default_backend)
+    });
+    match chosen {
+        Backend::OneDnn | Backend::OneDnnDirect if !onednn::available() => Backend::Fast,
+        b => b,
+    }
 }
 
 /// Runs `f` with `backend` in effect on the calling thread only (layers decide on the thread that
@@ -74,7 +110,7 @@ pub fn with_backend<R>(backend: Backend, f: impl FnOnce() -> R) -> R {
 
 /// Whether a layer should route `xs` through the custom ops.
 pub fn use_fast(xs: &Tensor) -> bool {
-    backend() == Backend::Fast && xs.device().is_cpu() && xs.dtype() == DType::F32
+    backend() != Backend::Stock && xs.device().is_cpu() && xs.dtype() == DType::F32
 }
 
 /// The contiguous f32 data of a CPU tensor's storage.

@@ -1,0 +1,52 @@
+//! Compiles the oneDNN convolution shim (csrc/onednn_conv.cpp) when Debian's `libdnnl-dev` (or a
+//! oneDNN under `DNNL_ROOT`) is installed, and sets `cfg(byol_onednn)`; without its headers the
+//! crate builds the pure-Rust kernels only. The shim opens libdnnl.so.2 at run time (nothing is
+//! linked), so the binaries also run where oneDNN is absent. `BYOL_ONEDNN=0` opts out; CUDA builds
+//! skip it (their convolutions run on the GPU).
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rustc-check-cfg=cfg(byol_onednn)");
+    println!("cargo:rerun-if-changed=csrc/onednn_conv.cpp");
+    println!("cargo:rerun-if-env-changed=BYOL_ONEDNN");
+    println!("cargo:rerun-if-env-changed=DNNL_ROOT");
+    if std::env::var("BYOL_ONEDNN").is_ok_and(|v| v == "0")
+        || std::env::var_os("CARGO_FEATURE_CUDA").is_some()
+        || std::env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|a| a != "x86_64")
+    {
+        return;
+    }
+    let root = std::env::var_os("DNNL_ROOT").map(PathBuf::from);
+    let include = match &root {
+        Some(r) => r.join("include"),
+        None => PathBuf::from("/usr/include"),
+    };
+    if !include.join("oneapi/dnnl/dnnl.hpp").is_file() {
+        println!(
+            "cargo:warning=oneDNN not found ({}): convolutions use the pure-Rust kernels; \
+             install libdnnl-dev for the faster path",
+            include.join("oneapi/dnnl/dnnl.hpp").display()
+        );
+        return;
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        include.join("oneapi/dnnl/dnnl.hpp").display()
+    );
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file("csrc/onednn_conv.cpp")
+        .include(&include)
+        .flag("-std=c++17")
+        .opt_level(2)
+        .warnings(true);
+    build.compile("byol_onednn_conv");
+    let library = match &root {
+        Some(r) => r.join("lib/libdnnl.so.2").display().to_string(),
+        None => "libdnnl.so.2".to_string(),
+    };
+    println!("cargo:rustc-env=BYOL_DNNL_LIBRARY={library}");
+    println!("cargo:rustc-link-lib=dylib=dl");
+    println!("cargo:rustc-cfg=byol_onednn");
+}

@@ -1,0 +1,161 @@
+//! Convolutions through oneDNN (`csrc/onednn_conv.cpp`, compiled by build.rs when libdnnl-dev is
+//! installed): the same three passes as `conv.rs`, on oneDNN's JIT direct and Winograd kernels.
+//! The library is opened on first use; without it (at build or at run time), or with
+//! `BYOL_ONEDNN=0` in the environment, [`available`] is false and the Rust kernels run.
+
+use super::conv::Conv2dGeometry;
+
+/// Which convolution pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// `(x, w) → y`
+    Forward = 0,
+    /// `(dy, w) → dx`
+    InputGrad = 1,
+    /// `(x, dy) → dw`
+    WeightGrad = 2,
+}
+
+/// Whether oneDNN is usable: built in, not switched off by `BYOL_ONEDNN=0`, and its library
+/// loaded (the first call loads it; `BYOL_DNNL_LIBRARY` names another file than the build's).
+pub fn available() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        if !cfg!(byol_onednn) || std::env::var("BYOL_ONEDNN").is_ok_and(|v| v == "0") {
+            return false;
+        }
+        match load() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!("oneDNN not used ({e}); convolutions run on the Rust kernels");
+                false
+            }
+        }
+    })
+}
+
+/// Opens the library. libgomp (oneDNN's threads) reads its wait policy once, when it is loaded,
+/// and by default spins for milliseconds after every parallel region; between two convolutions
+/// those spinning threads take the cores from the rayon threads of the BatchNorm and elementwise
+/// kernels (measured: 17 % of a step's CPU samples in libgomp's spin loop, and +17 % img/s with
+/// `GOMP_SPINCOUNT=0`), so that becomes the default unless the user chose a policy.
+#[cfg(byol_onednn)]
+fn load() -> Result<(), String> {
+    if std::env::var_os("GOMP_SPINCOUNT").is_none() && std::env::var_os("OMP_WAIT_POLICY").is_none()
+    {
+        // std's environment lock guards this against concurrent std::env readers.
+        std::env::set_var("GOMP_SPINCOUNT", "0");
+    }
+    let path = std::env::var("BYOL_DNNL_LIBRARY")
+        .unwrap_or_else(|_| env!("BYOL_DNNL_LIBRARY").to_string());
+    let c_path = std::ffi::CString::new(path.clone()).map_err(|e| e.to_string())?;
+    let mut err = [0 as std::ffi::c_char; 512];
+    // SAFETY: both pointers are valid for the call; the C side writes a NUL-terminated message.
+    let status = unsafe { ffi::byol_onednn_load(c_path.as_ptr(), err.as_mut_ptr(), err.len()) };
+    if status == 0 {
+        Ok(())
+    } else {
+        // SAFETY: as above.
+        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
+        Err(format!("{path}: {}", msg.to_string_lossy()))
+    }
+}
+
+#[cfg(not(byol_onednn))]
+fn load() -> Result<(), String> {
+    Err("this build has no oneDNN (install libdnnl-dev and rebuild)".into())
+}
+
+#[cfg(byol_onednn)]
+mod ffi {
+    extern "C" {
+        pub fn byol_onednn_load(
+            path: *const std::ffi::c_char,
+            err: *mut std::ffi::c_char,
+            err_len: usize,
+        ) -> i32;
+        pub fn byol_onednn_conv(
+            kind: i32,
+            geometry: *const i64,
+            winograd: i32,
+            a: *const f32,
+            b: *const f32,
+            out: *mut f32,
+            threads: i32,
+            err: *mut std::ffi::c_char,
+            err_len: usize,
+        ) -> i32;
+    }
+}
+
+/// Runs one pass; `a`/`b` are the pass's inputs in plain NCHW/OIHW order (see [`Pass`]) and the
+/// result has `out_len` elements. Errors carry oneDNN's message.
+#[cfg(byol_onednn)]
+pub(crate) fn run(
+    pass: Pass,
+    g: &Conv2dGeometry,
+    winograd: bool,
+    a: &[f32],
+    b: &[f32],
+    out_len: usize,
+) -> Result<Vec<f32>, String> {
+    let (x_len, w_len, y_len) = (
+        g.n * g.cin * g.h * g.w,
+        g.cout * g.cin * g.kh * g.kw,
+        g.n * g.cout * g.ho * g.wo,
+    );
+    let (a_len, b_len, o_len) = match pass {
+        Pass::Forward => (x_len, w_len, y_len),
+        Pass::InputGrad => (y_len, w_len, x_len),
+        Pass::WeightGrad => (x_len, y_len, w_len),
+    };
+    // The C side trusts these extents.
+    if a.len() != a_len || b.len() != b_len || out_len != o_len {
+        return Err(format!(
+            "oneDNN {pass:?}: buffer sizes {} {} {out_len} do not match {g:?}",
+            a.len(),
+            b.len()
+        ));
+    }
+    let geometry = [g.n, g.cin, g.h, g.w, g.cout, g.kh, g.kw, g.stride, g.pad].map(|v| v as i64);
+    let mut out = Vec::<f32>::with_capacity(out_len);
+    let mut err = [0 as std::ffi::c_char; 512];
+    let threads = i32::try_from(rayon::current_num_threads()).unwrap_or(0);
+    // SAFETY: the extents were checked above against the geometry the C side reads them with;
+    // `out` has capacity for `out_len` floats and the C side writes all of them on success.
+    let status = unsafe {
+        ffi::byol_onednn_conv(
+            pass as i32,
+            geometry.as_ptr(),
+            i32::from(winograd),
+            a.as_ptr(),
+            b.as_ptr(),
+            out.as_mut_ptr(),
+            threads,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if status != 0 {
+        // SAFETY: the C side writes a NUL-terminated message into `err` (snprintf).
+        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
+        return Err(format!("oneDNN {pass:?} {g:?}: {}", msg.to_string_lossy()));
+    }
+    // SAFETY: a successful call wrote every element.
+    unsafe { out.set_len(out_len) };
+    Ok(out)
+}
+
+#[cfg(not(byol_onednn))]
+pub(crate) fn run(
+    pass: Pass,
+    _g: &Conv2dGeometry,
+    _winograd: bool,
+    _a: &[f32],
+    _b: &[f32],
+    _out_len: usize,
+) -> Result<Vec<f32>, String> {
+    Err(format!(
+        "oneDNN {pass:?}: this build has no oneDNN (install libdnnl-dev and rebuild)"
+    ))
+}
