@@ -42,10 +42,7 @@ fn main() -> byol_core::Result<()> {
             .map_err(|e| byol_core::Error::config("backend", e))?,
     };
     set_backend(backend);
-    eprintln!(
-        "backend {backend:?} GOMP_SPINCOUNT={:?}",
-        std::env::var("GOMP_SPINCOUNT")
-    );
+    eprintln!("backend {backend:?}");
     let encoder = match model.as_str() {
         "r18-small" => ResNetConfig {
             stem: Stem::Small,

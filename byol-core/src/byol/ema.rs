@@ -21,8 +21,9 @@ pub fn ema_update(target: &VarStore, online: &VarStore, tau: f64) -> Result<()> 
         let o = online.get(&t.name).ok_or_else(|| {
             Error::tensor(&t.name, "the target has it but the online network does not")
         })?;
-        let mixed =
-            (t.var.as_tensor().affine(tau, 0.0)? + o.var.as_tensor().affine(1.0 - tau, 0.0)?)?;
+        // Detached: the update is not part of any graph.
+        let mixed = (t.var.as_tensor().detach().affine(tau, 0.0)?
+            + o.var.as_tensor().detach().affine(1.0 - tau, 0.0)?)?;
         t.var.set(&mixed)?;
     }
     Ok(())

@@ -68,8 +68,11 @@ impl Lars {
     }
 
     fn update(&mut self, entry: &Entry, grad: &Tensor, lr: f64) -> Result<()> {
-        let w = entry.var.as_tensor();
-        let mut g = grad.clone();
+        // Detached: arithmetic on the Var itself would record autograd ops, and the momentum
+        // buffer would then hold every earlier step's buffers alive through that history
+        // (memory grew ~0.9 GB per ResNet-50 step before this).
+        let w = &entry.var.as_tensor().detach();
+        let mut g = grad.detach();
         if entry.role.is_lars_adapted() {
             g = (g + w.affine(self.config.weight_decay, 0.0)?)?;
             let w_norm = l2_norm(w)?;
@@ -86,7 +89,7 @@ impl Lars {
             None => g,
         };
         entry.var.set(&(w - m.affine(lr, 0.0)?)?)?;
-        self.momentum.insert(entry.name.clone(), m);
+        self.momentum.insert(entry.name.clone(), m.detach());
         Ok(())
     }
 

@@ -79,8 +79,9 @@ impl Sgd {
             weight_decay,
         } = self.config;
         for (entry, grad) in store.with_grads(grads) {
-            let w = entry.var.as_tensor();
-            let mut g = grad.clone();
+            // Detached, as in `Lars::update`: no autograd history may reach the momentum buffers.
+            let w = &entry.var.as_tensor().detach();
+            let mut g = grad.detach();
             if weight_decay > 0.0 && decays(&entry.name) {
                 g = (g + w.affine(weight_decay, 0.0)?)?;
             }
@@ -95,7 +96,7 @@ impl Sgd {
                 } else {
                     b.clone()
                 };
-                self.momentum.insert(entry.name.clone(), b);
+                self.momentum.insert(entry.name.clone(), b.detach());
                 update
             } else {
                 g
