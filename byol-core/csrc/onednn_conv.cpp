@@ -22,27 +22,31 @@
 
 namespace {
 
+// Every oneDNN function the shim calls, for the declarations and the dlsym lookups below.
+#define BYOL_DNNL_FUNCTIONS(X) \
+  X(dnnl_engine_create) \
+  X(dnnl_stream_create) \
+  X(dnnl_stream_wait) \
+  X(dnnl_memory_desc_init_by_tag) \
+  X(dnnl_memory_desc_equal) \
+  X(dnnl_memory_desc_get_size) \
+  X(dnnl_memory_create) \
+  X(dnnl_memory_set_data_handle) \
+  X(dnnl_convolution_forward_desc_init) \
+  X(dnnl_convolution_backward_data_desc_init) \
+  X(dnnl_convolution_backward_weights_desc_init) \
+  X(dnnl_primitive_desc_create) \
+  X(dnnl_primitive_desc_query_md) \
+  X(dnnl_primitive_desc_destroy) \
+  X(dnnl_reorder_primitive_desc_create) \
+  X(dnnl_primitive_create) \
+  X(dnnl_primitive_execute)
+
 // The oneDNN (and OpenMP) entry points, resolved from the loaded library.
 struct Api {
-#define BYOL_DNNL_FN(name) decltype(&::name) name = nullptr;
-  BYOL_DNNL_FN(dnnl_engine_create)
-  BYOL_DNNL_FN(dnnl_stream_create)
-  BYOL_DNNL_FN(dnnl_stream_wait)
-  BYOL_DNNL_FN(dnnl_memory_desc_init_by_tag)
-  BYOL_DNNL_FN(dnnl_memory_desc_equal)
-  BYOL_DNNL_FN(dnnl_memory_desc_get_size)
-  BYOL_DNNL_FN(dnnl_memory_create)
-  BYOL_DNNL_FN(dnnl_memory_set_data_handle)
-  BYOL_DNNL_FN(dnnl_convolution_forward_desc_init)
-  BYOL_DNNL_FN(dnnl_convolution_backward_data_desc_init)
-  BYOL_DNNL_FN(dnnl_convolution_backward_weights_desc_init)
-  BYOL_DNNL_FN(dnnl_primitive_desc_create)
-  BYOL_DNNL_FN(dnnl_primitive_desc_query_md)
-  BYOL_DNNL_FN(dnnl_primitive_desc_destroy)
-  BYOL_DNNL_FN(dnnl_reorder_primitive_desc_create)
-  BYOL_DNNL_FN(dnnl_primitive_create)
-  BYOL_DNNL_FN(dnnl_primitive_execute)
-#undef BYOL_DNNL_FN
+#define BYOL_DNNL_DECLARE(name) decltype(&::name) name = nullptr;
+  BYOL_DNNL_FUNCTIONS(BYOL_DNNL_DECLARE)
+#undef BYOL_DNNL_DECLARE
   void (*omp_set_num_threads)(int) = nullptr;
   dnnl_engine_t engine = nullptr;
 };
@@ -237,27 +241,11 @@ int byol_onednn_load(const char *path, char *err, size_t err_len) {
   auto *a = new Api();
   bool ok = true;
   const char *missing = nullptr;
-#define BYOL_DNNL_FN(name) \
+#define BYOL_DNNL_RESOLVE(name) \
   if (ok && !resolve(lib, #name, a->name)) { ok = false; missing = #name; }
-  BYOL_DNNL_FN(dnnl_engine_create)
-  BYOL_DNNL_FN(dnnl_stream_create)
-  BYOL_DNNL_FN(dnnl_stream_wait)
-  BYOL_DNNL_FN(dnnl_memory_desc_init_by_tag)
-  BYOL_DNNL_FN(dnnl_memory_desc_equal)
-  BYOL_DNNL_FN(dnnl_memory_desc_get_size)
-  BYOL_DNNL_FN(dnnl_memory_create)
-  BYOL_DNNL_FN(dnnl_memory_set_data_handle)
-  BYOL_DNNL_FN(dnnl_convolution_forward_desc_init)
-  BYOL_DNNL_FN(dnnl_convolution_backward_data_desc_init)
-  BYOL_DNNL_FN(dnnl_convolution_backward_weights_desc_init)
-  BYOL_DNNL_FN(dnnl_primitive_desc_create)
-  BYOL_DNNL_FN(dnnl_primitive_desc_query_md)
-  BYOL_DNNL_FN(dnnl_primitive_desc_destroy)
-  BYOL_DNNL_FN(dnnl_reorder_primitive_desc_create)
-  BYOL_DNNL_FN(dnnl_primitive_create)
-  BYOL_DNNL_FN(dnnl_primitive_execute)
-  BYOL_DNNL_FN(omp_set_num_threads)
-#undef BYOL_DNNL_FN
+  BYOL_DNNL_FUNCTIONS(BYOL_DNNL_RESOLVE)
+  BYOL_DNNL_RESOLVE(omp_set_num_threads)
+#undef BYOL_DNNL_RESOLVE
   if (!ok) {
     copy_message(err, err_len, "%s has no symbol %s", path && *path ? path : "libdnnl.so.2",
                  missing);

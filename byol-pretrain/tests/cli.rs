@@ -167,3 +167,22 @@ fn init_weights_names_a_missing_file_and_the_flag() {
     );
     assert!(latest_state(&out).unwrap_or(None).is_none());
 }
+
+#[test]
+fn runs_on_the_rust_kernels_where_onednn_cannot_be_loaded() {
+    // A binary built with the oneDNN shim opens libdnnl.so.2 only at run time; a machine without
+    // it (here: a path that does not exist) must train on the pure-Rust kernels instead.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_mnist_like(&data, 32, 16, 4, 3);
+    let out = dir.path().join("run");
+    let o = command(&data, &out, "1", &[])
+        .env("BYOL_DNNL_LIBRARY", dir.path().join("no/libdnnl.so.2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let l = losses(&out);
+    assert_eq!(l.len(), 4, "32 images, batch 8: 4 steps");
+    assert!(l.iter().all(|(_, loss)| loss.is_finite()), "{l:?}");
+    assert!(out.join("encoder.safetensors").is_file());
+}

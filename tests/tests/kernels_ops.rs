@@ -408,3 +408,73 @@ fn backend_switch_is_scoped_and_the_default_is_the_fastest_available() {
         &rand(&[2, 2], 1).to_dtype(candle_core::DType::F64).unwrap()
     ));
 }
+
+/// Weights, and momentum buffers, after two LARS steps and one EMA under `backend`: a weight
+/// (decay + trust ratio) and a bias (plain momentum), gradients from `Σ c·param`.
+fn lars_and_ema_case(backend: Backend) -> Vec<(String, Tensor)> {
+    use byol_core::byol::ema_update;
+    use byol_core::nn::Role;
+    with_backend(backend, || {
+        let dev = Device::Cpu;
+        let mut store = VarStore::new(&dev, 0);
+        let mut target = VarStore::new(&dev, 0);
+        let shapes: [(&str, &[usize], Role); 2] = [
+            ("conv.weight", &[70_001], Role::Weight),
+            ("conv.bias", &[33], Role::Bias),
+        ];
+        let mut vars = Vec::new();
+        for (i, (name, shape, role)) in shapes.iter().enumerate() {
+            let v = store.root().constant(name, shape, 0.0, *role).unwrap();
+            v.set(&rand(shape, 10 + i as u64)).unwrap();
+            let t = target.root().constant(name, shape, 0.0, *role).unwrap();
+            t.set(&rand(shape, 20 + i as u64)).unwrap();
+            vars.push((v, rand(shape, 30 + i as u64)));
+        }
+        let cfg = LarsConfig {
+            momentum: 0.9,
+            eta: 1e-3,
+            weight_decay: 0.1,
+        };
+        let mut lars = Lars::new(cfg);
+        for lr in [0.5, 0.25] {
+            let loss = vars
+                .iter()
+                .map(|(v, c)| (v.as_tensor() * c).unwrap().sum_all().unwrap())
+                .reduce(|a, b| (a + b).unwrap())
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            lars.step(&store, &grads, lr, &|_| 1.0).unwrap();
+        }
+        ema_update(&target, &store, 0.99).unwrap();
+        let mut out: Vec<(String, Tensor)> = store
+            .entries()
+            .iter()
+            .map(|e| (format!("w.{}", e.name), e.var.as_tensor().clone()))
+            .collect();
+        out.extend(
+            target
+                .entries()
+                .iter()
+                .map(|e| (format!("ema.{}", e.name), e.var.as_tensor().clone())),
+        );
+        let mut m: Vec<_> = lars.momentum_buffers().iter().collect();
+        m.sort_by_key(|(k, _)| k.as_str());
+        out.extend(m.into_iter().map(|(k, t)| (format!("m.{k}"), t.clone())));
+        out
+    })
+}
+
+#[test]
+fn fused_lars_and_ema_match_the_candle_ops() {
+    let stock = lars_and_ema_case(Backend::Stock);
+    let fast = lars_and_ema_case(kernels::default_backend());
+    assert_eq!(stock.len(), 6);
+    for ((name, a), (_, b)) in fast.iter().zip(&stock) {
+        let e = relative_error(a, b);
+        eprintln!("{name}: {e:.2e}");
+        assert!(e < 1e-6, "{name}: {e}");
+        if name.starts_with("m.") {
+            assert!(!a.track_op(), "{name} carries autograd history");
+        }
+    }
+}

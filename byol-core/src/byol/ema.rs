@@ -22,8 +22,12 @@ pub fn ema_update(target: &VarStore, online: &VarStore, tau: f64) -> Result<()> 
             Error::tensor(&t.name, "the target has it but the online network does not")
         })?;
         // Detached: the update is not part of any graph.
-        let mixed = (t.var.as_tensor().detach().affine(tau, 0.0)?
-            + o.var.as_tensor().detach().affine(1.0 - tau, 0.0)?)?;
+        let (target, online) = (t.var.as_tensor().detach(), o.var.as_tensor().detach());
+        let mixed = if crate::kernels::use_fast(&target) {
+            crate::kernels::ema(&target, &online, tau)?
+        } else {
+            (target.affine(tau, 0.0)? + online.affine(1.0 - tau, 0.0)?)?
+        };
         t.var.set(&mixed)?;
     }
     Ok(())

@@ -13,6 +13,7 @@ mod bn;
 mod conv;
 pub mod onednn;
 mod scratch;
+mod update;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -21,6 +22,7 @@ use candle_core::{DType, Tensor};
 
 pub use bn::{batch_norm_add_relu_train, batch_norm_relu_train, batch_norm_train, BnStats};
 pub use conv::{conv2d, Conv2dGeometry};
+pub use update::{ema, lars_update, LarsStep};
 
 /// Which implementation the layers use on CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

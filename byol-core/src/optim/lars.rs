@@ -3,7 +3,8 @@
 //! Per tensor, in this order: `g ← g + λ·w` (weight decay); `g ← g·η·‖w‖/‖g‖` (trust ratio on
 //! the decayed gradient, 1 where either norm is 0); `m ← μ·m + g`; `w ← w − lr·m`. Biases and every
 //! BatchNorm parameter skip both the decay and the trust ratio ([`Role::is_lars_adapted`]).
-//! No gradient clipping.
+//! No gradient clipping. On CPU (any backend but `Stock`) one fused kernel does the whole
+//! per-tensor update (`kernels::lars_update`); the candle-op path below is the reference.
 
 use std::collections::HashMap;
 
@@ -11,6 +12,7 @@ use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::{self, LarsStep};
 use crate::nn::var_store::Entry;
 use crate::nn::VarStore;
 use crate::{Error, Result};
@@ -72,8 +74,22 @@ impl Lars {
         // buffer would then hold every earlier step's buffers alive through that history
         // (memory grew ~0.9 GB per ResNet-50 step before this).
         let w = &entry.var.as_tensor().detach();
+        let adapted = entry.role.is_lars_adapted();
+        if kernels::use_fast(w) {
+            let step = LarsStep {
+                lr,
+                momentum: self.config.momentum,
+                weight_decay: self.config.weight_decay,
+                eta: adapted.then_some(self.config.eta),
+            };
+            let previous = self.momentum.get(&entry.name);
+            let (w_new, m) = kernels::lars_update(w, &grad.detach(), previous, step)?;
+            entry.var.set(&w_new)?;
+            self.momentum.insert(entry.name.clone(), m);
+            return Ok(());
+        }
         let mut g = grad.detach();
-        if entry.role.is_lars_adapted() {
+        if adapted {
             g = (g + w.affine(self.config.weight_decay, 0.0)?)?;
             let w_norm = l2_norm(w)?;
             let g_norm = l2_norm(&g)?;
