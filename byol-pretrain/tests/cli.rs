@@ -38,6 +38,15 @@ fn command(data: &Path, out: &Path, epochs: &str, extra: &[&str]) -> Command {
     c
 }
 
+/// A temporary directory holding a generated MNIST-layout dataset under `data/`
+/// (`write_mnist_like`'s arguments).
+fn mnist_like(train: usize, test: usize, classes: u8, seed: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_mnist_like(&data, train, test, classes, seed);
+    (dir, data)
+}
+
 fn finish(child: Child) -> Output {
     child.wait_with_output().expect("the run ends")
 }
@@ -80,10 +89,8 @@ fn wait_for_state(dir: &Path, step: u64, child: &mut Child) -> PathBuf {
 
 #[test]
 fn sigkill_then_resume_gives_the_uninterrupted_losses() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     // 64 images, batch 8: 8 steps per epoch, 24 in all.
-    write_mnist_like(&data, 64, 16, 4, 3);
+    let (dir, data) = mnist_like(64, 16, 4, 3);
 
     let full = dir.path().join("full");
     let o = command(&data, &full, "3", &[]).output().unwrap();
@@ -121,9 +128,7 @@ fn sigkill_then_resume_gives_the_uninterrupted_losses() {
 
 #[test]
 fn sigint_saves_a_checkpoint_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    write_mnist_like(&data, 64, 16, 4, 4);
+    let (dir, data) = mnist_like(64, 16, 4, 4);
     let out = dir.path().join("out");
     let mut child = command(&data, &out, "200", &[]).spawn().unwrap();
     wait_for_state(&out, 2, &mut child);
@@ -146,9 +151,7 @@ fn sigint_saves_a_checkpoint_and_exits_cleanly() {
 
 #[test]
 fn init_weights_names_a_missing_file_and_the_flag() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    write_mnist_like(&data, 16, 8, 4, 5);
+    let (dir, data) = mnist_like(16, 8, 4, 5);
     let out = dir.path().join("out");
     let missing = dir.path().join("no-such-encoder.safetensors");
     let o = command(
@@ -172,9 +175,7 @@ fn init_weights_names_a_missing_file_and_the_flag() {
 fn runs_on_the_rust_kernels_where_onednn_cannot_be_loaded() {
     // A binary built with the oneDNN shim opens libdnnl.so.2 only at run time; a machine without
     // it (here: a path that does not exist) must train on the pure-Rust kernels instead.
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    write_mnist_like(&data, 32, 16, 4, 3);
+    let (dir, data) = mnist_like(32, 16, 4, 3);
     let out = dir.path().join("run");
     let o = command(&data, &out, "1", &[])
         .env("BYOL_DNNL_LIBRARY", dir.path().join("no/libdnnl.so.2"))
