@@ -40,7 +40,10 @@ namespace {
   X(dnnl_primitive_desc_destroy) \
   X(dnnl_reorder_primitive_desc_create) \
   X(dnnl_primitive_create) \
-  X(dnnl_primitive_execute)
+  X(dnnl_primitive_execute) \
+  X(dnnl_primitive_destroy) \
+  X(dnnl_memory_destroy) \
+  X(dnnl_stream_destroy)
 
 // The oneDNN (and OpenMP) entry points, resolved from the loaded library.
 struct Api {
@@ -82,11 +85,37 @@ struct Port {
   dnnl_primitive_t reorder = nullptr;
   dnnl_memory_t user = nullptr;
   dnnl_memory_t staged = nullptr;
+
+  Port() = default;
+  Port(const Port &) = delete;
+  Port &operator=(const Port &) = delete;
+  ~Port() {
+    if (reorder) api->dnnl_primitive_destroy(reorder);
+    if (user) api->dnnl_memory_destroy(user);
+    if (staged) api->dnnl_memory_destroy(staged);
+  }
 };
 
+// Handles are released when a thread's cache goes (thread exit), so short-lived threads that
+// ran convolutions leave nothing behind.
 struct Entry {
   dnnl_primitive_t primitive = nullptr;
   std::array<Port, 3> ports; // two inputs, then the output
+
+  Entry() = default;
+  Entry(const Entry &) = delete;
+  Entry &operator=(const Entry &) = delete;
+  ~Entry() {
+    if (primitive) api->dnnl_primitive_destroy(primitive);
+  }
+};
+
+// A thread's stream, destroyed with the thread.
+struct Stream {
+  dnnl_stream_t handle = nullptr;
+  ~Stream() {
+    if (handle) api->dnnl_stream_destroy(handle);
+  }
 };
 
 void make_port(Port &p, int arg, const dnnl_memory_desc_t &plain, const dnnl_memory_desc_t *wanted,
@@ -275,16 +304,17 @@ int byol_onednn_conv(int kind, const int64_t *g, int winograd, const float *a, c
   }
   thread_local std::map<Key, std::unique_ptr<Entry>> cache;
   thread_local Scratch scratch;
-  thread_local dnnl_stream_t stream = nullptr;
+  thread_local Stream thread_stream;
   thread_local int threads_set = 0;
   try {
     if (threads > 0 && threads != threads_set) {
       api->omp_set_num_threads(threads);
       threads_set = threads;
     }
-    if (!stream)
-      check(api->dnnl_stream_create(&stream, api->engine, dnnl_stream_default_flags),
+    if (!thread_stream.handle)
+      check(api->dnnl_stream_create(&thread_stream.handle, api->engine, dnnl_stream_default_flags),
             "stream_create");
+    dnnl_stream_t stream = thread_stream.handle;
     Key key{kind, winograd != 0, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
     auto found = cache.find(key);
     if (found == cache.end()) found = cache.emplace(key, build(kind, g, winograd != 0)).first;
