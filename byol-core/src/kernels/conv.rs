@@ -606,12 +606,7 @@ impl ConvEngine {
         // two reorders per call (the 8-channel quick-start model trained 35 % slower on it).
         let wide = g.cin >= 16 && g.cout >= 16;
         if let (Self::OneDnn { winograd }, true) = (self, wide) {
-            let out_len = match pass {
-                Pass::Forward => g.n * g.y_len(),
-                Pass::InputGrad => g.n * g.x_len(),
-                Pass::WeightGrad => g.cout * g.k(),
-            };
-            match onednn::run(pass, g, winograd, a, b, out_len) {
+            match onednn::run(pass, g, winograd, a, b) {
                 Ok(out) => return out,
                 Err(e) => {
                     static WARNED: std::sync::Once = std::sync::Once::new();

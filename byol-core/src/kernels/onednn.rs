@@ -88,8 +88,8 @@ mod ffi {
     }
 }
 
-/// Runs one pass; `a`/`b` are the pass's inputs in plain NCHW/OIHW order (see [`Pass`]) and the
-/// result has `out_len` elements. Errors carry oneDNN's message.
+/// Runs one pass; `a`/`b` are the pass's inputs in plain NCHW/OIHW order (see [`Pass`]).
+/// Errors carry oneDNN's message.
 #[cfg(byol_onednn)]
 pub(crate) fn run(
     pass: Pass,
@@ -97,7 +97,6 @@ pub(crate) fn run(
     winograd: bool,
     a: &[f32],
     b: &[f32],
-    out_len: usize,
 ) -> Result<Vec<f32>, String> {
     let (x_len, w_len, y_len) = (
         g.n * g.cin * g.h * g.w,
@@ -110,13 +109,14 @@ pub(crate) fn run(
         Pass::WeightGrad => (x_len, y_len, w_len),
     };
     // The C side trusts these extents.
-    if a.len() != a_len || b.len() != b_len || out_len != o_len {
+    if a.len() != a_len || b.len() != b_len {
         return Err(format!(
-            "oneDNN {pass:?}: buffer sizes {} {} {out_len} do not match {g:?}",
+            "oneDNN {pass:?}: input sizes {} {} do not match {g:?}",
             a.len(),
             b.len()
         ));
     }
+    let out_len = o_len;
     let geometry = [g.n, g.cin, g.h, g.w, g.cout, g.kh, g.kw, g.stride, g.pad].map(|v| v as i64);
     let mut out = Vec::<f32>::with_capacity(out_len);
     let mut err = [0 as std::ffi::c_char; 512];
@@ -153,7 +153,6 @@ pub(crate) fn run(
     _winograd: bool,
     _a: &[f32],
     _b: &[f32],
-    _out_len: usize,
 ) -> Result<Vec<f32>, String> {
     Err(format!(
         "oneDNN {pass:?}: this build has no oneDNN (install libdnnl-dev and rebuild)"
