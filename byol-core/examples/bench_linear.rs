@@ -53,6 +53,7 @@ fn main() {
         logistic: LogisticOptions {
             lbfgs: LbfgsOptions::default(),
             standardize: false,
+            path_patience: None,
         },
         ..Default::default()
     };

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::byol::{ByolConfig, TargetInit};
+use crate::data::augment::AugmentSet;
 use crate::nn::{MlpConfig, ResNetConfig, Stem};
 use crate::optim::Preset;
 use crate::{Error, Result};
@@ -35,9 +36,14 @@ pub struct TrainConfig {
     pub workers: usize,
     /// Save the training state every this many steps (0: only at the end).
     pub checkpoint_every: u64,
-    /// Stop after this many steps in total (the schedules still span all epochs); for time
-    /// budgets and tests.
+    /// Stop after this many steps in total (the schedules still span `schedule_steps`); for
+    /// interruptions and tests.
     pub max_steps: Option<u64>,
+    /// Steps the learning-rate and τ schedules span, when fewer than all epochs' steps: the run
+    /// ends there and the warm-up shrinks in proportion. A time budget fixes it after measuring
+    /// the step rate; `byol-pretrain --max-steps` sets it; a resumed run keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_steps: Option<u64>,
     /// Run the kNN monitor every this many epochs (0: never).
     pub knn_every: usize,
     pub knn_k: usize,
@@ -47,6 +53,9 @@ pub struct TrainConfig {
     /// Smallest area fraction of the random resized crop of both views (0.08 in the paper).
     #[serde(default = "paper_crop_min_scale")]
     pub crop_min_scale: f64,
+    /// The operations of the two-view augmentation the run keeps (`full` is the recipe).
+    #[serde(default)]
+    pub augmentations: AugmentSet,
 }
 
 fn paper_crop_min_scale() -> f64 {
@@ -73,11 +82,13 @@ impl TrainConfig {
             workers: 8,
             checkpoint_every: 5000,
             max_steps: None,
+            schedule_steps: None,
             knn_every: 10,
             knn_k: 20,
             knn_temperature: 0.07,
             collapse_threshold: 0.1,
             crop_min_scale: paper_crop_min_scale(),
+            augmentations: AugmentSet::Full,
         }
     }
 
@@ -222,6 +233,9 @@ impl TrainConfig {
                 "momentum",
                 format!("{} is not in [0, 1)", self.momentum),
             ));
+        }
+        if self.schedule_steps == Some(0) {
+            return Err(Error::config("schedule_steps", "must be at least 1"));
         }
         if !(self.crop_min_scale > 0.0 && self.crop_min_scale <= 1.0) {
             return Err(Error::config(

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -82,6 +82,8 @@ pub struct RunSummary {
     /// True when a stop request (SIGINT) ended the run early.
     pub interrupted: bool,
     pub encoder_path: PathBuf,
+    /// The configuration the run ended with (`schedule_steps` fixed by a time budget included).
+    pub config: TrainConfig,
 }
 
 /// Steps per epoch and in total for a dataset of `n` samples (the last partial batch is
@@ -140,6 +142,59 @@ pub struct RunControl<'a> {
     /// Polled between steps: when set (by a SIGINT handler), the loop saves a checkpoint and
     /// returns with `interrupted`.
     pub stop: &'a AtomicBool,
+    /// Wall-clock budget of a fresh run whose config fixes no `schedule_steps`: the loop measures
+    /// its step rate over the first steps and shortens the schedules to the steps that fit, so
+    /// the learning rate and τ reach their final values before the budget ends.
+    pub time_budget: Option<Duration>,
+}
+
+/// Steps over which the step rate of a time-budgeted run is measured (after the first, slower
+/// steps that warm caches and fill the loader).
+const CALIBRATION_STEPS: std::ops::Range<u64> = 3..23;
+/// Share of the measured rate the budget is planned with: the kNN monitor, checkpoints and
+/// rate noise take the rest.
+const BUDGET_SAFETY: f64 = 0.93;
+
+/// The learning-rate schedule of `config` (its length is `total_steps`, which the τ schedule
+/// shares): all epochs, or `schedule_steps` when fewer, with the warm-up shrunk in proportion so
+/// a shortened run warms up for the same share of its length.
+pub fn lr_schedule(config: &TrainConfig, steps_per_epoch: u64, epoch_steps: u64) -> LrSchedule {
+    let total = config
+        .schedule_steps
+        .map_or(epoch_steps, |s| s.min(epoch_steps));
+    let share = total as f64 / epoch_steps.max(1) as f64;
+    let warmup = (config.warmup_epochs * steps_per_epoch as f64 * share).round() as u64;
+    LrSchedule::new(config.base_lr, config.batch_size, warmup, total)
+}
+
+/// A resumed run keeps the schedule length it started with; a config asking another one is an
+/// error, since the learning rate and τ would jump mid-run.
+fn resumed_schedule(config: &mut TrainConfig, path: &Path, stored: Option<&String>) -> Result<()> {
+    let Some(stored) = stored else { return Ok(()) };
+    let stored: TrainConfig = toml::from_str(stored)
+        .map_err(|e| Error::format(path, format!("{TRAIN_CONFIG_KEY}: {e}")))?;
+    match (config.schedule_steps, stored.schedule_steps) {
+        (Some(asked), Some(kept)) if asked != kept => Err(Error::config(
+            "schedule_steps",
+            format!(
+                "{} was trained with schedules of {kept} steps, not {asked}: resume without changing \
+                 --max-steps, or start a new run",
+                path.display()
+            ),
+        )),
+        (Some(asked), None) => Err(Error::config(
+            "schedule_steps",
+            format!(
+                "{} was trained with schedules over all epochs, not {asked} steps: resume without \
+                 --max-steps, or start a new run",
+                path.display()
+            ),
+        )),
+        (_, kept) => {
+            config.schedule_steps = kept;
+            Ok(())
+        }
+    }
 }
 
 /// Runs (or resumes) BYOL pretraining into `run.out_dir`. A non-finite loss stops the run with
@@ -157,8 +212,12 @@ pub fn pretrain(
         resume,
         init_weights,
         stop,
+        time_budget,
     } = *run;
+    let started = Instant::now();
     config.validate()?;
+    // The schedule length can still be fixed by a resumed state or a time budget.
+    let mut config = config.clone();
     if data.channels != config.model.encoder.in_channels {
         return Err(Error::config(
             "model.encoder.in_channels",
@@ -169,10 +228,7 @@ pub fn pretrain(
         ));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let (steps_per_epoch, total_steps) = step_counts(config, data.dataset.len())?;
-    let warmup = (config.warmup_epochs * steps_per_epoch as f64).round() as u64;
-    let schedule = LrSchedule::new(config.base_lr, config.batch_size, warmup, total_steps);
-    let end_step = config.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    let (steps_per_epoch, epoch_steps) = step_counts(&config, data.dataset.len())?;
 
     let (mut model, mut optimizer, mut step) = match latest_state(out_dir)? {
         // A fresh run must not mix its checkpoints with an older run's: pruning keeps the
@@ -195,6 +251,7 @@ pub fn pretrain(
                     format!("{} was trained with another model config", path.display()),
                 ));
             }
+            resumed_schedule(&mut config, &path, state.metadata.get(TRAIN_CONFIG_KEY))?;
             (state.model, state.optimizer, state.step)
         }
         None => {
@@ -213,6 +270,18 @@ pub fn pretrain(
             });
             (model, optimizer, 0)
         }
+    };
+    let mut schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
+    let end_of = |schedule: &LrSchedule, config: &TrainConfig| {
+        config
+            .max_steps
+            .map_or(schedule.total_steps, |m| m.min(schedule.total_steps))
+    };
+    let mut end_step = end_of(&schedule, &config);
+    // Only a fresh run is calibrated: a resumed one keeps the schedule its state was saved with.
+    let mut calibration = match time_budget {
+        Some(budget) if step == 0 && config.schedule_steps.is_none() => Some((budget, None)),
+        _ => None,
     };
     let mut log = MetricsLog::open(&out_dir.join(METRICS_FILE), step)?;
 
@@ -239,7 +308,11 @@ pub fn pretrain(
     let mut last_loss = None;
     let mut interrupted = false;
     observer.on_start(step, end_step);
-    let save = |model: &Byol, optimizer: &Lars, step: u64, observer: &mut dyn Observer| {
+    let save = |model: &Byol,
+                optimizer: &Lars,
+                step: u64,
+                config: &TrainConfig,
+                observer: &mut dyn Observer| {
         let path = save_checkpoint(out_dir, model, optimizer, step, config)?;
         observer.on_checkpoint(&path);
         Ok::<_, Error>(path)
@@ -269,7 +342,7 @@ pub fn pretrain(
             let v1 = Tensor::from_slice(&batch.view(0)[..batch.len() * view_len], shape, device)?;
             let v2 = Tensor::from_slice(&batch.view(1)[..batch.len() * view_len], shape, device)?;
             let lr = schedule.lr(step);
-            let tau = tau_schedule(config.tau_base, step, total_steps);
+            let tau = tau_schedule(config.tau_base, step, schedule.total_steps);
             let out = model
                 .train_step(&v1, &v2, &mut optimizer, lr, tau, &lr_scale)
                 .map_err(|e| match e {
@@ -281,6 +354,28 @@ pub fn pretrain(
                 })?;
             step += 1;
             last_loss = Some(out.loss);
+            if let Some((budget, mark)) = &mut calibration {
+                if step == CALIBRATION_STEPS.start {
+                    *mark = Some(Instant::now());
+                } else if step == CALIBRATION_STEPS.end {
+                    let measured = CALIBRATION_STEPS.end - CALIBRATION_STEPS.start;
+                    let rate =
+                        measured as f64 / mark.map_or(f64::NAN, |m| m.elapsed().as_secs_f64());
+                    let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
+                    let fits = step + (left * rate * BUDGET_SAFETY).max(0.0) as u64;
+                    if rate.is_finite() && fits < epoch_steps {
+                        config.schedule_steps = Some(fits.max(step + 1));
+                        schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
+                        end_step = end_of(&schedule, &config);
+                        observer.on_start(step, end_step);
+                        tracing::info!(
+                            "{rate:.2} steps/s: the schedules span {} steps to fit the time budget",
+                            schedule.total_steps
+                        );
+                    }
+                    calibration = None;
+                }
+            }
             let elapsed = tick.elapsed().as_secs_f64();
             tick = Instant::now();
             let mut entry = StepLog {
@@ -313,11 +408,11 @@ pub fn pretrain(
             observer.on_step(&entry);
             if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && step < end_step
             {
-                save(&model, &optimizer, step, observer)?;
+                save(&model, &optimizer, step, &config, observer)?;
             }
         }
     }
-    save(&model, &optimizer, step, observer)?;
+    save(&model, &optimizer, step, &config, observer)?;
     drop(log);
     // The plot is a convenience: failing to draw it must not fail a finished run.
     let plotted = read_metrics(&out_dir.join(METRICS_FILE))
@@ -327,7 +422,8 @@ pub fn pretrain(
     }
     Ok(RunSummary {
         steps_done: step,
-        total_steps,
+        total_steps: schedule.total_steps,
+        config,
         last_loss,
         interrupted,
         encoder_path: out_dir.join(ENCODER_FILE),

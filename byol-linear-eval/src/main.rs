@@ -47,6 +47,14 @@ enum Mode {
         /// Fraction of train held out to choose λ.
         #[arg(long, default_value_t = 0.1)]
         val_fraction: f64,
+        /// Standardise every feature with the training mean and standard deviation before the
+        /// fit (folded into the reported model).
+        #[arg(long)]
+        standardize: bool,
+        /// Stop the λ path once this many consecutive values have not improved the held-out
+        /// accuracy (default: the whole grid, as the paper).
+        #[arg(long)]
+        path_patience: Option<usize>,
     },
     /// Linear head by SGD on random-crop + flip views (the ImageNet protocol, App. C.1).
     Sgd {
@@ -220,13 +228,17 @@ fn main() -> Result<()> {
             lambda_min,
             lambda_max,
             val_fraction,
+            standardize,
+            path_patience,
         } => {
-            let opts = LinearProtocolOptions {
+            let mut opts = LinearProtocolOptions {
                 grid: lambda_grid(lambdas, lambda_min, lambda_max)?,
                 val_fraction,
                 seed: common.seed,
                 ..LinearProtocolOptions::default()
             };
+            opts.logistic.standardize = standardize;
+            opts.logistic.path_patience = path_patience;
             let report = common.setup()?.logistic(&opts)?;
             finish(&report, &common)?;
         }

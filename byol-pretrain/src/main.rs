@@ -7,12 +7,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use byol_core::byol::Byol;
 use byol_core::config::TrainConfig;
-use byol_core::data::augment::{AugmentConfig, EvalTransform, TwoViewAugmenter};
+use byol_core::data::augment::{AugmentConfig, AugmentSet, EvalTransform, TwoViewAugmenter};
 use byol_core::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
 use byol_core::device::parse_device;
 use byol_core::eval::features::Extractor;
 use byol_core::eval::knn::KnnOptions;
-use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
+use byol_core::eval::logistic::LinearProtocolOptions;
 use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
 use byol_core::nn::Stem;
 use byol_core::train::{pretrain, Monitor, Observer, RunControl, StepLog, TrainData};
@@ -87,9 +87,16 @@ struct Args {
     tau_base: Option<f64>,
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// LARS trust coefficient η (1e-3 in the paper).
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Warm-up length in epochs (shrunk in proportion when the schedules are shortened).
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
-    /// Stop after this many steps (the schedules still span all epochs).
+    /// Train this many steps: the learning-rate and τ schedules end here instead of after all
+    /// epochs, the warm-up shrinks in proportion.
     #[arg(long)]
     max_steps: Option<u64>,
     #[arg(long)]
@@ -108,23 +115,29 @@ struct Args {
     /// Smallest area fraction of the random resized crop (0.08 in the paper).
     #[arg(long)]
     crop_min_scale: Option<f64>,
-    /// After training, fit a linear probe on raw pixels, a random-init encoder and the BYOL
-    /// encoder, and print them side by side.
+    /// Ablation: the augmentation operations kept, full, crop-flip or crop.
+    #[arg(long)]
+    augmentations: Option<AugmentSet>,
+    /// After training, fit the linear protocol (standardised features, λ from 45 values chosen on
+    /// a held-out tenth of train) on raw pixels, a random-init encoder and the BYOL online and
+    /// target encoders, and print them side by side.
     #[arg(long)]
     probe: bool,
-    /// Training images for the probe (first N of train).
-    #[arg(long, default_value_t = 10000)]
-    probe_train: usize,
-    /// Test images for the probe (first N of test).
-    #[arg(long, default_value_t = 10000)]
-    probe_test: usize,
+    /// Training images for the probe (first N of train; default all).
+    #[arg(long)]
+    probe_train: Option<usize>,
+    /// Test images for the probe (first N of test; default all).
+    #[arg(long)]
+    probe_test: Option<usize>,
     /// kNN monitor: labelled training images in the memory bank (first N of train).
     #[arg(long, default_value_t = 5000)]
     knn_bank: usize,
     /// kNN monitor: held-out queries (first N of test).
     #[arg(long, default_value_t = 1000)]
     knn_queries: usize,
-    /// Stop cleanly (checkpoint + encoder, as on SIGINT) after this many minutes of training.
+    /// Train for this many minutes: the step rate is measured over the first steps and the
+    /// schedules shortened to what fits; the run stops cleanly (checkpoint + encoder, as on
+    /// SIGINT) at the limit in any case.
     #[arg(long)]
     time_limit: Option<f64>,
     /// Run the kNN monitor every N epochs (0: never).
@@ -192,6 +205,10 @@ fn publish(out_dir: &std::path::Path, repo: &str, hub: &HubArgs) -> Result<()> {
     Ok(())
 }
 
+/// λ values past the best held-out accuracy after which the probe's path stops (two decades
+/// of the 45-value grid): the weak-penalty tail only overfits and costs most of the probe's time.
+const PROBE_PATH_PATIENCE: usize = 8;
+
 fn build_config(args: &Args) -> Result<TrainConfig> {
     let mut c = match &args.config {
         Some(path) => TrainConfig::from_toml_file(path)?,
@@ -219,15 +236,19 @@ fn build_config(args: &Args) -> Result<TrainConfig> {
         base_lr,
         tau_base,
         weight_decay,
+        eta,
+        warmup_epochs,
         seed,
         checkpoint_every,
         workers,
         predictor_lr_multiplier,
         knn_every,
-        crop_min_scale
+        crop_min_scale,
+        augmentations
     );
     if args.max_steps.is_some() {
         c.max_steps = args.max_steps;
+        c.schedule_steps = args.max_steps;
     }
     if args.no_predictor {
         c.model.use_predictor = false;
@@ -240,7 +261,9 @@ fn build_config(args: &Args) -> Result<TrainConfig> {
 }
 
 fn augment_config(source: &DatasetSource, c: &TrainConfig) -> AugmentConfig {
-    let mut a = source.augment_config(c.image_size, c.model.encoder.in_channels);
+    let mut a = source
+        .augment_config(c.image_size, c.model.encoder.in_channels)
+        .restricted_to(c.augmentations);
     a.view1.crop_scale[0] = c.crop_min_scale;
     a.view2.crop_scale[0] = c.crop_min_scale;
     a
@@ -308,13 +331,17 @@ fn main() -> Result<()> {
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .context("cannot install the SIGINT handler")?;
-    if let Some(minutes) = args.time_limit {
-        if !(minutes.is_finite() && minutes > 0.0) {
-            bail!("--time-limit {minutes}: give a positive number of minutes");
+    let time_budget = match args.time_limit {
+        Some(minutes) if !(minutes.is_finite() && minutes > 0.0) => {
+            bail!("--time-limit {minutes}: give a positive number of minutes")
         }
+        Some(minutes) => Some(std::time::Duration::from_secs_f64(minutes * 60.0)),
+        None => None,
+    };
+    if let Some(budget) = time_budget {
         let flag = Arc::clone(&stop);
         std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_secs_f64(minutes * 60.0));
+            std::thread::sleep(budget);
             flag.store(true, Ordering::Relaxed);
         });
     }
@@ -347,6 +374,7 @@ fn main() -> Result<()> {
         resume: args.resume,
         init_weights: init_weights.as_deref(),
         stop: &stop,
+        time_budget,
     };
     // The kNN monitor on held-out data (datasets with a test split).
     let monitor_data = match source.open(Split::Test) {
@@ -375,6 +403,11 @@ fn main() -> Result<()> {
     };
     let summary = pretrain(&config, &data, &run, monitor, &mut progress)?;
     progress.bar.finish();
+    // The schedule length a time budget fixed belongs to the run's configuration.
+    if summary.config != config {
+        std::fs::write(args.out.join("config.toml"), summary.config.to_toml()?)
+            .with_context(|| format!("cannot write {}/config.toml", args.out.display()))?;
+    }
     if summary.interrupted {
         println!(
             "interrupted at step {}/{}: checkpoint saved; continue with --resume",
@@ -390,31 +423,41 @@ fn main() -> Result<()> {
     );
 
     if args.probe {
-        let loaded = byol_core::checkpoint::load_encoder(&summary.encoder_path, &device, None)?;
+        let online = byol_core::checkpoint::load_encoder(&summary.encoder_path, &device, None)?;
+        let state_path = byol_core::train::latest_state(&args.out)?
+            .context("the finished run left no training state")?;
+        let state = byol_core::checkpoint::load_training_state(&state_path, &device)?;
         let random = Byol::new(&config.model, &device, config.seed)?;
+        let subset = |split: Split, n: Option<usize>| -> Result<Arc<dyn Dataset>> {
+            let all = source.open(split)?;
+            Ok(match n {
+                Some(n) => Arc::new(Subset::first(all, n)),
+                None => all,
+            })
+        };
         let probe_data = ProbeData {
-            train: Arc::new(Subset::first(source.open(Split::Train)?, args.probe_train)),
-            test: Arc::new(Subset::first(source.open(Split::Test)?, args.probe_test)),
+            train: subset(Split::Train, args.probe_train)?,
+            test: subset(Split::Test, args.probe_test)?,
             transform: Arc::new(EvalTransform::new(augment)?),
             view_shape: (channels, config.image_size, config.image_size),
             workers: config.workers,
         };
-        let options = LinearProtocolOptions {
-            grid: lambda_grid(8, 1e-6, 1e1)?,
-            ..LinearProtocolOptions::default()
-        };
-        let rows = compare_linear(
-            &[
-                ("raw pixels", Extractor::Pixels),
-                ("random-init encoder", Extractor::Encoder(random.encoder())),
-                ("BYOL encoder", Extractor::Encoder(&loaded.encoder)),
-            ],
-            &probe_data,
-            &options,
-            &device,
-        )?;
+        let mut options = LinearProtocolOptions::default();
+        options.logistic.standardize = true;
+        options.logistic.path_patience = Some(PROBE_PATH_PATIENCE);
+        let mut extractors = vec![
+            ("raw pixels", Extractor::Pixels),
+            ("random-init encoder", Extractor::Encoder(random.encoder())),
+            ("BYOL online encoder", Extractor::Encoder(&online.encoder)),
+        ];
+        if let Some(target) = state.model.target_encoder() {
+            extractors.push(("BYOL target encoder", Extractor::Encoder(target)));
+        }
+        let rows = compare_linear(&extractors, &probe_data, &options, &device)?;
         println!(
-            "\nlinear probe (logistic regression, λ on a validation split), {} train / {} test images",
+            "\nlinear probe (logistic regression on standardised features, λ from {} values on a \
+             held-out tenth of train), {} train / {} test images",
+            options.grid.len(),
             probe_data.train.len(),
             probe_data.test.len()
         );

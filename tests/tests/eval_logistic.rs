@@ -19,6 +19,7 @@ fn tight() -> LogisticOptions {
             ..Default::default()
         },
         standardize: false,
+        path_patience: None,
     }
 }
 

@@ -77,6 +77,7 @@ fn run<'a>(out_dir: &'a std::path::Path, resume: bool, stop: &'a AtomicBool) -> 
         resume,
         init_weights: None,
         stop,
+        time_budget: None,
     }
 }
 
@@ -312,4 +313,91 @@ fn a_fresh_run_can_start_its_encoder_from_a_weights_file() {
     short.max_steps = Some(2);
     pretrain(&short, &data(), &control, None, &mut Silent).unwrap();
     assert_eq!(losses(&out).len(), 2);
+}
+
+#[test]
+fn a_shortened_schedule_ends_the_run_and_shrinks_the_warm_up() {
+    let mut c = config();
+    c.epochs = 10;
+    c.warmup_epochs = 2.0;
+    // 18 images, batch 4: 4 steps an epoch, 40 in all, warm-up 8.
+    let full = byol_core::train::lr_schedule(&c, 4, 40);
+    assert_eq!((full.warmup_steps, full.total_steps), (8, 40));
+    c.schedule_steps = Some(10);
+    let short = byol_core::train::lr_schedule(&c, 4, 40);
+    assert_eq!((short.warmup_steps, short.total_steps), (2, 10));
+    assert_eq!(short.lr(10), 0.0);
+    // Never longer than all epochs.
+    c.schedule_steps = Some(400);
+    assert_eq!(byol_core::train::lr_schedule(&c, 4, 40).total_steps, 40);
+
+    let dir = tempfile::tempdir().unwrap();
+    let stop = AtomicBool::new(false);
+    c.schedule_steps = Some(6);
+    let summary = pretrain(
+        &c,
+        &data(),
+        &run(dir.path(), false, &stop),
+        None,
+        &mut Silent,
+    )
+    .unwrap();
+    assert_eq!((summary.steps_done, summary.total_steps), (6, 6));
+    let logs = read_metrics(&dir.path().join(METRICS_FILE)).unwrap();
+    assert_eq!(logs.len(), 6);
+    // τ reaches 1 and the lr 0 at the end of the shortened schedule, not of all epochs.
+    let last = logs.last().unwrap();
+    assert!(last.lr < 0.1 * logs.iter().map(|l| l.lr).fold(0.0, f64::max));
+    assert!(last.tau > 0.99 + 0.009 * 0.9, "τ {}", last.tau);
+
+    // A resume asking another schedule length is refused, naming the setting.
+    c.schedule_steps = Some(8);
+    let Err(err) = pretrain(
+        &c,
+        &data(),
+        &run(dir.path(), true, &stop),
+        None,
+        &mut Silent,
+    ) else {
+        panic!("a resume with another schedule must be refused");
+    };
+    assert!(err.to_string().contains("schedule"), "{err}");
+    // Without one, the stored schedule is kept: nothing is left to train.
+    c.schedule_steps = None;
+    let resumed = pretrain(
+        &c,
+        &data(),
+        &run(dir.path(), true, &stop),
+        None,
+        &mut Silent,
+    )
+    .unwrap();
+    assert_eq!(resumed.steps_done, 6);
+    assert_eq!(resumed.config.schedule_steps, Some(6));
+}
+
+#[test]
+fn a_time_budget_fits_the_schedules_to_the_measured_step_rate() {
+    let mut c = config();
+    c.epochs = 20; // 80 steps
+    c.checkpoint_every = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = AtomicBool::new(false);
+    // A budget already spent when calibration ends: the schedules end right after it.
+    let control = RunControl {
+        time_budget: Some(std::time::Duration::from_millis(1)),
+        ..run(dir.path(), false, &stop)
+    };
+    let summary = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
+    assert_eq!(summary.config.schedule_steps, Some(24));
+    assert_eq!((summary.steps_done, summary.total_steps), (24, 24));
+    // A generous budget leaves the epochs' schedule alone.
+    let dir = tempfile::tempdir().unwrap();
+    let control = RunControl {
+        time_budget: Some(std::time::Duration::from_secs(3600)),
+        ..run(dir.path(), false, &stop)
+    };
+    let summary = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
+    assert_eq!(summary.config.schedule_steps, None);
+    assert_eq!(summary.steps_done, 80);
 }

@@ -187,6 +187,11 @@ impl Byol {
         &self.online.encoder
     }
 
+    /// The target encoder (the EMA of the online one), absent in the no-target ablation.
+    pub fn target_encoder(&self) -> Option<&ResNet> {
+        self.target.as_ref().map(|t| &t.encoder)
+    }
+
     /// The symmetric loss of two views (training mode), and the online projection of view 1.
     /// Every network sees each view in its own forward pass, so BatchNorm statistics are per view
     /// as in the official code.

@@ -176,6 +176,38 @@ impl ViewConfig {
     }
 }
 
+/// Which of a recipe's operations a run keeps (the augmentation ablations of the paper).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AugmentSet {
+    /// Every operation of the recipe.
+    #[default]
+    Full,
+    /// Random resized crop and horizontal flip only.
+    CropFlip,
+    /// Random resized crop only.
+    Crop,
+}
+
+impl AugmentSet {
+    pub const NAMES: [&'static str; 3] = ["full", "crop-flip", "crop"];
+}
+
+impl std::str::FromStr for AugmentSet {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "full" => Ok(Self::Full),
+            "crop-flip" => Ok(Self::CropFlip),
+            "crop" => Ok(Self::Crop),
+            other => Err(Error::config(
+                "augmentations",
+                format!("`{other}`: use one of {}", Self::NAMES.join(", ")),
+            )),
+        }
+    }
+}
+
 /// The whole augmentation setup: output geometry, normalisation, the two views and the
 /// evaluation resize.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +251,23 @@ impl AugmentConfig {
             view2: ViewConfig::byol(0.0, 0.2),
             ..Self::byol_imagenet(size)
         }
+    }
+
+    /// The same recipe with only the operations of `set` left (the paper's augmentation
+    /// ablations, Table 17): crop sizes, normalisation and output are kept.
+    pub fn restricted_to(mut self, set: AugmentSet) -> Self {
+        for view in [&mut self.view1, &mut self.view2] {
+            if set != AugmentSet::Full {
+                view.jitter_prob = 0.0;
+                view.grayscale_prob = 0.0;
+                view.blur_prob = 0.0;
+                view.solarize_prob = 0.0;
+            }
+            if set == AugmentSet::Crop {
+                view.flip_prob = 0.0;
+            }
+        }
+        self
     }
 
     /// Checks every field; the error names the field at fault (`augment.<field>`).

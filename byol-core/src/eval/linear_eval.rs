@@ -305,6 +305,8 @@ impl EvalSetup {
         let hyper = BTreeMap::from([
             ("lambda".into(), json!(result.best_lambda)),
             ("lambda_grid".into(), json!(opts.grid)),
+            ("standardize".into(), json!(opts.logistic.standardize)),
+            ("path_patience".into(), json!(opts.logistic.path_patience)),
             ("val_fraction".into(), json!(opts.val_fraction)),
         ]);
         self.report(

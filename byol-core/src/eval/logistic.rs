@@ -34,6 +34,10 @@ pub struct LogisticOptions {
     /// Standardise features with the training mean/std before fitting (folded into the returned
     /// weights, so the model is applied to raw features).
     pub standardize: bool,
+    /// On an L2 path (strong to weak penalty), stop once this many consecutive λ have not
+    /// improved the validation score: the weak-penalty tail costs the most iterations and, past
+    /// the optimum, only overfits. `None` walks the whole grid (the paper's protocol).
+    pub path_patience: Option<usize>,
 }
 
 impl Default for LogisticOptions {
@@ -45,6 +49,7 @@ impl Default for LogisticOptions {
                 ..Default::default()
             },
             standardize: false,
+            path_patience: None,
         }
     }
 }
@@ -486,6 +491,7 @@ where
     let mut points = Vec::with_capacity(grid.len());
     let mut best: Option<(f64, LogisticModel)> = None;
     let mut prev: Option<Vec<f64>> = None;
+    let mut since_best = 0;
     for &lambda in &grid {
         let model = solve(xs, head, k, lambda, &opts.lbfgs, prev.as_deref(), st)?;
         let s = score(&model)?;
@@ -501,6 +507,12 @@ where
         // Strict improvement: on ties the stronger (earlier) penalty is kept.
         if best.as_ref().is_none_or(|(b, _)| s > *b) {
             best = Some((s, model));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if opts.path_patience.is_some_and(|p| since_best >= p) {
+                break;
+            }
         }
     }
     points.reverse();

@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""PyTorch replica of one byol-pretrain run on Fashion-MNIST, for scripts/peer-fmnist.
+
+Reads the run's recipe from a byol-pretrain `config.toml` (so both sides train the same recipe)
+and reproduces byol-core's semantics:
+- encoder: torchvision's ResNet scaled to `base_channels` (small stem = 3x3/1 conv, no max-pool),
+  torchvision's initialisation (Kaiming-normal fan-out convs, BN 1/0), PyTorch's default Linear
+  init; projector and predictor Linear -> BN1d -> ReLU -> Linear(no bias);
+- each view in its own forward pass (BatchNorm statistics per view), target in train mode under
+  no_grad, symmetric loss 2 - 2 cos summed over both directions and averaged over the batch;
+- LARS: weight decay and trust ratio eta*|w|/|g| on conv/linear weights only, momentum, the
+  predictor's lr multiplier; EMA of the target's parameters (not its BN statistics) with
+  tau_k = 1 - (1 - tau_base)(cos(pi k/K) + 1)/2;
+- lr = base_lr * batch/256, linear warm-up then cosine to 0 over the schedule, the schedule
+  shortened to `schedule_steps` (warm-up in proportion) or, with --minutes, to what the step rate
+  measured over steps 3..23 fits in the budget (93 % of it), as byol-core's time budget;
+- views: torchvision's RandomResizedCrop(28, scale=(crop_min_scale, 1), bicubic, antialias),
+  flip p 0.5, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, RandomGrayscale p 0.2 (identities on grey),
+  solarize p 0.2 on the second view only, no blur, normalised with Fashion-MNIST's mean/std.
+Writes <out>/encoder.safetensors (torchvision names) and <out>/metrics.jsonl.
+"""
+import argparse
+import copy
+import gzip
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+from torchvision import transforms as T
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+MEAN, STD = 0.2860, 0.3530
+BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
+          50: (Bottleneck, [3, 4, 6, 3])}
+CALIBRATION = (3, 23)
+BUDGET_SAFETY = 0.93
+
+
+def read_idx_images(path):
+    with gzip.open(path) as f:
+        data = f.read()
+    n, h, w = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
+    return np.frombuffer(data, np.uint8, offset=16).reshape(n, h, w)
+
+
+def encoder(enc):
+    """torchvision's ResNet with every channel count scaled to base_channels."""
+    block, layers = BLOCKS[enc["depth"]]
+    base = enc["base_channels"] * enc["width"]
+    m = ResNet.__new__(ResNet)
+    nn.Module.__init__(m)
+    m._norm_layer = nn.BatchNorm2d
+    m.inplanes, m.dilation, m.groups, m.base_width = base, 1, 1, 64
+    if enc["stem"] == "small":
+        m.conv1 = nn.Conv2d(enc["in_channels"], base, 3, 1, 1, bias=False)
+        m.maxpool = nn.Identity()
+    else:
+        m.conv1 = nn.Conv2d(enc["in_channels"], base, 7, 2, 3, bias=False)
+        m.maxpool = nn.MaxPool2d(3, 2, 1)
+    m.bn1 = nn.BatchNorm2d(base)
+    m.relu = nn.ReLU(inplace=True)
+    m.layer1 = m._make_layer(block, base, layers[0])
+    m.layer2 = m._make_layer(block, base * 2, layers[1], stride=2)
+    m.layer3 = m._make_layer(block, base * 4, layers[2], stride=2)
+    m.layer4 = m._make_layer(block, base * 8, layers[3], stride=2)
+    m.avgpool = nn.AdaptiveAvgPool2d(1)
+    m.fc = nn.Identity()
+    for mod in m.modules():  # torchvision ResNet.__init__'s initialisation
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(mod, nn.BatchNorm2d):
+            nn.init.constant_(mod.weight, 1)
+            nn.init.constant_(mod.bias, 0)
+    return m, base * 8 * block.expansion
+
+
+def mlp(d_in, head):
+    return nn.Sequential(nn.Linear(d_in, head["hidden_dim"]), nn.BatchNorm1d(head["hidden_dim"]),
+                         nn.ReLU(inplace=True), nn.Linear(head["hidden_dim"], head["output_dim"],
+                                                          bias=False))
+
+
+class Network(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.encoder, dim = encoder(model["encoder"])
+        self.projector = mlp(dim, model["projector"])
+
+    def forward(self, x):
+        return self.projector(self.encoder(x))
+
+
+class TwoViews(torch.utils.data.Dataset):
+    def __init__(self, images, crop_min_scale):
+        self.images = images
+
+        def view(solarize):
+            return T.Compose([
+                T.RandomResizedCrop(28, scale=(crop_min_scale, 1.0),
+                                    interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+                T.RandomHorizontalFlip(0.5),
+                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                T.RandomGrayscale(0.2),
+                T.ToTensor(),
+                T.RandomSolarize(0.5, p=solarize),
+                T.Normalize([MEAN], [STD]),
+            ])
+        self.view1, self.view2 = view(0.0), view(0.2)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i], mode="L")
+        return self.view1(img), self.view2(img)
+
+
+def regression(p, z):
+    return 2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(-1)
+
+
+def lr_at(step, peak, warmup, total):
+    if step < warmup:
+        return peak * step / warmup
+    decay = max(total - warmup, 0)
+    if decay == 0:
+        return 0.0
+    progress = min(step - warmup, decay) / decay
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def tau_at(tau_base, step, total):
+    return 1 - (1 - tau_base) * (math.cos(math.pi * step / total) + 1) / 2
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True, help="a byol-pretrain config.toml")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, help="wall-clock budget (schedules fitted to it)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    a = ap.parse_args()
+    with open(a.config, "rb") as f:
+        c = tomllib.load(f)
+    model = c["model"]
+    if model["encoder"]["in_channels"] != 1 or c["image_size"] != 28:
+        sys.exit("peer_fmnist.py: the config is not a 28 px greyscale Fashion-MNIST recipe")
+    if c.get("augmentations", "full") != "full":
+        sys.exit("peer_fmnist.py: only the full augmentation recipe is replicated")
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    os.makedirs(a.out, exist_ok=True)
+    started = time.perf_counter()
+
+    images = read_idx_images(os.path.join(FMNIST, "train-images-idx3-ubyte.gz"))
+    batch = c["batch_size"]
+    per_epoch = len(images) // batch
+    epoch_steps = per_epoch * c["epochs"]
+    total = min(c.get("schedule_steps", epoch_steps), epoch_steps)
+
+    def schedule(total):
+        warmup = round(c["warmup_epochs"] * per_epoch * total / epoch_steps)
+        return warmup, total
+
+    warmup, total = schedule(total)
+    calibrate = a.minutes is not None and "schedule_steps" not in c
+    budget = a.minutes * 60 if a.minutes is not None else math.inf
+
+    online = Network(model)
+    predictor = mlp(model["projector"]["output_dim"], model["predictor"]) \
+        if model["use_predictor"] else nn.Identity()
+    target = copy.deepcopy(online) if model["use_target"] else None
+    if target is not None:
+        for p in target.parameters():
+            p.requires_grad_(False)
+        target.train()
+    online.train()
+    predictor.train()
+    named = [(f"online.{n}", p) for n, p in online.named_parameters()] + \
+            [(f"predictor.{n}", p) for n, p in predictor.named_parameters()]
+    params = [p for _, p in named]
+    lr_mult = [c["predictor_lr_multiplier"] if n.startswith("predictor.") else 1.0
+               for n, _ in named]
+    momentum = [torch.zeros_like(p) for p in params]
+    peak = c["base_lr"] * batch / 256
+
+    loader_gen = torch.Generator().manual_seed(a.seed)
+    loader = torch.utils.data.DataLoader(
+        TwoViews(images, c["crop_min_scale"]), batch_size=batch, shuffle=True, drop_last=True,
+        num_workers=c["workers"], persistent_workers=True, generator=loader_gen)
+    log = open(os.path.join(a.out, "metrics.jsonl"), "w")
+    step, mark = 0, None
+    done = False
+    while not done:
+        tick = time.perf_counter()
+        for v1, v2 in loader:
+            if step >= total or time.perf_counter() - started >= budget:
+                done = True
+                break
+            lr = lr_at(step, peak, warmup, total)
+            tau = tau_at(c["tau_base"], step, total)
+            z1, z2 = online(v1), online(v2)
+            p1, p2 = predictor(z1), predictor(z2)
+            with torch.no_grad():
+                if target is not None:
+                    t1, t2 = target(v1), target(v2)
+                else:
+                    t1, t2 = z1.detach(), z2.detach()
+            loss = (regression(p1, t2) + regression(p2, t1)).mean()
+            for p in params:
+                p.grad = None
+            loss.backward()
+            with torch.no_grad():
+                for p, m, mult in zip(params, momentum, lr_mult):
+                    if p.grad is None:
+                        continue
+                    g = p.grad
+                    if p.ndim > 1:
+                        g = g + c["weight_decay"] * p
+                        wn, gn = p.norm(), g.norm()
+                        g = g * torch.where((wn > 0) & (gn > 0), c["eta"] * wn / gn,
+                                            torch.ones_like(wn))
+                    m.mul_(c["momentum"]).add_(g)
+                    p.sub_(lr * mult * m)
+                if target is not None:
+                    for pt, po in zip(target.parameters(), online.parameters()):
+                        pt.mul_(tau).add_(po, alpha=1 - tau)
+            step += 1
+            now = time.perf_counter()
+            log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "tau": tau,
+                                  "images_per_sec": batch / (now - tick)}) + "\n")
+            tick = now
+            if calibrate and step == CALIBRATION[0]:
+                mark = now
+            elif calibrate and step == CALIBRATION[1]:
+                rate = (CALIBRATION[1] - CALIBRATION[0]) / (now - mark)
+                fits = step + int(max(budget - (now - started), 0) * rate * BUDGET_SAFETY)
+                if fits < epoch_steps:
+                    warmup, total = schedule(max(fits, step + 1))
+                calibrate = False
+    log.close()
+    state = {k: v.contiguous() for k, v in online.encoder.state_dict().items()}
+    save_file(state, os.path.join(a.out, "encoder.safetensors"))
+    print(json.dumps({"steps": step, "schedule_steps": total,
+                      "seconds": time.perf_counter() - started}))
+
+
+if __name__ == "__main__":
+    main()
