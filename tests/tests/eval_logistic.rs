@@ -132,6 +132,47 @@ fn l2_path_prefers_stronger_penalty_on_small_noisy_data() {
 }
 
 #[test]
+fn path_patience_stops_past_the_optimum_and_keeps_its_choice() {
+    let grid = default_lambda_grid();
+    let mut rng = Rng::new(12);
+    let d = 60;
+    // Small and noisy: the best λ lies inside the grid, the weak-penalty tail only overfits.
+    let c = centres(&mut rng, d, 2, 1.5);
+    let (x, mut y) = blobs(&mut rng, 60, &c);
+    for v in y.iter_mut() {
+        if rng.uniform() < 0.3 {
+            *v = 1 - *v;
+        }
+    }
+    let (xv, yv) = blobs(&mut rng, 1000, &c);
+    let select = |patience| {
+        let opts = LogisticOptions {
+            path_patience: patience,
+            ..LogisticOptions::default()
+        };
+        let f = Features::new(&x, d).unwrap();
+        l2_path_select(f, &y, Features::new(&xv, d).unwrap(), &yv, 2, &grid, &opts).unwrap()
+    };
+    let full = select(None);
+    let early = select(Some(8));
+    assert_eq!(full.points.len(), 45);
+    assert!(
+        early.points.len() < 45,
+        "stopped after {}",
+        early.points.len()
+    );
+    // The walk is strong → weak: the points kept are the strongest ones, and past the best one
+    // exactly `patience` points were tried without improving it.
+    let best_at = early
+        .points
+        .iter()
+        .position(|p| p.lambda == early.best_lambda)
+        .unwrap();
+    assert_eq!(best_at, 8);
+    assert_eq!(early.best_lambda, full.best_lambda);
+}
+
+#[test]
 fn multinomial_and_binary_match_sklearn() {
     let f = fixture("logistic.json");
     let m = &f["multinomial"];

@@ -788,3 +788,39 @@ fn matches_torchvision_fixture() {
         );
     }
 }
+
+#[test]
+fn restricted_sets_keep_only_their_operations() {
+    let full = AugmentConfig::byol_imagenet(32);
+    let crop_flip = full.clone().restricted_to(AugmentSet::CropFlip);
+    let crop = full.clone().restricted_to(AugmentSet::Crop);
+    assert_eq!(full.clone().restricted_to(AugmentSet::Full), full);
+    for (view, orig) in [
+        (&crop_flip.view1, &full.view1),
+        (&crop_flip.view2, &full.view2),
+    ] {
+        assert_eq!(view.crop_scale, orig.crop_scale);
+        assert_eq!(view.flip_prob, 0.5);
+        assert_eq!(
+            (
+                view.jitter_prob,
+                view.grayscale_prob,
+                view.blur_prob,
+                view.solarize_prob
+            ),
+            (0.0, 0.0, 0.0, 0.0)
+        );
+    }
+    assert_eq!(crop.view1.flip_prob, 0.0);
+    assert_eq!(crop.view2.flip_prob, 0.0);
+    assert_eq!(crop.view2.crop_scale, full.view2.crop_scale);
+    assert_eq!(
+        "crop-flip".parse::<AugmentSet>().unwrap(),
+        AugmentSet::CropFlip
+    );
+    let err = "blur".parse::<AugmentSet>().unwrap_err().to_string();
+    assert!(
+        err.contains("augmentations") && err.contains("crop-flip"),
+        "{err}"
+    );
+}
