@@ -191,6 +191,31 @@ impl TrainConfig {
     /// Checks every field, naming the first one out of range.
     pub fn validate(&self) -> Result<()> {
         self.model.encoder.validate()?;
+        for (head, mlp) in [
+            ("model.projector", &self.model.projector),
+            ("model.predictor", &self.model.predictor),
+        ] {
+            for (field, v) in [
+                ("hidden_dim", mlp.hidden_dim),
+                ("output_dim", mlp.output_dim),
+            ] {
+                if v == 0 {
+                    return Err(Error::config(
+                        format!("{head}.{field}"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+        }
+        if self.knn_every > 0 && self.knn_k == 0 {
+            return Err(Error::config("knn_k", "must be at least 1"));
+        }
+        if !(self.knn_temperature.is_finite() && self.knn_temperature > 0.0) {
+            return Err(Error::config(
+                "knn_temperature",
+                format!("{} must be a finite number > 0", self.knn_temperature),
+            ));
+        }
         let positive = [
             ("image_size", self.image_size as f64),
             ("batch_size", self.batch_size as f64),

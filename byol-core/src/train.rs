@@ -228,6 +228,7 @@ pub fn pretrain(
         ));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    remove_orphan_temporaries(out_dir, observer)?;
     let (steps_per_epoch, epoch_steps) = step_counts(&config, data.dataset.len())?;
 
     let (mut model, mut optimizer, mut step) = match latest_state(out_dir)? {
@@ -428,6 +429,34 @@ pub fn pretrain(
         interrupted,
         encoder_path: out_dir.join(ENCODER_FILE),
     })
+}
+
+/// Removes the temporary files (`.<name>.<pid>.tmp`, see [`crate::checkpoint::write_atomic`])
+/// that killed writes left in `dir`, unless their process is still alive.
+fn remove_orphan_temporaries(dir: &Path, observer: &mut dyn Observer) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.rsplit_once('.'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
+        if !alive {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            observer.on_warning(&format!(
+                "removed {}, left by an interrupted write",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `state-<step>.safetensors` and the encoder file, then prunes older states.

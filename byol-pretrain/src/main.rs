@@ -309,6 +309,14 @@ fn main() -> Result<()> {
         return publish(out_dir, repo, hub);
     }
     let config = build_config(&args)?;
+    if config.knn_every > 0 && (args.knn_bank == 0 || args.knn_queries == 0) {
+        bail!(
+            "--knn-bank {} / --knn-queries {}: the kNN monitor needs at least one image in each \
+             (--knn-every 0 switches it off)",
+            args.knn_bank,
+            args.knn_queries
+        );
+    }
     let device = parse_device(&args.device)?;
     let source = DatasetSource::new(args.dataset, args.data.clone());
     let mut train: Arc<dyn Dataset> = source.open(Split::Train)?;
@@ -329,8 +337,14 @@ fn main() -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
-        .context("cannot install the SIGINT handler")?;
+    // SIGINT or SIGTERM: checkpoint at the next step and exit cleanly; a second one exits now.
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::Relaxed) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+    })
+    .context("cannot install the SIGINT/SIGTERM handler")?;
     let time_budget = match args.time_limit {
         Some(minutes) if !(minutes.is_finite() && minutes > 0.0) => {
             bail!("--time-limit {minutes}: give a positive number of minutes")

@@ -127,26 +127,42 @@ fn sigkill_then_resume_gives_the_uninterrupted_losses() {
 }
 
 #[test]
-fn sigint_saves_a_checkpoint_and_exits_cleanly() {
-    let (dir, data) = mnist_like(64, 16, 4, 4);
+fn sigint_and_sigterm_save_a_checkpoint_and_exit_cleanly() {
+    for signal in ["-INT", "-TERM"] {
+        let (dir, data) = mnist_like(64, 16, 4, 4);
+        let out = dir.path().join("out");
+        let mut child = command(&data, &out, "200", &[]).spawn().unwrap();
+        wait_for_state(&out, 2, &mut child);
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let o = finish(child);
+        assert!(o.status.success(), "{signal}: {}", text(&o));
+        assert!(text(&o).contains("interrupted at step"), "{}", text(&o));
+        let logged = losses(&out);
+        let newest = latest_state(&out).unwrap().unwrap();
+        assert!(
+            newest.ends_with(format!("state-{:09}.safetensors", logged.len())),
+            "{signal}: the last logged step {} is saved: {newest:?}",
+            logged.len()
+        );
+    }
+}
+
+#[test]
+fn a_resume_removes_what_killed_writes_left() {
+    let (dir, data) = mnist_like(32, 8, 4, 6);
     let out = dir.path().join("out");
-    let mut child = command(&data, &out, "200", &[]).spawn().unwrap();
-    wait_for_state(&out, 2, &mut child);
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let o = finish(child);
+    let o = command(&data, &out, "1", &[]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("interrupted at step"), "{}", text(&o));
-    let logged = losses(&out);
-    let newest = latest_state(&out).unwrap().unwrap();
-    assert!(
-        newest.ends_with(format!("state-{:09}.safetensors", logged.len())),
-        "the last logged step {} is saved: {newest:?}",
-        logged.len()
-    );
+    // A write killed before its rename (pid 4294967295 is never a live process).
+    let orphan = out.join(".state-000000002.safetensors.4294967295.tmp");
+    std::fs::write(&orphan, vec![0u8; 1000]).unwrap();
+    let o = command(&data, &out, "2", &["--resume"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!orphan.exists(), "{}", text(&o));
 }
 
 #[test]

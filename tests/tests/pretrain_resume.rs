@@ -401,3 +401,42 @@ fn a_time_budget_fits_the_schedules_to_the_measured_step_rate() {
     assert_eq!(summary.config.schedule_steps, None);
     assert_eq!(summary.steps_done, 80);
 }
+
+#[test]
+fn config_files_with_empty_heads_or_unknown_keys_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = TrainConfig::fashion_mnist().to_toml().unwrap();
+    let cases = [
+        (
+            good.replace("hidden_dim = 512", "hidden_dim = 0"),
+            "model.projector.hidden_dim",
+        ),
+        (
+            good.replace("output_dim = 128", "output_dim = 0"),
+            "model.projector.output_dim",
+        ),
+        (
+            good.replace("base_channels = 16", "base_channels = 16\nbase_chanels = 8"),
+            "base_chanels",
+        ),
+        (
+            good.replace(
+                "use_target = true",
+                "use_target = true\nuse_targets = false",
+            ),
+            "use_targets",
+        ),
+        (good.replace("knn_k = 20", "knn_k = 0"), "knn_k"),
+        (
+            good.replace("knn_temperature = 0.07", "knn_temperature = 0.0"),
+            "knn_temperature",
+        ),
+    ];
+    for (i, (text, field)) in cases.iter().enumerate() {
+        assert_ne!(text, &good, "case {i} changed nothing");
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let err = TrainConfig::from_toml_file(&path).unwrap_err().to_string();
+        assert!(err.contains(field), "case {i}: {err}");
+    }
+}

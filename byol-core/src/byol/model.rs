@@ -23,6 +23,7 @@ pub enum TargetInit {
 
 /// Everything that fixes the shapes and the variant of a BYOL model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ByolConfig {
     pub encoder: ResNetConfig,
     #[serde(default)]

@@ -13,6 +13,7 @@ use crate::Result;
 
 /// Sizes of a projector or predictor (paper: 4096 hidden, 256 out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MlpConfig {
     pub hidden_dim: usize,
     pub output_dim: usize,

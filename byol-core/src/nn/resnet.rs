@@ -53,6 +53,7 @@ pub enum Padding {
 
 /// The shape of a ResNet encoder. Stored in checkpoint metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResNetConfig {
     /// 18, 34, 50, 101, 152 or 200.
     pub depth: usize,
