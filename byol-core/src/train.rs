@@ -459,7 +459,45 @@ fn remove_orphan_temporaries(dir: &Path, observer: &mut dyn Observer) -> Result<
     Ok(())
 }
 
-/// Writes `state-<step>.safetensors` and the encoder file, then prunes older states.
+/// The first tensor of a training state (online, target, LARS momentum, in that order) that
+/// holds a NaN or an infinity. A finite loss does not prove a finite state: BatchNorm running
+/// variances can overflow steps before the loss does.
+pub fn non_finite_tensor(model: &Byol, optimizer: &Lars) -> Result<Option<String>> {
+    let online = prefixed_names("online.", model.online_store().tensors_under(""));
+    let target = model
+        .target_store()
+        .map(|s| prefixed_names("target.", s.tensors_under("")))
+        .unwrap_or_default();
+    let mut momentum: Vec<_> = optimizer.momentum_buffers().iter().collect();
+    momentum.sort_by(|a, b| a.0.cmp(b.0));
+    let momentum = momentum
+        .into_iter()
+        .map(|(n, t)| (format!("lars.momentum.{n}"), t.clone()));
+    for (name, tensor) in online.into_iter().chain(target).chain(momentum) {
+        if !tensor.dtype().is_float() {
+            continue;
+        }
+        // In f64 a sum of f32 values overflows only through an infinity or a NaN among them.
+        let sum = tensor
+            .to_dtype(candle_core::DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        if !sum.is_finite() {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
+fn prefixed_names(prefix: &str, tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    tensors
+        .into_iter()
+        .map(|(n, t)| (format!("{prefix}{n}"), t))
+        .collect()
+}
+
+/// Writes `state-<step>.safetensors` and the encoder file, then prunes older states; a state
+/// with a non-finite tensor is refused ([`Error::Diverged`]) so the newest file stays a good one.
 fn save_checkpoint(
     out_dir: &Path,
     model: &Byol,
@@ -467,6 +505,12 @@ fn save_checkpoint(
     step: u64,
     config: &TrainConfig,
 ) -> Result<PathBuf> {
+    if let Some(name) = non_finite_tensor(model, optimizer)? {
+        return Err(Error::Diverged(format!(
+            "{name} holds a NaN or an infinity at step {step}; the last good checkpoint in {} is kept",
+            out_dir.display()
+        )));
+    }
     let mut meta = BTreeMap::new();
     meta.insert(TRAIN_CONFIG_KEY.to_string(), config.to_toml()?);
     let path = out_dir.join(format!("{STATE_PREFIX}{step:09}.safetensors"));

@@ -440,3 +440,23 @@ fn config_files_with_empty_heads_or_unknown_keys_are_refused_naming_the_field() 
         assert!(err.contains(field), "case {i}: {err}");
     }
 }
+
+#[test]
+fn a_state_with_a_non_finite_tensor_is_named_and_never_saved() {
+    use byol_core::byol::Byol;
+    use byol_core::optim::{Lars, LarsConfig};
+    use byol_core::train::non_finite_tensor;
+    let model = Byol::new(&tiny_byol_config(), &Device::Cpu, 0).unwrap();
+    let lars = Lars::new(LarsConfig::default());
+    assert_eq!(non_finite_tensor(&model, &lars).unwrap(), None);
+    // BatchNorm statistics overflow first (the loss still finite): the target's.
+    let target = model.target_store().unwrap();
+    let entry = target.get("encoder.bn1.running_var").unwrap();
+    let shape = entry.var.as_tensor().dims().to_vec();
+    let poisoned = candle_core::Tensor::full(f32::INFINITY, shape, &Device::Cpu).unwrap();
+    entry.var.set(&poisoned).unwrap();
+    assert_eq!(
+        non_finite_tensor(&model, &lars).unwrap().as_deref(),
+        Some("target.encoder.bn1.running_var")
+    );
+}
