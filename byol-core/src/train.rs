@@ -30,6 +30,11 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const ENCODER_FILE: &str = "encoder.safetensors";
 /// The loss (and kNN) curves, redrawn at the end of every run.
 pub const PLOT_FILE: &str = "metrics.png";
+/// The run's configuration, written once every check has passed and again when a time budget
+/// fixed its schedule.
+pub const CONFIG_FILE: &str = "config.toml";
+/// Held (an exclusive lock) for the life of a run; holds the pid of the process that runs it.
+pub const LOCK_FILE: &str = ".lock";
 /// Metadata key under which the run's [`TrainConfig`] is stored in a training state.
 pub const TRAIN_CONFIG_KEY: &str = "byol.train";
 const STATE_PREFIX: &str = "state-";
@@ -272,6 +277,8 @@ pub fn pretrain(
             (model, optimizer, 0)
         }
     };
+    // Every check has passed: the run's configuration may now replace an older one.
+    write_config(out_dir, &config)?;
     let mut schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
     let end_of = |schedule: &LrSchedule, config: &TrainConfig| {
         config
@@ -366,6 +373,7 @@ pub fn pretrain(
                     let fits = step + (left * rate * BUDGET_SAFETY).max(0.0) as u64;
                     if rate.is_finite() && fits < epoch_steps {
                         config.schedule_steps = Some(fits.max(step + 1));
+                        write_config(out_dir, &config)?;
                         schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
                         end_step = end_of(&schedule, &config);
                         observer.on_start(step, end_step);
@@ -429,6 +437,55 @@ pub fn pretrain(
         interrupted,
         encoder_path: out_dir.join(ENCODER_FILE),
     })
+}
+
+fn write_config(out_dir: &Path, config: &TrainConfig) -> Result<()> {
+    crate::checkpoint::write_atomic(&out_dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())
+}
+
+/// An exclusive lock on a run directory for the life of a run, so two runs never interleave
+/// their checkpoints, logs and configs in one directory. Released when dropped (or when the
+/// process dies: the lock is the kernel's, the file only names the holder).
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock of `dir` (created if missing) or fails at once naming the holder's pid.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(Error::config(
+                    "out",
+                    format!(
+                        "{} is in use by another run (pid {}): wait for it or choose another \
+                         output directory",
+                        dir.display(),
+                        holder.trim()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        use std::io::Seek;
+        let pid = std::process::id().to_string();
+        file.set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| file.write_all(pid.as_bytes()))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Self { _file: file })
+    }
 }
 
 /// Removes the temporary files (`.<name>.<pid>.tmp`, see [`crate::checkpoint::write_atomic`])

@@ -15,7 +15,7 @@ use byol_core::eval::knn::KnnOptions;
 use byol_core::eval::logistic::LinearProtocolOptions;
 use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
 use byol_core::nn::Stem;
-use byol_core::train::{pretrain, Monitor, Observer, RunControl, StepLog, TrainData};
+use byol_core::train::{pretrain, Monitor, Observer, RunControl, RunLock, StepLog, TrainData};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -330,10 +330,8 @@ fn main() -> Result<()> {
         transform: Arc::new(TwoViewAugmenter::new(augment.clone())?),
         channels,
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    std::fs::write(args.out.join("config.toml"), config.to_toml()?)
-        .with_context(|| format!("cannot write {}/config.toml", args.out.display()))?;
+    // Held until the process ends: a second run into the same directory fails at once.
+    let _lock = RunLock::acquire(&args.out)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -417,11 +415,6 @@ fn main() -> Result<()> {
     };
     let summary = pretrain(&config, &data, &run, monitor, &mut progress)?;
     progress.bar.finish();
-    // The schedule length a time budget fixed belongs to the run's configuration.
-    if summary.config != config {
-        std::fs::write(args.out.join("config.toml"), summary.config.to_toml()?)
-            .with_context(|| format!("cannot write {}/config.toml", args.out.display()))?;
-    }
     if summary.interrupted {
         println!(
             "interrupted at step {}/{}: checkpoint saved; continue with --resume",

@@ -203,3 +203,51 @@ fn runs_on_the_rust_kernels_where_onednn_cannot_be_loaded() {
     assert!(l.iter().all(|(_, loss)| loss.is_finite()), "{l:?}");
     assert!(out.join("encoder.safetensors").is_file());
 }
+
+#[test]
+fn a_second_run_into_a_busy_directory_fails_at_once_naming_the_holder() {
+    let (dir, data) = mnist_like(64, 16, 4, 7);
+    let out = dir.path().join("out");
+    let mut first = command(&data, &out, "200", &[]).spawn().unwrap();
+    wait_for_state(&out, 2, &mut first);
+    let config_before = std::fs::read(out.join("config.toml")).unwrap();
+    let start = Instant::now();
+    let o = command(&data, &out, "1", &["--seed", "9"])
+        .output()
+        .unwrap();
+    first.kill().unwrap();
+    let _ = first.wait();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains(&out.display().to_string()) && t.contains(&format!("pid {}", first.id())),
+        "{t}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(20), "not at once");
+    assert_eq!(
+        std::fs::read(out.join("config.toml")).unwrap(),
+        config_before
+    );
+}
+
+#[test]
+fn a_refused_run_leaves_the_existing_config_alone() {
+    let (dir, data) = mnist_like(32, 8, 4, 8);
+    let out = dir.path().join("out");
+    let o = command(&data, &out, "1", &[]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let config_before = std::fs::read(out.join("config.toml")).unwrap();
+    // A fresh run into a finished run's directory, and a resume of another architecture.
+    for extra in [
+        &["--seed", "5"][..],
+        &["--resume", "--base-channels", "8"][..],
+    ] {
+        let o = command(&data, &out, "1", extra).output().unwrap();
+        assert!(!o.status.success(), "{extra:?} must be refused");
+        assert_eq!(
+            std::fs::read(out.join("config.toml")).unwrap(),
+            config_before,
+            "{extra:?} rewrote config.toml"
+        );
+    }
+}
