@@ -240,7 +240,7 @@ fn a_refused_run_leaves_the_existing_config_alone() {
     // A fresh run into a finished run's directory, and a resume of another architecture.
     for extra in [
         &["--seed", "5"][..],
-        &["--resume", "--base-channels", "8"][..],
+        &["--resume", "--depth", "34"][..],
     ] {
         let o = command(&data, &out, "1", extra).output().unwrap();
         assert!(!o.status.success(), "{extra:?} must be refused");
