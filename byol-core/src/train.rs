@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::byol::{tau_schedule, Byol};
-use crate::checkpoint::{load_training_state, save_encoder, save_training_state};
+use crate::checkpoint::{load_training_state, save_encoder, save_training_state, TrainingState};
 use crate::config::TrainConfig;
 use crate::data::loader::{Loader, LoaderConfig, Transform};
 use crate::data::Dataset;
@@ -151,6 +151,9 @@ pub struct RunControl<'a> {
     /// its step rate over the first steps and shortens the schedules to the steps that fit, so
     /// the learning rate and τ reach their final values before the budget ends.
     pub time_budget: Option<Duration>,
+    /// A resume may change recipe settings (learning rate, batch size, seed, ...) against the
+    /// ones its state was trained with; otherwise that is an error listing them.
+    pub allow_config_change: bool,
 }
 
 /// Steps over which the step rate of a time-budgeted run is measured (after the first, slower
@@ -172,12 +175,61 @@ pub fn lr_schedule(config: &TrainConfig, steps_per_epoch: u64, epoch_steps: u64)
     LrSchedule::new(config.base_lr, config.batch_size, warmup, total)
 }
 
-/// A resumed run keeps the schedule length it started with; a config asking another one is an
-/// error, since the learning rate and τ would jump mid-run.
-fn resumed_schedule(config: &mut TrainConfig, path: &Path, stored: Option<&String>) -> Result<()> {
+/// Settings a resumed run must share with the run it continues (the model is checked apart):
+/// changing one mid-run changes the recipe, so it takes [`RunControl::allow_config_change`].
+/// The others (workers, checkpoint and monitor cadence, `max_steps`) may change freely.
+const RECIPE_KEYS: [&str; 13] = [
+    "image_size",
+    "batch_size",
+    "epochs",
+    "warmup_epochs",
+    "base_lr",
+    "weight_decay",
+    "momentum",
+    "eta",
+    "tau_base",
+    "predictor_lr_multiplier",
+    "seed",
+    "crop_min_scale",
+    "augmentations",
+];
+
+/// Checks a resumed run's config against the one stored in its state (`stored`, TOML; states
+/// of older versions may have none). The schedule length always comes from the state: a config
+/// asking another one is an error, since the learning rate and τ would jump mid-run.
+fn resumed_config(
+    config: &mut TrainConfig,
+    path: &Path,
+    stored: Option<&String>,
+    allow_change: bool,
+) -> Result<()> {
     let Some(stored) = stored else { return Ok(()) };
     let stored: TrainConfig = toml::from_str(stored)
         .map_err(|e| Error::format(path, format!("{TRAIN_CONFIG_KEY}: {e}")))?;
+    let table = |c: &TrainConfig| {
+        toml::Table::try_from(c)
+            .map_err(|e| Error::Input(format!("cannot compare the configs: {e}")))
+    };
+    let (asked, kept) = (table(config)?, table(&stored)?);
+    let changed: Vec<String> = RECIPE_KEYS
+        .iter()
+        .filter(|k| asked.get(**k) != kept.get(**k))
+        .map(|k| {
+            let show = |t: &toml::Table| t.get(*k).map_or("-".into(), |v| v.to_string());
+            format!("{k} {} → {}", show(&kept), show(&asked))
+        })
+        .collect();
+    if !changed.is_empty() && !allow_change {
+        return Err(Error::config(
+            "resume",
+            format!(
+                "{} was trained with other settings ({}): resume with the same ones, or allow the \
+                 change explicitly (--allow-config-change)",
+                path.display(),
+                changed.join(", ")
+            ),
+        ));
+    }
     match (config.schedule_steps, stored.schedule_steps) {
         (Some(asked), Some(kept)) if asked != kept => Err(Error::config(
             "schedule_steps",
@@ -202,6 +254,37 @@ fn resumed_schedule(config: &mut TrainConfig, path: &Path, stored: Option<&Strin
     }
 }
 
+/// The newest training state of `dir` that reads back; unreadable newer ones (a truncated
+/// file, say) are skipped with a warning naming them.
+fn newest_readable_state(
+    dir: &Path,
+    device: &Device,
+    observer: &mut dyn Observer,
+) -> Result<Option<(PathBuf, TrainingState)>> {
+    let mut first_error = None;
+    for (_, path) in list_states(dir)?.into_iter().rev() {
+        match load_training_state(&path, device) {
+            Ok(state) => {
+                if let Some((bad, e)) = &first_error {
+                    observer.on_warning(&format!(
+                        "resuming from {}: the newer {} cannot be read ({e})",
+                        path.display(),
+                        Path::display(bad)
+                    ));
+                }
+                return Ok(Some((path, state)));
+            }
+            Err(e) => {
+                first_error.get_or_insert((path, e));
+            }
+        }
+    }
+    match first_error {
+        Some((_, e)) => Err(e),
+        None => Ok(None),
+    }
+}
+
 /// Runs (or resumes) BYOL pretraining into `run.out_dir`. A non-finite loss stops the run with
 /// [`Error::Diverged`] and leaves the last good checkpoint untouched.
 pub fn pretrain(
@@ -218,6 +301,7 @@ pub fn pretrain(
         init_weights,
         stop,
         time_budget,
+        allow_config_change,
     } = *run;
     let started = Instant::now();
     config.validate()?;
@@ -236,46 +320,54 @@ pub fn pretrain(
     remove_orphan_temporaries(out_dir, observer)?;
     let (steps_per_epoch, epoch_steps) = step_counts(&config, data.dataset.len())?;
 
-    let (mut model, mut optimizer, mut step) = match latest_state(out_dir)? {
+    let (mut model, mut optimizer, mut step) = if resume {
+        let Some((path, state)) = newest_readable_state(out_dir, device, observer)? else {
+            return Err(Error::config(
+                "resume",
+                format!("{} holds no checkpoint to resume", out_dir.display()),
+            ));
+        };
+        if state.model.config() != &config.model {
+            return Err(Error::config(
+                "model",
+                format!("{} was trained with another model config", path.display()),
+            ));
+        }
+        resumed_config(
+            &mut config,
+            &path,
+            state.metadata.get(TRAIN_CONFIG_KEY),
+            allow_config_change,
+        )?;
+        (state.model, state.optimizer, state.step)
+    } else {
         // A fresh run must not mix its checkpoints with an older run's: pruning keeps the
         // highest steps, and a later resume would pick the old run's state.
-        Some(path) if !resume => {
+        if let Some(path) = latest_state(out_dir)? {
             return Err(Error::config(
                 "resume",
                 format!(
-                "{} already holds checkpoints ({}): resume them or choose another output directory",
-                out_dir.display(),
-                path.display()
-            ),
-            ))
+                    "{} already holds checkpoints ({}): resume them or choose another output \
+                     directory",
+                    out_dir.display(),
+                    path.display()
+                ),
+            ));
         }
-        Some(path) => {
-            let state = load_training_state(&path, device)?;
-            if state.model.config() != &config.model {
-                return Err(Error::config(
-                    "model",
-                    format!("{} was trained with another model config", path.display()),
-                ));
-            }
-            resumed_schedule(&mut config, &path, state.metadata.get(TRAIN_CONFIG_KEY))?;
-            (state.model, state.optimizer, state.step)
+        let mut model = Byol::new(&config.model, device, config.seed)?;
+        if let Some(path) = init_weights {
+            let file = crate::weights::read_weights(path, device)?;
+            model
+                .init_encoder(&file.tensors)
+                .map_err(|e| Error::format(path, format!("as the initial encoder: {e}")))?;
+            tracing::info!("encoder initialised from {}", path.display());
         }
-        None => {
-            let mut model = Byol::new(&config.model, device, config.seed)?;
-            if let Some(path) = init_weights {
-                let file = crate::weights::read_weights(path, device)?;
-                model
-                    .init_encoder(&file.tensors)
-                    .map_err(|e| Error::format(path, format!("as the initial encoder: {e}")))?;
-                tracing::info!("encoder initialised from {}", path.display());
-            }
-            let optimizer = Lars::new(LarsConfig {
-                momentum: config.momentum,
-                eta: config.eta,
-                weight_decay: config.weight_decay,
-            });
-            (model, optimizer, 0)
-        }
+        let optimizer = Lars::new(LarsConfig {
+            momentum: config.momentum,
+            eta: config.eta,
+            weight_decay: config.weight_decay,
+        });
+        (model, optimizer, 0)
     };
     // Every check has passed: the run's configuration may now replace an older one.
     write_config(out_dir, &config)?;

@@ -55,9 +55,13 @@ struct Args {
     /// Output directory: checkpoints, encoder, metrics, config.
     #[arg(long, default_value = "runs/byol")]
     out: PathBuf,
-    /// Continue from the newest checkpoint in --out.
+    /// Continue from the newest readable checkpoint in --out (an error where there is none).
     #[arg(long)]
     resume: bool,
+    /// With --resume: accept recipe settings (learning rate, batch size, seed, epochs, ...) other
+    /// than the ones the checkpoint was trained with.
+    #[arg(long, requires = "resume")]
+    allow_config_change: bool,
     /// Start the encoder from these weights instead of random init: a local file (our
     /// safetensors, a torchvision/timm state dict as safetensors or .pth, an official DeepMind
     /// pickle) or hf://owner/repo[@rev][/file]. Its architecture must match the run's.
@@ -387,6 +391,7 @@ fn main() -> Result<()> {
         init_weights: init_weights.as_deref(),
         stop: &stop,
         time_budget,
+        allow_config_change: args.allow_config_change,
     };
     // The kNN monitor on held-out data (datasets with a test split).
     let monitor_data = match source.open(Split::Test) {

@@ -160,7 +160,7 @@ fn a_resume_removes_what_killed_writes_left() {
     // A write killed before its rename (pid 4294967295 is never a live process).
     let orphan = out.join(".state-000000002.safetensors.4294967295.tmp");
     std::fs::write(&orphan, vec![0u8; 1000]).unwrap();
-    let o = command(&data, &out, "2", &["--resume"]).output().unwrap();
+    let o = command(&data, &out, "1", &["--resume"]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(!orphan.exists(), "{}", text(&o));
 }
@@ -238,10 +238,7 @@ fn a_refused_run_leaves_the_existing_config_alone() {
     assert!(o.status.success(), "{}", text(&o));
     let config_before = std::fs::read(out.join("config.toml")).unwrap();
     // A fresh run into a finished run's directory, and a resume of another architecture.
-    for extra in [
-        &["--seed", "5"][..],
-        &["--resume", "--depth", "34"][..],
-    ] {
+    for extra in [&["--seed", "5"][..], &["--resume", "--depth", "34"][..]] {
         let o = command(&data, &out, "1", extra).output().unwrap();
         assert!(!o.status.success(), "{extra:?} must be refused");
         assert_eq!(

@@ -78,6 +78,7 @@ fn run<'a>(out_dir: &'a std::path::Path, resume: bool, stop: &'a AtomicBool) -> 
         init_weights: None,
         stop,
         time_budget: None,
+        allow_config_change: false,
     }
 }
 
@@ -229,14 +230,11 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     // Resumed with an absurd learning rate, the weights overflow within a step or two.
     let mut exploding = config();
     exploding.base_lr = 1e30;
-    let err = pretrain(
-        &exploding,
-        &data(),
-        &run(dir.path(), true, &no_stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap_err();
+    let allowed = RunControl {
+        allow_config_change: true,
+        ..run(dir.path(), true, &no_stop)
+    };
+    let err = pretrain(&exploding, &data(), &allowed, None, &mut Silent).unwrap_err();
     assert!(matches!(err, Error::Diverged(_)), "{err}");
     let message = err.to_string();
     assert!(message.contains("step"), "{message}");
@@ -459,4 +457,94 @@ fn a_state_with_a_non_finite_tensor_is_named_and_never_saved() {
         non_finite_tensor(&model, &lars).unwrap().as_deref(),
         Some("target.encoder.bn1.running_var")
     );
+}
+
+/// Records the loop's warnings.
+#[derive(Default)]
+struct Warnings(Vec<String>);
+impl byol_core::train::Observer for Warnings {
+    fn on_warning(&mut self, message: &str) {
+        self.0.push(message.to_string());
+    }
+}
+
+#[test]
+fn resume_refuses_an_empty_directory_and_changed_settings_and_skips_a_truncated_state() {
+    let stop = AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let err = pretrain(
+        &config(),
+        &data(),
+        &run(dir.path(), true, &stop),
+        None,
+        &mut Silent,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no checkpoint") && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    assert!(!dir.path().join("config.toml").exists());
+
+    let mut six = config();
+    six.max_steps = Some(6); // states at steps 3 and 6
+    pretrain(
+        &six,
+        &data(),
+        &run(dir.path(), false, &stop),
+        None,
+        &mut Silent,
+    )
+    .unwrap();
+
+    // Another seed and batch size: refused, both listed; accepted when allowed.
+    let mut other = six.clone();
+    other.seed = 7;
+    other.batch_size = 2;
+    let err = pretrain(
+        &other,
+        &data(),
+        &run(dir.path(), true, &stop),
+        None,
+        &mut Silent,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("seed 0 → 7") && err.contains("batch_size 4 → 2"),
+        "{err}"
+    );
+
+    // The newest state truncated: the older one is resumed, with a warning naming both.
+    let newest = latest_state(dir.path()).unwrap().unwrap();
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let mut warnings = Warnings::default();
+    let mut seven = config();
+    seven.max_steps = Some(7);
+    let summary = pretrain(
+        &seven,
+        &data(),
+        &run(dir.path(), true, &stop),
+        None,
+        &mut warnings,
+    )
+    .unwrap();
+    assert_eq!(summary.steps_done, 7);
+    let warned = warnings.0.join("\n");
+    assert!(
+        warned.contains("state-000000003") && warned.contains("state-000000006"),
+        "{warned}"
+    );
+    // The log reads as one run resumed at step 3.
+    assert_eq!(losses(dir.path()).len(), 7);
+
+    let allowed = RunControl {
+        allow_config_change: true,
+        ..run(dir.path(), true, &stop)
+    };
+    let mut eight = other.clone();
+    eight.max_steps = Some(8);
+    pretrain(&eight, &data(), &allowed, None, &mut Silent).unwrap();
 }
