@@ -261,7 +261,7 @@ fn newest_readable_state(
     device: &Device,
     observer: &mut dyn Observer,
 ) -> Result<Option<(PathBuf, TrainingState)>> {
-    let mut first_error = None;
+    let mut first_error: Option<(PathBuf, Error)> = None;
     for (_, path) in list_states(dir)?.into_iter().rev() {
         match load_training_state(&path, device) {
             Ok(state) => {
@@ -269,7 +269,7 @@ fn newest_readable_state(
                     observer.on_warning(&format!(
                         "resuming from {}: the newer {} cannot be read ({e})",
                         path.display(),
-                        Path::display(bad)
+                        bad.display()
                     ));
                 }
                 return Ok(Some((path, state)));
