@@ -147,9 +147,10 @@ pub struct RunControl<'a> {
     /// Polled between steps: when set (by a SIGINT handler), the loop saves a checkpoint and
     /// returns with `interrupted`.
     pub stop: &'a AtomicBool,
-    /// Wall-clock budget of a fresh run whose config fixes no `schedule_steps`: the loop measures
-    /// its step rate over the first steps and shortens the schedules to the steps that fit, so
-    /// the learning rate and τ reach their final values before the budget ends.
+    /// Wall-clock budget: a fresh run whose config fixes no `schedule_steps` measures its step
+    /// rate over the first steps and shortens the schedules to the steps that fit, so the
+    /// learning rate and τ reach their final values before the budget ends; any run stops (a
+    /// finished run, not an interrupted one) once the budget is spent.
     pub time_budget: Option<Duration>,
     /// A resume may change recipe settings (learning rate, batch size, seed, ...) against the
     /// ones its state was trained with; otherwise that is an error listing them.
@@ -162,6 +163,13 @@ const CALIBRATION_STEPS: std::ops::Range<u64> = 3..23;
 /// Share of the measured rate the budget is planned with: the kNN monitor, checkpoints and
 /// rate noise take the rest.
 const BUDGET_SAFETY: f64 = 0.93;
+
+/// The schedule length of a time-budgeted run: the `done` steps plus what `rate` (steps/s)
+/// fits in the `left` seconds with [`BUDGET_SAFETY`] to spare; at least one more step.
+pub fn steps_that_fit(done: u64, rate: f64, left: f64) -> u64 {
+    let more = (left * rate * BUDGET_SAFETY).max(0.0);
+    done + (more as u64).max(1)
+}
 
 /// The learning-rate schedule of `config` (its length is `total_steps`, which the τ schedule
 /// shares): all epochs, or `schedule_steps` when fewer, with the warm-up shrunk in proportion so
@@ -431,6 +439,11 @@ pub fn pretrain(
                 interrupted = true;
                 break 'epochs;
             }
+            // The budget ends the run like its last step (slower steps after calibration can
+            // leave a few of the schedule's last steps, whose learning rate is nearly 0).
+            if time_budget.is_some_and(|b| started.elapsed() >= b) {
+                break 'epochs;
+            }
             let Some(batch) = batches.next() else { break };
             let batch = batch?;
             let shape = (
@@ -462,9 +475,9 @@ pub fn pretrain(
                     let rate =
                         measured as f64 / mark.map_or(f64::NAN, |m| m.elapsed().as_secs_f64());
                     let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
-                    let fits = step + (left * rate * BUDGET_SAFETY).max(0.0) as u64;
+                    let fits = steps_that_fit(step, rate, left);
                     if rate.is_finite() && fits < epoch_steps {
-                        config.schedule_steps = Some(fits.max(step + 1));
+                        config.schedule_steps = Some(fits);
                         write_config(out_dir, &config)?;
                         schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
                         end_step = end_of(&schedule, &config);

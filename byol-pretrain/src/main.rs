@@ -354,13 +354,6 @@ fn main() -> Result<()> {
         Some(minutes) => Some(std::time::Duration::from_secs_f64(minutes * 60.0)),
         None => None,
     };
-    if let Some(budget) = time_budget {
-        let flag = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            std::thread::sleep(budget);
-            flag.store(true, Ordering::Relaxed);
-        });
-    }
 
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")

@@ -375,20 +375,26 @@ fn a_shortened_schedule_ends_the_run_and_shrinks_the_warm_up() {
 }
 
 #[test]
-fn a_time_budget_fits_the_schedules_to_the_measured_step_rate() {
+fn a_time_budget_fits_the_schedules_and_ends_the_run_without_interrupting_it() {
+    use byol_core::train::steps_that_fit;
+    // 10 steps/s with 60 s left, 7 % kept in reserve: 558 more steps.
+    assert_eq!(steps_that_fit(23, 10.0, 60.0), 23 + 558);
+    assert_eq!(steps_that_fit(23, 10.0, 0.0), 24);
+
     let mut c = config();
     c.epochs = 20; // 80 steps
     c.checkpoint_every = 0;
-    let dir = tempfile::tempdir().unwrap();
     let stop = AtomicBool::new(false);
-    // A budget already spent when calibration ends: the schedules end right after it.
+    // A budget spent before the first step: a finished (not interrupted) run, saved.
+    let dir = tempfile::tempdir().unwrap();
     let control = RunControl {
-        time_budget: Some(std::time::Duration::from_millis(1)),
+        time_budget: Some(std::time::Duration::from_nanos(1)),
         ..run(dir.path(), false, &stop)
     };
     let summary = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
-    assert_eq!(summary.config.schedule_steps, Some(24));
-    assert_eq!((summary.steps_done, summary.total_steps), (24, 24));
+    assert!(!summary.interrupted);
+    assert!(summary.steps_done < 80);
+    assert!(latest_state(dir.path()).unwrap().is_some());
     // A generous budget leaves the epochs' schedule alone.
     let dir = tempfile::tempdir().unwrap();
     let control = RunControl {
