@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod hub;
 pub mod import;
+pub mod io;
 pub mod kernels;
 pub mod logging;
 pub mod nn;

@@ -8,7 +8,7 @@ use std::sync::Once;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
-use crate::checkpoint::write_atomic;
+use crate::io::write_atomic;
 use crate::train::StepLog;
 use crate::{Error, Result};
 

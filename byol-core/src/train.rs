@@ -16,12 +16,13 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::byol::{tau_schedule, Byol};
-use crate::checkpoint::{load_training_state, save_encoder, save_training_state};
+use crate::checkpoint::{load_training_state, save_training_state};
 use crate::config::TrainConfig;
 use crate::data::loader::{Loader, LoaderConfig, Transform};
 use crate::data::Dataset;
 use crate::optim::{Lars, LarsConfig, LrSchedule};
 use crate::plot::plot_training_curves;
+use crate::weights::save_encoder;
 use crate::{Error, Result};
 
 /// Name of the per-step metrics log in the output directory.
@@ -378,7 +379,7 @@ impl MetricsLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(Error::io(path, e)),
         };
-        crate::checkpoint::write_atomic(path, kept.as_bytes())?;
+        crate::io::write_atomic(path, kept.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)

@@ -390,7 +390,7 @@ fn main() -> Result<()> {
     );
 
     if args.probe {
-        let loaded = byol_core::checkpoint::load_encoder(&summary.encoder_path, &device, None)?;
+        let loaded = byol_core::weights::load_encoder(&summary.encoder_path, &device, None)?;
         let random = Byol::new(&config.model, &device, config.seed)?;
         let probe_data = ProbeData {
             train: Arc::new(Subset::first(source.open(Split::Train)?, args.probe_train)),

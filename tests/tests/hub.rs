@@ -146,7 +146,7 @@ fn publish_then_pull_offline_token_and_errors_on_loopback() {
     let cfg = download(&r("hf://byol-rs/tiny@main/config.json"), &hub).unwrap();
     assert_eq!(std::fs::read(cfg).unwrap(), files["config.json"]);
     // The pulled file loads as an encoder (through the same loader as every binary).
-    byol_core::checkpoint::load_encoder(&pulled, &Device::Cpu, None).unwrap();
+    byol_core::weights::load_encoder(&pulled, &Device::Cpu, None).unwrap();
 
     // Offline: the cache serves what was pulled, and nothing else, without a request.
     let offline = HubOptions {

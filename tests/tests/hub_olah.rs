@@ -139,7 +139,7 @@ fn pull_from_olah_mirror_gives_identical_tensors() {
     assert!(std::fs::read_to_string(card)
         .unwrap()
         .contains("library_name: byol-rs"));
-    byol_core::checkpoint::load_encoder(&pulled, &Device::Cpu, None).unwrap();
+    byol_core::weights::load_encoder(&pulled, &Device::Cpu, None).unwrap();
 
     // Offline afterwards: served from the cache.
     let offline = HubOptions {

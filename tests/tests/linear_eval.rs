@@ -300,9 +300,9 @@ fn bad_inputs_are_clear_errors() {
     assert!(err.to_string().contains("resnet18"), "{err}");
 
     // A plain state dict with no metadata needs the architecture: the error says so.
-    let file = byol_core::checkpoint::SafetensorsFile::read(&weights, &Device::Cpu).unwrap();
+    let file = byol_core::io::SafetensorsFile::read(&weights, &Device::Cpu).unwrap();
     let plain = dir.path().join("plain.safetensors");
-    byol_core::checkpoint::write_safetensors(
+    byol_core::io::write_safetensors(
         &plain,
         file.tensors.into_iter().collect(),
         Default::default(),

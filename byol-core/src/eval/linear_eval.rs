@@ -3,24 +3,25 @@
 //! ending in a [`ClassificationReport`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
 use serde_json::json;
 
-use crate::checkpoint::{load_encoder, LoadedEncoder};
 use crate::data::augment::{AugmentConfig, EvalTransform};
 use crate::data::pipeline::OneViewAugmenter;
 use crate::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
-use crate::eval::cache::{cached_features, sha256_file, CacheKey, CacheStatus};
+use crate::eval::cache::{cached_features, CacheKey, CacheStatus};
 use crate::eval::features::{extract, Extractor, LabelledFeatures};
 use crate::eval::knn::{knn_scores, KnnOptions};
 use crate::eval::logistic::{linear_protocol, LinearProtocolOptions};
 use crate::eval::report::{ClassificationMetrics, ClassificationReport, SplitSizes, WeightsInfo};
 use crate::eval::sgd_probe::{sgd_probe, SgdProbeData, SgdProbeOptions};
+use crate::io::sha256_file;
 use crate::nn::ResNetConfig;
+use crate::weights::{describe_architecture, load_encoder, LoadedEncoder};
 use crate::{Error, Result};
 
 /// What turns images into features.
@@ -81,47 +82,6 @@ impl Prepared {
     }
 }
 
-fn describe(c: &ResNetConfig) -> String {
-    format!(
-        "resnet{} x{} {:?} stem, {} input channel(s), base {}",
-        c.depth, c.width, c.stem, c.in_channels, c.base_channels
-    )
-}
-
-fn same_shape(a: &ResNetConfig, b: &ResNetConfig) -> bool {
-    (a.depth, a.width, a.stem, a.in_channels, a.base_channels)
-        == (b.depth, b.width, b.stem, b.in_channels, b.base_channels)
-}
-
-/// Loads an encoder file, checking `arch` (when given) against what the file declares.
-pub fn load_checked_encoder(
-    path: &Path,
-    arch: Option<&ResNetConfig>,
-    device: &Device,
-) -> Result<LoadedEncoder> {
-    match load_encoder(path, device, None) {
-        Ok(loaded) => {
-            if let Some(arch) = arch {
-                if !same_shape(arch, loaded.encoder.config()) {
-                    return Err(Error::config(
-                        "arch",
-                        format!(
-                            "{} holds a {}, not the requested {}",
-                            path.display(),
-                            describe(loaded.encoder.config()),
-                            describe(arch)
-                        ),
-                    ));
-                }
-            }
-            Ok(loaded)
-        }
-        // A file without our metadata: the architecture must be given.
-        Err(Error::Format { .. }) if arch.is_some() => load_encoder(path, device, arch),
-        Err(e) => Err(e),
-    }
-}
-
 impl EvalSetup {
     fn image_size(&self) -> usize {
         self.image_size.unwrap_or(match self.data.kind {
@@ -134,12 +94,12 @@ impl EvalSetup {
     fn prepare(&self) -> Result<Prepared> {
         let (encoder, weights) = match &self.weights {
             FeatureSource::Encoder { path, arch } => {
-                let loaded = load_checked_encoder(path, arch.as_ref(), &self.device)?;
+                let loaded = load_encoder(path, &self.device, arch.as_ref())?;
                 let info = WeightsInfo {
                     extractor: "encoder".into(),
                     path: Some(path.display().to_string()),
                     sha256: Some(sha256_file(path)?),
-                    architecture: Some(describe(loaded.encoder.config())),
+                    architecture: Some(describe_architecture(loaded.encoder.config())),
                 };
                 (Some(loaded), info)
             }

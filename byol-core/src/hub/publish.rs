@@ -13,7 +13,7 @@ use hf_hub::RepoTypeModel;
 
 use super::card::{config_json, model_card, CardInfo, Report};
 use super::{describe, HubOptions};
-use crate::checkpoint::{SafetensorsFile, ENCODER_CONFIG_KEY};
+use crate::io::{SafetensorsFile, ENCODER_CONFIG_KEY};
 use crate::nn::ResNetConfig;
 use crate::{Error, Result};
 

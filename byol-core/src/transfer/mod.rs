@@ -21,10 +21,10 @@ use candle_core::Device;
 
 use crate::data::augment::{AugmentConfig, EvalTransform};
 use crate::data::Dataset;
-use crate::eval::cache::sha256_file;
 use crate::eval::features::{extract, Extractor, LabelledFeatures};
-use crate::eval::linear_eval::load_checked_encoder;
+use crate::io::sha256_file;
 use crate::nn::{ResNet, ResNetConfig, VarStore};
+use crate::weights::load_encoder;
 use crate::{Error, Result};
 
 pub use report::{ClassScore, TransferReport, WeightsInfo};
@@ -32,7 +32,7 @@ pub use report::{ClassScore, TransferReport, WeightsInfo};
 /// Where the encoder comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Weights {
-    /// An encoder file (`checkpoint::save_encoder`, or a torchvision state dict with `arch`).
+    /// An encoder file (`weights::save_encoder`, or a torchvision state dict with `arch`).
     File(PathBuf),
     /// No pretrained weights: frozen-feature protocols read raw pixels (the baseline), fine-tuning
     /// starts from a random initialisation of `arch`.
@@ -119,7 +119,7 @@ impl CommonOptions {
         match &self.weights {
             Weights::None => Ok(None),
             Weights::File(p) => Ok(Some(
-                load_checked_encoder(p, self.arch.as_ref(), &self.device)?.encoder,
+                load_encoder(p, &self.device, self.arch.as_ref())?.encoder,
             )),
         }
     }
@@ -128,7 +128,7 @@ impl CommonOptions {
     pub fn trainable_encoder(&self) -> Result<(ResNet, VarStore)> {
         match &self.weights {
             Weights::File(p) => {
-                let loaded = load_checked_encoder(p, self.arch.as_ref(), &self.device)?;
+                let loaded = load_encoder(p, &self.device, self.arch.as_ref())?;
                 Ok((loaded.encoder, loaded.store))
             }
             Weights::None => {
