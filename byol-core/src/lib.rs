@@ -18,6 +18,7 @@ pub mod import;
 pub mod io;
 pub mod kernels;
 pub mod logging;
+pub mod metrics_log;
 pub mod nn;
 pub mod optim;
 pub mod plot;

@@ -6,27 +6,24 @@
 //! learning rate and τ of the step number.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::byol::{tau_schedule, Byol};
 use crate::checkpoint::{load_training_state, save_training_state};
 use crate::config::TrainConfig;
 use crate::data::loader::{Loader, LoaderConfig, Transform};
 use crate::data::Dataset;
+use crate::metrics_log::{read_metrics, MetricsLog, StepLog, METRICS_FILE};
 use crate::optim::{Lars, LarsConfig, LrSchedule};
 use crate::plot::plot_training_curves;
 use crate::weights::save_encoder;
 use crate::{Error, Result};
 
-/// Name of the per-step metrics log in the output directory.
-pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Name of the encoder-only weights written at every checkpoint.
 pub const ENCODER_FILE: &str = "encoder.safetensors";
 /// The loss (and kNN) curves, redrawn at the end of every run.
@@ -35,21 +32,6 @@ pub const PLOT_FILE: &str = "metrics.png";
 pub const TRAIN_CONFIG_KEY: &str = "byol.train";
 const STATE_PREFIX: &str = "state-";
 const STATES_KEPT: usize = 2;
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepLog {
-    pub step: u64,
-    pub epoch: usize,
-    pub loss: f64,
-    pub lr: f64,
-    pub tau: f64,
-    pub images_per_sec: f64,
-    pub projection_std: f64,
-    /// Present on the steps after which the monitor ran.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub knn_top1: Option<f64>,
-}
 
 /// What the loop tells its caller (progress bars, logs).
 pub trait Observer {
@@ -357,54 +339,4 @@ fn save_checkpoint(
         }
     }
     Ok(path)
-}
-
-/// The JSONL metrics log; on resume, lines past the resumed step are dropped first so the log
-/// reads as one uninterrupted run.
-struct MetricsLog {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl MetricsLog {
-    fn open(path: &Path, resume_step: u64) -> Result<Self> {
-        let kept: String = match std::fs::read_to_string(path) {
-            Ok(text) => text
-                .lines()
-                .filter(|line| {
-                    serde_json::from_str::<StepLog>(line).is_ok_and(|l| l.step <= resume_step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        crate::io::write_atomic(path, kept.as_bytes())?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-        })
-    }
-
-    fn append(&mut self, entry: &StepLog) -> Result<()> {
-        let line = serde_json::to_string(entry)
-            .map_err(|e| Error::Input(format!("cannot log metrics: {e}")))?;
-        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
-    }
-}
-
-/// Reads a metrics log back (for plots, reports and tests).
-pub fn read_metrics(path: &Path) -> Result<Vec<StepLog>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
-        })
-        .collect()
 }

@@ -14,8 +14,9 @@ use byol_core::eval::features::Extractor;
 use byol_core::eval::knn::KnnOptions;
 use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
 use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
+use byol_core::metrics_log::StepLog;
 use byol_core::nn::Stem;
-use byol_core::train::{pretrain, Monitor, Observer, RunControl, StepLog, TrainData};
+use byol_core::train::{pretrain, Monitor, Observer, RunControl, TrainData};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
