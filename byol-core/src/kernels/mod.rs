@@ -11,6 +11,7 @@
 
 mod bn;
 mod conv;
+mod geometry;
 pub mod onednn;
 mod scratch;
 mod update;
@@ -21,7 +22,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use candle_core::{DType, Tensor};
 
 pub use bn::{batch_norm_add_relu_train, batch_norm_relu_train, batch_norm_train, BnStats};
-pub use conv::{conv2d, Conv2dGeometry};
+pub use conv::conv2d;
+pub use geometry::Conv2dGeometry;
 pub use update::{ema, lars_update, LarsStep};
 
 /// Which implementation the layers use on CPU.
