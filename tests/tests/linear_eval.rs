@@ -92,7 +92,7 @@ fn sgd_steps_match_pytorch() {
         let g = Tensor::from_slice(g, (2, 3), &Device::Cpu).unwrap();
         let loss = (w.as_tensor() * &g).unwrap().sum_all().unwrap();
         let grad_store = loss.backward().unwrap();
-        sgd.step(&store, &grad_store, *lr, &|_| true).unwrap();
+        sgd.step(&store, &grad_store, *lr).unwrap();
         let got: Vec<f32> = w.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         for (a, b) in got.iter().zip(want) {
             assert!((f64::from(*a) - b).abs() < 1e-6, "{got:?} vs {want:?}");

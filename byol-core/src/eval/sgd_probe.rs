@@ -270,8 +270,7 @@ pub fn sgd_probe(
             let grads = total.backward()?;
             let factor = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps).cos());
             for head in &mut heads {
-                head.sgd
-                    .step(&head.store, &grads, head.lr * factor, &|_| true)?;
+                head.sgd.step(&head.store, &grads, head.lr * factor)?;
             }
             loss_sum += final_loss / opts.learning_rates.len() as f64;
             batches += 1;

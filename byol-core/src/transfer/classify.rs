@@ -31,7 +31,7 @@ use crate::eval::logistic::{
 use crate::eval::matrix::OwnedFeatures;
 use crate::eval::metrics;
 use crate::nn::layers::Linear;
-use crate::nn::{Role, VarStore};
+use crate::nn::VarStore;
 use crate::optim::{LrSchedule, Sgd, SgdConfig};
 use crate::transfer::report::{hp, ClassScore, SuiteReport, SuiteRow, TransferReport};
 use crate::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
@@ -568,8 +568,6 @@ pub(crate) fn finetune_once(
         weight_decay,
     };
     let (mut opt_enc, mut opt_head) = (Sgd::new(sgd)?, Sgd::new(sgd)?);
-    let decays =
-        |store: &VarStore, name: &str| store.get(name).is_some_and(|e| e.role == Role::Weight);
     let schedule = LrSchedule {
         peak_lr: lr,
         warmup_steps: 0,
@@ -627,8 +625,8 @@ pub(crate) fn finetune_once(
         }
         let grads = loss.backward()?;
         let lr_now = schedule.lr(step as u64);
-        opt_enc.step(&enc_store, &grads, lr_now, &|n| decays(&enc_store, n))?;
-        opt_head.step(&head_store, &grads, lr_now, &|n| decays(&head_store, n))?;
+        opt_enc.step(&enc_store, &grads, lr_now)?;
+        opt_head.step(&head_store, &grads, lr_now)?;
     }
     let feats = frozen_features(Some(&encoder), Arc::clone(eval), common, "evaluation")?;
     let cols = feats.features.view().cols();

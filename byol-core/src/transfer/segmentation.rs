@@ -426,8 +426,6 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
     };
     let mut opt_enc = Sgd::new(sgd)?;
     let mut opt_head = Sgd::new(sgd)?;
-    let decays =
-        |store: &VarStore, name: &str| store.get(name).is_some_and(|e| e.role == Role::Weight);
 
     let mask_path = |i: usize| {
         dir.join("SegmentationClass")
@@ -471,8 +469,8 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
         if count > 0 {
             let grads = loss.backward()?;
             let lr = opts.schedule.lr(opts.lr, step, opts.steps);
-            opt_enc.step(&enc_store, &grads, lr, &|n| decays(&enc_store, n))?;
-            opt_head.step(&head_store, &grads, lr, &|n| decays(&head_store, n))?;
+            opt_enc.step(&enc_store, &grads, lr)?;
+            opt_head.step(&head_store, &grads, lr)?;
         }
         if step % 50 == 0 || step + 1 == opts.steps {
             tracing::info!(step, loss = value, "segmentation fine-tuning");
