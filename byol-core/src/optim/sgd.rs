@@ -1,8 +1,8 @@
 //! SGD with (Nesterov) momentum and decoupled-from-nothing L2 weight decay, as PyTorch's
 //! `torch.optim.SGD`: `g = grad + wd·w; b = μ·b + g; step = g + μ·b (Nesterov) or b; w -= lr·step`.
 //! The linear-evaluation head and fine-tuning use it (BYOL's evaluation protocols). As in
-//! [`crate::optim::Lars`], each tensor's [`Role`](crate::nn::Role) decides the decay: convolution and linear
-//! weights only, never biases or BatchNorm parameters.
+//! [`crate::optim::Lars`], each tensor's [`Role`](crate::nn::Role) decides the decay:
+//! convolution and linear weights only, never biases or BatchNorm parameters.
 
 use std::collections::HashMap;
 
@@ -17,7 +17,8 @@ use crate::{Error, Result};
 pub struct SgdConfig {
     pub momentum: f64,
     pub nesterov: bool,
-    /// L2 penalty added to the gradient of the tensors whose [`Role::is_decayed`](crate::nn::Role::is_decayed).
+    /// L2 penalty added to the gradient of the tensors whose
+    /// [`Role::is_decayed`](crate::nn::Role::is_decayed).
     pub weight_decay: f64,
 }
 
