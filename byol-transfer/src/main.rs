@@ -10,10 +10,11 @@ use byol_core::data::voc::VocSource;
 use byol_core::device::parse_device;
 use byol_core::eval::logistic::lambda_grid;
 use byol_core::nn::{ResNetConfig, Stem};
-use byol_core::transfer::classify::{
-    run_classify, run_suite, ClassifyOptions, FinetuneOptions, Metric,
-};
+use byol_core::transfer::classify::{run_classify, ClassifyOptions};
+use byol_core::transfer::finetune::FinetuneOptions;
+use byol_core::transfer::paper::Metric;
 use byol_core::transfer::segmentation::{run_segmentation, LrPolicy, SegOptions};
+use byol_core::transfer::suite::run_suite;
 use byol_core::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
 use byol_core::transfer::{CommonOptions, Weights};
 use clap::Parser;

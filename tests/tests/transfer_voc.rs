@@ -1,7 +1,7 @@
 //! `byol-transfer --task voc / voc-svm` end to end on a generated miniature VOCdevkit: the
 //! report's shape, an above-chance score on an easy setting, and errors that name the file.
 
-use byol_core::transfer::classify::FinetuneOptions;
+use byol_core::transfer::finetune::FinetuneOptions;
 use byol_core::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
 use byol_core::transfer::{CommonOptions, TransferReport, Weights};
 use byol_tests::fixtures::MiniVoc;

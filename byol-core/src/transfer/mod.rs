@@ -3,15 +3,21 @@
 //! - [`voc`]: VOC2007 multi-label classification on frozen features, either the paper's per-class
 //!   logistic regression with 11-point mAP or the VISSL/mmselfsup SVM protocol with all-point AP;
 //! - [`segmentation`]: VOC2012 semantic segmentation with an FCN head, encoder fine-tuned;
-//! - [`classify`]: image-folder datasets (the 12-dataset suite), linear and fine-tuned;
+//! - [`classify`]: one image-folder dataset, linear or fine-tuned;
+//! - [`suite`]: `--suite paper`, every dataset of the paper's table found under a root;
+//! - [`finetune`]: the fine-tuning setup the tasks share (encoder + head, SGD, lr × wd grid);
+//! - [`paper`]: the paper's ResNet-50 transfer numbers and each dataset's metric;
 //! - [`report`]: the JSON report every task writes and the table it prints.
 //!
 //! This file holds what the tasks share: which weights to start from, the evaluation transform
 //! and frozen-feature extraction.
 
 pub mod classify;
+pub mod finetune;
+pub mod paper;
 pub mod report;
 pub mod segmentation;
+pub mod suite;
 pub mod voc;
 
 use std::path::PathBuf;

@@ -25,22 +25,20 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::data::augment::{IMAGENET_MEAN, IMAGENET_STD};
-use crate::data::voc::{VocSegmentation, VOC_CLASSES};
+use crate::data::voc::{find_voc_dir, VocSegmentation, VOC_CLASSES};
 use crate::data::Image;
 use crate::eval::metrics::{SegConfusion, IGNORE_LABEL};
 use crate::nn::layers::Conv2d;
-use crate::nn::{BatchNorm, ResNet, Role, VarPath, VarStore};
-use crate::optim::{Sgd, SgdConfig};
+use crate::nn::{BatchNorm, ResNet, Role, VarPath};
+use crate::optim::SgdConfig;
+use crate::transfer::finetune::FineTuner;
+use crate::transfer::paper::PAPER_VOC_SEG_MIOU;
 use crate::transfer::report::{hp, ClassScore, TransferReport};
-use crate::transfer::voc::find_voc_dir;
 use crate::transfer::CommonOptions;
 use crate::{Error, Result};
 
 /// Background plus the 20 VOC classes: the 21 mask labels.
 pub const SEG_CLASSES: usize = 21;
-
-/// The paper's VOC2012 mIoU (ResNet-50, BYOL-RECIPE.md "Reported numbers").
-pub const PAPER_VOC_SEG_MIOU: f64 = 0.763;
 
 /// Learning-rate decay over the fine-tuning steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,28 +402,22 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
     }
     preflight(&dir, &train)?;
     preflight(&dir, &val)?;
-    let (encoder, enc_store) = common.trainable_encoder()?;
-    if encoder.config().in_channels != 3 {
-        return Err(Error::config(
-            "weights",
-            "segmentation needs an RGB (3-channel) encoder",
-        ));
-    }
-    let ch = encoder.stage_channels()?;
-    let mut head_store = VarStore::new(&common.device, common.seed.wrapping_add(1));
-    let head = FcnHead::new(
-        &mut head_store.root().pp("classifier"),
-        ch[2] + ch[3],
-        SEG_CLASSES,
-    )?;
-    let model = FcnModel { encoder, head };
     let sgd = SgdConfig {
         momentum: opts.momentum,
         nesterov: opts.nesterov,
         weight_decay: opts.weight_decay,
     };
-    let mut opt_enc = Sgd::new(sgd)?;
-    let mut opt_head = Sgd::new(sgd)?;
+    let mut tuner = FineTuner::new(common, sgd, |encoder, head| {
+        if encoder.config().in_channels != 3 {
+            return Err(Error::config(
+                "weights",
+                "segmentation needs an RGB (3-channel) encoder",
+            ));
+        }
+        let ch = encoder.stage_channels()?;
+        let head = FcnHead::new(&mut head.pp("classifier"), ch[2] + ch[3], SEG_CLASSES)?;
+        Ok(FcnModel { encoder, head })
+    })?;
 
     let mask_path = |i: usize| {
         dir.join("SegmentationClass")
@@ -457,7 +449,7 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
             .collect::<Result<Vec<_>>>()?;
         let (pixels, labels): (Vec<Vec<f32>>, Vec<Vec<u32>>) = samples.into_iter().unzip();
         let x = Tensor::from_vec(pixels.concat(), (bs, 3, s, s), &common.device)?;
-        let logits = model.forward_t(&x, true)?;
+        let logits = tuner.model.forward_t(&x, true)?;
         let (loss, count) = pixel_cross_entropy(&logits, &labels.concat())?;
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
@@ -467,16 +459,14 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
         }
         losses.push(value);
         if count > 0 {
-            let grads = loss.backward()?;
-            let lr = opts.schedule.lr(opts.lr, step, opts.steps);
-            opt_enc.step(&enc_store, &grads, lr)?;
-            opt_head.step(&head_store, &grads, lr)?;
+            tuner.step(&loss, opts.schedule.lr(opts.lr, step, opts.steps))?;
         }
         if step % 50 == 0 || step + 1 == opts.steps {
             tracing::info!(step, loss = value, "segmentation fine-tuning");
         }
     }
 
+    let model = &tuner.model;
     let n_val = opts.max_val_images.map_or(val.len(), |m| m.min(val.len()));
     let mut confusion = SegConfusion::new(SEG_CLASSES)?;
     for chunk in (0..n_val).collect::<Vec<_>>().chunks(bs) {
