@@ -13,7 +13,6 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
-pub mod hub;
 pub mod import;
 pub mod io;
 pub mod kernels;

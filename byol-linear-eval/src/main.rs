@@ -135,7 +135,7 @@ impl Common {
             "none" => FeatureSource::Pixels,
             value => {
                 // A local file, or an hf:// reference fetched into the Hub cache.
-                let path = byol_core::hub::resolve_weights(value)
+                let path = byol_hub::resolve_weights(value)
                     .with_context(|| format!("--weights {value}"))?;
                 FeatureSource::Encoder {
                     path,

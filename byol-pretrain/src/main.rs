@@ -173,16 +173,16 @@ struct HubArgs {
 }
 
 fn publish(out_dir: &std::path::Path, repo: &str, hub: &HubArgs) -> Result<()> {
-    let opts = byol_core::hub::PublishOptions {
+    let opts = byol_hub::PublishOptions {
         revision: hub.revision.clone(),
         private: hub.private,
         include_state: hub.include_state,
         reports: hub.reports.clone(),
         datasets: hub.hub_datasets.clone(),
         license: hub.license.clone(),
-        ..byol_core::hub::PublishOptions::new(repo)
+        ..byol_hub::PublishOptions::new(repo)
     };
-    let done = byol_core::hub::publish(out_dir, &opts, &byol_core::hub::HubOptions::from_env())
+    let done = byol_hub::publish(out_dir, &opts, &byol_hub::HubOptions::from_env())
         .with_context(|| format!("publishing {} to {repo}", out_dir.display()))?;
     println!(
         "published {} files to {} (commit {})",
@@ -338,8 +338,7 @@ fn main() -> Result<()> {
         .init_weights
         .as_deref()
         .map(|value| {
-            byol_core::hub::resolve_weights(value)
-                .with_context(|| format!("--init-weights {value}"))
+            byol_hub::resolve_weights(value).with_context(|| format!("--init-weights {value}"))
         })
         .transpose()?;
     let run = RunControl {

@@ -249,7 +249,6 @@ fn resolve_weights(value: &str) -> Result<Weights> {
     if value == "none" || value.is_empty() {
         return Ok(value.parse::<Weights>()?);
     }
-    let path =
-        byol_core::hub::resolve_weights(value).with_context(|| format!("--weights {value}"))?;
+    let path = byol_hub::resolve_weights(value).with_context(|| format!("--weights {value}"))?;
     Ok(Weights::File(path))
 }

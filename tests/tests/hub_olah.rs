@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use byol_core::hub::publish::prepare;
-use byol_core::hub::{download, HubOptions, PublishOptions};
-use byol_core::weights::{HubRef, WeightsRef};
+use byol_hub::publish::prepare;
+use byol_hub::{download, HubOptions, PublishOptions};
+use byol_hub::{HubRef, WeightsRef};
 use byol_tests::{assert_same_tensors, save_tiny_encoder};
 use candle_core::Device;
 

@@ -5,10 +5,9 @@
 use byol_core::import::{deepmind, pickle};
 use byol_core::io::ENCODER_CONFIG_KEY;
 use byol_core::nn::{Padding, ResNet, ResNetConfig, Stem, VarStore};
-use byol_core::weights::{
-    detect_format, load_encoder, read_weights, HubRef, WeightsFormat, WeightsRef,
-};
+use byol_core::weights::{detect_format, load_encoder, read_weights, WeightsFormat};
 use byol_core::Error;
+use byol_hub::{HubRef, WeightsRef};
 use byol_tests::{fixture, relative_error};
 use candle_core::{Device, ModuleT};
 

@@ -1,9 +1,9 @@
 //! What a `--weights` value names: a local path or a Hub reference
-//! `hf://<owner>/<repo>[@<revision>][/<file>]`. Parsing only; downloading is `byol-hub`'s.
+//! `hf://<owner>/<repo>[@<revision>][/<file>]` (parsing; [`crate::pull`] downloads).
 
 use std::path::PathBuf;
 
-use crate::{Error, Result};
+use byol_core::{Error, Result};
 
 /// A parsed `--weights` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
