@@ -15,7 +15,6 @@ pub mod error;
 pub mod eval;
 pub mod import;
 pub mod io;
-pub mod kernels;
 pub mod logging;
 pub mod metrics_log;
 pub mod nn;

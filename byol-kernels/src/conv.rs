@@ -10,10 +10,11 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::geometry::Conv2dGeometry;
-use super::onednn::{self, Pass};
-use super::scratch::with_scratch;
-use super::{slice, Backend};
+use crate::geometry::Conv2dGeometry;
+use crate::onednn::{self, Pass};
+use crate::scratch::with_scratch;
+use crate::storage::slice;
+use crate::Backend;
 
 /// Columns per gemm below which samples are grouped into one gemm.
 const TARGET_COLS: usize = 256;
@@ -529,7 +530,7 @@ pub(crate) enum ConvEngine {
 impl ConvEngine {
     /// The engine of the backend in effect on this thread.
     fn current() -> Self {
-        match super::backend() {
+        match crate::backend() {
             Backend::OneDnn => Self::OneDnn { winograd: true },
             Backend::OneDnnDirect => Self::OneDnn { winograd: false },
             Backend::Fast | Backend::Stock => Self::Rust,
