@@ -9,7 +9,8 @@ use byol_core::eval::cache::{cached_features, load_features, CacheKey, CacheStat
 use byol_core::eval::features::LabelledFeatures;
 use byol_core::eval::knn::KnnOptions;
 use byol_core::eval::linear_eval::{EvalSetup, FeatureSource};
-use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
+use byol_core::eval::linear_protocol::LinearProtocolOptions;
+use byol_core::eval::logistic::lambda_grid;
 use byol_core::eval::matrix::OwnedFeatures;
 use byol_core::eval::report::{ClassificationMetrics, ClassificationReport};
 use byol_core::eval::sgd_probe::SgdProbeOptions;
@@ -359,7 +360,7 @@ fn bad_inputs_are_clear_errors() {
     // Wrong feature dimension and labels out of range reach the protocols as errors.
     let train = OwnedFeatures::new(vec![0.0; 8], 2).unwrap();
     let test = OwnedFeatures::new(vec![0.0; 6], 3).unwrap();
-    let err = byol_core::eval::logistic::linear_protocol(
+    let err = byol_core::eval::linear_protocol::linear_protocol(
         train.view(),
         &[0, 1, 0, 1],
         test.view(),
@@ -371,7 +372,7 @@ fn bad_inputs_are_clear_errors() {
     .unwrap()
     .to_string();
     assert!(err.contains('3') && err.contains('2'), "{err}");
-    let err = byol_core::eval::logistic::linear_protocol(
+    let err = byol_core::eval::linear_protocol::linear_protocol(
         train.view(),
         &[0, 1, 0, 5],
         train.view(),

@@ -16,7 +16,7 @@ use crate::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
 use crate::eval::cache::{cached_features, CacheKey, CacheStatus};
 use crate::eval::features::{extract, Extractor, LabelledFeatures};
 use crate::eval::knn::{knn_scores, KnnOptions};
-use crate::eval::logistic::{linear_protocol, LinearProtocolOptions};
+use crate::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
 use crate::eval::report::{ClassificationMetrics, ClassificationReport, SplitSizes, WeightsInfo};
 use crate::eval::sgd_probe::{sgd_probe, SgdProbeData, SgdProbeOptions};
 use crate::io::sha256_file;

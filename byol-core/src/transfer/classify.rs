@@ -10,12 +10,13 @@ use std::time::Instant;
 
 use crate::data::splits::{open_splits, Splits};
 use crate::data::{Concat, Dataset, Subset};
+use crate::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
 use crate::eval::logistic::{
-    default_lambda_grid, l2_path_select, linear_protocol, train_val_split, LinearProtocolOptions,
-    LogisticOptions, LogisticRegression,
+    default_lambda_grid, l2_path_select, LogisticOptions, LogisticRegression,
 };
 use crate::eval::matrix::OwnedFeatures;
 use crate::eval::metrics;
+use crate::eval::split::train_val_split;
 use crate::transfer::finetune::{finetune_once, grid_search, FinetuneOptions, GridChoice};
 use crate::transfer::paper::{paper_numbers, Metric};
 use crate::transfer::report::{hp, ClassScore, TransferReport};

@@ -14,15 +14,16 @@ use std::time::Instant;
 
 use crate::data::voc::{find_voc_dir, VocClassification, VocSource, VOC_CLASSES};
 use crate::data::{Dataset, Subset};
-use crate::eval::logistic::train_val_split;
+use crate::eval::linear_protocol::LinearProtocolOptions;
 use crate::eval::logistic::{
-    binary_l2_path_select, default_lambda_grid, voc_logistic_protocol, LinearProtocolOptions,
-    LogisticOptions, LogisticRegression,
+    binary_l2_path_select, default_lambda_grid, LogisticOptions, LogisticRegression,
 };
 use crate::eval::matrix::Features;
 use crate::eval::metrics::per_class_ap;
 use crate::eval::metrics::voc07_ap_11point;
+use crate::eval::split::train_val_split;
 use crate::eval::svm::{voc07_svm, Voc07SvmOptions};
+use crate::eval::voc_logistic::voc_logistic_protocol;
 use crate::transfer::finetune::{finetune_once, grid_search, FinetuneOptions, GridChoice};
 use crate::transfer::paper::paper_numbers;
 use crate::transfer::report::{hp, ClassScore, TransferReport};
