@@ -5,8 +5,7 @@
 //! 1×1 conv with bias; no dropout) on the stride-16 map: `layer4`, bilinearly upsampled to
 //! `layer3`'s size, concatenated with `layer3` (an FCN-16s-style skip instead of dilating the
 //! last stage, which our convolutions do not support). Logits are bilinearly upsampled to the
-//! input size before the loss. Bilinear resizing is two small matrix products, so it
-//! differentiates on every device.
+//! input size before the loss ([`crate::nn::resize`]).
 //!
 //! Training views: the image scaled so its shorter side is the crop size times a random factor
 //! (`scale_range`), a random `size × size` window (padding: mean pixel, void mask), random
@@ -19,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
+use candle_core::{DType, ModuleT, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -29,6 +28,7 @@ use crate::data::voc::{find_voc_dir, VocSegmentation, VOC_CLASSES};
 use crate::data::Image;
 use crate::eval::metrics::{SegConfusion, IGNORE_LABEL};
 use crate::nn::layers::Conv2d;
+use crate::nn::resize::resize_bilinear;
 use crate::nn::{BatchNorm, ResNet, Role, VarPath};
 use crate::optim::SgdConfig;
 use crate::transfer::finetune::FineTuner;
@@ -107,42 +107,6 @@ impl SegOptions {
             max_val_images: None,
         }
     }
-}
-
-/// `[out, inp]` matrix of PyTorch's bilinear interpolation (`align_corners=False`) along one axis.
-fn bilinear_matrix(out: usize, inp: usize, device: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; out * inp];
-    let scale = inp as f64 / out as f64;
-    for i in 0..out {
-        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
-        let i0 = (src.floor() as usize).min(inp - 1);
-        let i1 = (i0 + 1).min(inp - 1);
-        let l = (src - i0 as f64) as f32;
-        m[i * inp + i0] += 1.0 - l;
-        m[i * inp + i1] += l;
-    }
-    Ok(Tensor::from_vec(m, (out, inp), device)?)
-}
-
-/// Bilinear resize of `[N, C, h, w]` to `[N, C, height, width]`, as two matrix products.
-pub fn resize_bilinear(x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    if (h, w) == (height, width) {
-        return Ok(x.clone());
-    }
-    let dev = x.device();
-    let aw = bilinear_matrix(width, w, dev)?.t()?;
-    let ah = bilinear_matrix(height, h, dev)?.t()?;
-    let y = x.reshape((n * c * h, w))?.matmul(&aw)?; // [n c h, W]
-    let y = y
-        .reshape((n, c, h, width))?
-        .transpose(2, 3)?
-        .contiguous()?
-        .reshape((n * c * width, h))?
-        .matmul(&ah)?; // [n c W, H]
-    Ok(y.reshape((n, c, width, height))?
-        .transpose(2, 3)?
-        .contiguous()?)
 }
 
 /// torchvision's `FCNHead` without dropout, on concatenated `layer3` and upsampled `layer4`.
@@ -580,24 +544,7 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bilinear_matches_pytorch_on_a_ramp() {
-        // F.interpolate(torch.arange(4.).view(1,1,1,4), size=(1,8), mode="bilinear"):
-        // [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3].
-        let x = Tensor::new(&[0f32, 1., 2., 3.], &Device::Cpu)
-            .unwrap()
-            .reshape((1, 1, 1, 4))
-            .unwrap();
-        let y: Vec<f32> = resize_bilinear(&x, 1, 8)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let e = [0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0];
-        assert!(y.iter().zip(e).all(|(a, b)| (a - b).abs() < 1e-6), "{y:?}");
-    }
+    use candle_core::Device;
 
     #[test]
     fn cross_entropy_ignores_void_pixels() {
