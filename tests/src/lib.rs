@@ -1,5 +1,6 @@
 //! Helpers shared by the workspace-level integration tests in `tests/`.
 
+pub mod eval_common;
 pub mod fixtures;
 pub mod hub_server;
 

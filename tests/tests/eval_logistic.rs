@@ -1,6 +1,6 @@
 //! Logistic probes: separable data, the L2 path's choice, sklearn parity, errors.
 
-use crate::eval_common as common;
+use byol_tests::eval_common as common;
 
 use byol_core::eval::lbfgs::LbfgsOptions;
 use byol_core::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
