@@ -16,7 +16,8 @@ use byol_core::transfer::paper::Metric;
 use byol_core::transfer::segmentation::{run_segmentation, LrPolicy, SegOptions};
 use byol_core::transfer::suite::run_suite;
 use byol_core::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
-use byol_core::transfer::{CommonOptions, Weights};
+use byol_core::transfer::CommonOptions;
+use byol_core::weights::Weights;
 use clap::{Parser, ValueEnum};
 
 /// Reuses freed activation/gradient buffers instead of page-faulting fresh ones every step

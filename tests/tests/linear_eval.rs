@@ -8,7 +8,7 @@ use byol_core::data::{DatasetKind, DatasetSource};
 use byol_core::eval::cache::{cached_features, load_features, CacheKey, CacheStatus};
 use byol_core::eval::features::LabelledFeatures;
 use byol_core::eval::knn::KnnOptions;
-use byol_core::eval::linear_eval::{EvalSetup, FeatureSource};
+use byol_core::eval::linear_eval::EvalSetup;
 use byol_core::eval::linear_protocol::LinearProtocolOptions;
 use byol_core::eval::logistic::lambda_grid;
 use byol_core::eval::matrix::OwnedFeatures;
@@ -16,14 +16,20 @@ use byol_core::eval::report::{ClassificationMetrics, ClassificationReport};
 use byol_core::eval::sgd_probe::SgdProbeOptions;
 use byol_core::nn::{ResNetConfig, VarStore};
 use byol_core::optim::{Sgd, SgdConfig};
+use byol_core::weights::Weights;
 use byol_core::Error;
 use byol_tests::{save_tiny_encoder, write_mnist_like};
 use candle_core::{Device, Tensor};
 
-fn setup(dir: &Path, weights: FeatureSource) -> EvalSetup {
+fn setup(dir: &Path, weights: Weights) -> EvalSetup {
+    setup_arch(dir, weights, None)
+}
+
+fn setup_arch(dir: &Path, weights: Weights, arch: Option<ResNetConfig>) -> EvalSetup {
     EvalSetup {
         data: DatasetSource::new(DatasetKind::Mnist, Some(dir.join("data"))),
         weights,
+        arch,
         image_size: None,
         train_subset: None,
         test_subset: None,
@@ -113,13 +119,7 @@ fn feature_cache_is_reused_and_stale_caches_are_recomputed() {
     write_mnist_like(&dir.path().join("data"), 40, 20, 3, 1);
     let weights = dir.path().join("encoder.safetensors");
     save_tiny_encoder(&weights, 1);
-    let s = setup(
-        dir.path(),
-        FeatureSource::Encoder {
-            path: weights.clone(),
-            arch: None,
-        },
-    );
+    let s = setup(dir.path(), Weights::File(weights.clone()));
     let first = s.features().unwrap();
     assert_eq!(first.status, [CacheStatus::Missing, CacheStatus::Missing]);
     assert_eq!(first.train.labels.len(), 40);
@@ -179,7 +179,7 @@ fn the_four_modes_run_and_report() {
     save_tiny_encoder(&weights, 3);
 
     // Raw pixels separate the generated classes: the probe must find that.
-    let pixels = setup(dir.path(), FeatureSource::Pixels);
+    let pixels = setup(dir.path(), Weights::None);
     let logistic = pixels.logistic(&short_logistic()).unwrap();
     assert_eq!(logistic.protocol, "logistic");
     assert_eq!(logistic.feature_dim, 28 * 28);
@@ -200,13 +200,7 @@ fn the_four_modes_run_and_report() {
     assert!(knn.top1 > 0.98, "pixels kNN top-1 {}", knn.top1);
 
     // The encoder: features, logistic, kNN and the SGD head all run and report consistently.
-    let encoder = setup(
-        dir.path(),
-        FeatureSource::Encoder {
-            path: weights.clone(),
-            arch: None,
-        },
-    );
+    let encoder = setup(dir.path(), Weights::File(weights.clone()));
     let features = encoder.features().unwrap();
     assert_eq!(features.train.features.view().cols(), 32);
     let mut epochs = Vec::new();
@@ -286,12 +280,10 @@ fn bad_inputs_are_clear_errors() {
     save_tiny_encoder(&weights, 1);
 
     // Weights of another architecture than the one asked for.
-    let other = setup(
+    let other = setup_arch(
         dir.path(),
-        FeatureSource::Encoder {
-            path: weights.clone(),
-            arch: Some(ResNetConfig::new(50)),
-        },
+        Weights::File(weights.clone()),
+        Some(ResNetConfig::new(50)),
     );
     let err = other.features().err().unwrap();
     assert!(
@@ -309,28 +301,20 @@ fn bad_inputs_are_clear_errors() {
         Default::default(),
     )
     .unwrap();
-    let err = setup(
-        dir.path(),
-        FeatureSource::Encoder {
-            path: plain.clone(),
-            arch: None,
-        },
-    )
-    .features()
-    .err()
-    .unwrap()
-    .to_string();
+    let err = setup(dir.path(), Weights::File(plain.clone()))
+        .features()
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("plain.safetensors") && err.contains("architecture"),
         "{err}"
     );
     // ... and with a wrong one, the first tensor that does not fit is named.
-    let err = setup(
+    let err = setup_arch(
         dir.path(),
-        FeatureSource::Encoder {
-            path: plain,
-            arch: Some(ResNetConfig::new(18)),
-        },
+        Weights::File(plain),
+        Some(ResNetConfig::new(18)),
     )
     .features()
     .err()
@@ -342,13 +326,13 @@ fn bad_inputs_are_clear_errors() {
     );
 
     // Missing dataset directory names it.
-    let mut missing = setup(dir.path(), FeatureSource::Pixels);
+    let mut missing = setup(dir.path(), Weights::None);
     missing.data.dir = Some(dir.path().join("nowhere"));
     let err = missing.features().err().unwrap().to_string();
     assert!(err.contains("nowhere"), "{err}");
 
     // The SGD protocol needs an encoder.
-    let err = setup(dir.path(), FeatureSource::Pixels)
+    let err = setup(dir.path(), Weights::None)
         .sgd(&SgdProbeOptions::default(), &mut |_, _| {})
         .err()
         .unwrap();

@@ -3,7 +3,8 @@
 
 use byol_core::transfer::finetune::FinetuneOptions;
 use byol_core::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
-use byol_core::transfer::{CommonOptions, TransferReport, Weights};
+use byol_core::transfer::{CommonOptions, TransferReport};
+use byol_core::weights::Weights;
 use byol_tests::fixtures::MiniVoc;
 use byol_tests::write_tiny_encoder;
 

@@ -21,27 +21,18 @@ use crate::eval::report::{ClassificationMetrics, ClassificationReport, SplitSize
 use crate::eval::sgd_probe::{sgd_probe, SgdProbeData, SgdProbeOptions};
 use crate::io::sha256_file;
 use crate::nn::ResNetConfig;
-use crate::weights::{describe_architecture, load_encoder, LoadedEncoder};
+use crate::weights::{describe_architecture, load_encoder, LoadedEncoder, Weights};
 use crate::{Error, Result};
-
-/// What turns images into features.
-#[derive(Debug, Clone)]
-pub enum FeatureSource {
-    /// An encoder file; `arch` is needed for files without our metadata (a plain torchvision
-    /// state dict) and is checked against the metadata otherwise.
-    Encoder {
-        path: PathBuf,
-        arch: Option<ResNetConfig>,
-    },
-    /// Raw pixels after the evaluation transform (the baseline).
-    Pixels,
-}
 
 /// One evaluation setting.
 #[derive(Debug, Clone)]
 pub struct EvalSetup {
     pub data: DatasetSource,
-    pub weights: FeatureSource,
+    /// An encoder file, or [`Weights::None`] for raw pixels (the baseline).
+    pub weights: Weights,
+    /// Needed for files without our metadata (a plain torchvision state dict); checked against
+    /// the metadata otherwise.
+    pub arch: Option<ResNetConfig>,
     /// Side of the evaluation crop; default: the dataset's native size (28 for MNIST-like,
     /// 32 for CIFAR) or 224.
     pub image_size: Option<usize>,
@@ -93,8 +84,8 @@ impl EvalSetup {
 
     fn prepare(&self) -> Result<Prepared> {
         let (encoder, weights) = match &self.weights {
-            FeatureSource::Encoder { path, arch } => {
-                let loaded = load_encoder(path, &self.device, arch.as_ref())?;
+            Weights::File(path) => {
+                let loaded = load_encoder(path, &self.device, self.arch.as_ref())?;
                 let info = WeightsInfo {
                     extractor: "encoder".into(),
                     path: Some(path.display().to_string()),
@@ -103,7 +94,7 @@ impl EvalSetup {
                 };
                 (Some(loaded), info)
             }
-            FeatureSource::Pixels => (
+            Weights::None => (
                 None,
                 WeightsInfo {
                     extractor: "pixels".into(),
@@ -168,11 +159,11 @@ impl EvalSetup {
 
     fn cache_path(&self, split: Split) -> PathBuf {
         let weights = match &self.weights {
-            FeatureSource::Encoder { path, .. } => path
+            Weights::File(path) => path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "encoder".into()),
-            FeatureSource::Pixels => "pixels".into(),
+            Weights::None => "pixels".into(),
         };
         self.cache_dir.join(format!(
             "{}-{}-{}.safetensors",

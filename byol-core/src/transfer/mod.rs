@@ -9,8 +9,8 @@
 //! - [`paper`]: the paper's ResNet-50 transfer numbers and each dataset's metric;
 //! - [`report`]: the JSON report every task writes and the table it prints.
 //!
-//! This file holds what the tasks share: which weights to start from, the evaluation transform
-//! and frozen-feature extraction.
+//! This file holds what the tasks share: the options (which [`Weights`] to start from), the
+//! evaluation transform and frozen-feature extraction.
 
 pub mod classify;
 pub mod finetune;
@@ -20,7 +20,6 @@ pub mod segmentation;
 pub mod suite;
 pub mod voc;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::Device;
@@ -30,34 +29,10 @@ use crate::data::Dataset;
 use crate::eval::features::{extract, Extractor, LabelledFeatures};
 use crate::io::sha256_file;
 use crate::nn::{ResNet, ResNetConfig, VarStore};
-use crate::weights::load_encoder;
+use crate::weights::{load_encoder, Weights};
 use crate::{Error, Result};
 
 pub use report::{ClassScore, TransferReport, WeightsInfo};
-
-/// Where the encoder comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Weights {
-    /// An encoder file (`weights::save_encoder`, or a torchvision state dict with `arch`).
-    File(PathBuf),
-    /// No pretrained weights: frozen-feature protocols read raw pixels (the baseline), fine-tuning
-    /// starts from a random initialisation of `arch`.
-    None,
-}
-
-impl std::str::FromStr for Weights {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "" => Err(Error::config(
-                "weights",
-                "empty: give an encoder file or `none`",
-            )),
-            "none" => Ok(Weights::None),
-            path => Ok(Weights::File(PathBuf::from(path))),
-        }
-    }
-}
 
 /// Settings every task shares.
 #[derive(Debug, Clone)]
