@@ -1,8 +1,8 @@
 //! Fine-tuning (App. D.3): what classification, VOC2007 and segmentation share.
 //!
 //! [`FineTuner`] holds the encoder to fine-tune (the weights file, or a seeded random init) with a
-//! task head in a store of its own, and one SGD per store; [`grid_search`] chooses the learning
-//! rate × weight decay on validation; [`finetune_once`] is the classification run (linear head,
+//! task head in a store of its own, and one SGD per store; `grid_search` chooses the learning
+//! rate × weight decay on validation; `finetune_once` is the classification run (linear head,
 //! softmax or per-class sigmoid cross-entropy, crop + flip, cosine lr).
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
-//! Weights: which ones an evaluation uses ([`choice`]), reading any supported format as a state
-//! dict ([`format`]), and the encoder file, written by training and loaded by every evaluation
-//! ([`encoder`]). `hf://` references
+//! Weights: which ones an evaluation uses ([`choice`]), reading any supported format as a
+//! state dict ([`format`](mod@format)), and the encoder file, written by training and loaded by
+//! every evaluation ([`encoder`]). `hf://` references
 //! are `byol-hub`'s.
 
 pub mod choice;
