@@ -1,7 +1,6 @@
 //! Weights: which ones an evaluation uses ([`choice`]), reading any supported format as a
 //! state dict ([`format`](mod@format)), and the encoder file, written by training and loaded by
-//! every evaluation ([`encoder`]). `hf://` references
-//! are `byol-hub`'s.
+//! every evaluation ([`encoder`]). `hf://` references are `byol-hub`'s.
 
 pub mod choice;
 pub mod encoder;
