@@ -150,7 +150,7 @@ fn voc_missing_class_file_and_absent_image_are_named() -> R {
 
 /// Writes the miniature VOCdevkit (and a tiny encoder) under `$BYOL_MINI_VOC` to try the
 /// `byol-transfer` command line on: `BYOL_MINI_VOC=/tmp/mini cargo test -p byol-tests --test
-/// transfer_voc -- --ignored write_mini_vocdevkit`.
+/// integration -- --ignored write_mini_vocdevkit`.
 #[test]
 #[ignore]
 fn write_mini_vocdevkit() {
