@@ -1,8 +1,8 @@
-"""Writes byol-core/src/data/augment/torchvision_fixture.json: torchvision's functional ops on a
+"""Writes tests/fixtures/augment/torchvision_fixture.json: torchvision's functional ops on a
 small image with fixed parameters, which the Rust test `matches_torchvision_fixture` compares
 against (no Python needed in CI).
 
-Usage: BYOL_PY=/opt/torchvenv/bin/python; $BYOL_PY scripts/make_augment_fixtures.py
+Usage: "$(scripts/peer-python)" scripts/make_augment_fixtures.py
 """
 
 import json
@@ -97,7 +97,7 @@ def main():
         "cases": cases,
     }
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(root, "byol-core/src/data/augment/torchvision_fixture.json")
+    path = os.path.join(root, "tests/fixtures/augment/torchvision_fixture.json")
     with open(path, "w") as f:
         json.dump(doc, f, separators=(",", ":"))
         f.write("\n")

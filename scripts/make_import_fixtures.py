@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fixtures of the weights-import tests (tests/tests/weights_import.rs), under tests/fixtures/import/.
 
-    /opt/torchvenv/bin/python scripts/make_import_fixtures.py
+    "$(scripts/peer-python)" scripts/make_import_fixtures.py
 
 - resnet18-tiny.pth: a torchvision resnet18 state dict (torch.save zip) with every channel count
   divided by 16 (stem 4 channels), fc included; resnet18-tiny-nested.pth: the same under

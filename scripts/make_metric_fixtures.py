@@ -2,7 +2,7 @@
 """Writes the small JSON reference fixtures of byol-core's evaluation code.
 
 Run from the repository root with numpy + scikit-learn available, e.g.
-    /opt/torchvenv/bin/python scripts/make_metric_fixtures.py
+    "$(scripts/peer-python)" scripts/make_metric_fixtures.py
 Output: tests/fixtures/metrics/{classification,ap,miou,logistic,svm}.json (committed; the Rust
 tests read them and never call Python).
 

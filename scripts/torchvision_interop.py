@@ -7,7 +7,7 @@ of every key but `fc.*`, runs the fixed input of `<dir>/features.safetensors` in
 prints the maximum relative error of the pooled features against our Rust output
 (max |torch - rust| / max |torch|). Exit status 1 above `--tolerance`.
 
-    /opt/torchvenv/bin/python scripts/torchvision_interop.py <dir> [--arch resnet50]
+    "$(scripts/peer-python)" scripts/torchvision_interop.py <dir> [--arch resnet50]
 
 Not run in CI (it needs torch); `scripts/torchvision-interop` runs both halves.
 """

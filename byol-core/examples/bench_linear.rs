@@ -12,10 +12,10 @@
 //! ```
 
 use byol_core::eval::lbfgs::LbfgsOptions;
-use byol_core::eval::logistic::{
-    default_lambda_grid, linear_protocol, train_val_split, LinearProtocolOptions, LogisticOptions,
-};
+use byol_core::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
+use byol_core::eval::logistic::{default_lambda_grid, LogisticOptions};
 use byol_core::eval::matrix::Features;
+use byol_core::eval::split::train_val_split;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

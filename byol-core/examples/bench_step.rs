@@ -8,9 +8,9 @@
 use std::time::Instant;
 
 use byol_core::byol::{Byol, ByolConfig};
-use byol_core::kernels::{default_backend, set_backend, Backend};
 use byol_core::nn::{ResNetConfig, Stem};
 use byol_core::optim::{Lars, LarsConfig};
+use byol_kernels::{default_backend, set_backend, Backend};
 use candle_core::{Device, Tensor};
 
 /// Reuses freed activation/gradient buffers instead of page-faulting fresh ones every step
@@ -39,7 +39,7 @@ fn main() -> byol_core::Result<()> {
         "default" => default_backend(),
         other => other
             .parse::<Backend>()
-            .map_err(|e| byol_core::Error::config("backend", e))?,
+            .map_err(|e| byol_core::Error::config("backend", e.to_string()))?,
     };
     set_backend(backend);
     eprintln!("backend {backend:?}");

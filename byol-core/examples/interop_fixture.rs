@@ -1,5 +1,5 @@
 //! Writes the inputs of `scripts/torchvision_interop.py`: a ResNet at random init (BatchNorm
-//! parameters and statistics perturbed so they matter) saved with `checkpoint::save_encoder_from_store`,
+//! parameters and statistics perturbed so they matter) saved with `weights::save_encoder_from_store`,
 //! and a second file with a fixed input batch and our eval-mode pooled features for it.
 //!
 //! ```text
@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use byol_core::checkpoint::{save_encoder_from_store, write_safetensors};
+use byol_core::io::write_safetensors;
 use byol_core::nn::{ResNet, ResNetConfig, VarStore};
+use byol_core::weights::save_encoder_from_store;
 use candle_core::{Device, ModuleT, Tensor};
 
 fn main() -> Result<()> {

@@ -32,10 +32,6 @@ pub enum Error {
     #[error("invalid input: {0}")]
     Input(String),
 
-    /// A Hub transfer failed: `reference` is the `hf://` reference or the repository.
-    #[error("{reference}: {message}")]
-    Hub { reference: String, message: String },
-
     /// Training diverged or produced a non-finite value.
     #[error("training diverged: {0}")]
     Diverged(String),
@@ -66,14 +62,6 @@ impl Error {
     pub fn tensor(name: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Tensor {
             name: name.into(),
-            message: message.into(),
-        }
-    }
-
-    /// An error naming a Hub reference or repository.
-    pub fn hub(reference: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Hub {
-            reference: reference.into(),
             message: message.into(),
         }
     }

@@ -8,8 +8,8 @@ use std::sync::Once;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
-use crate::checkpoint::write_atomic;
-use crate::train::StepLog;
+use crate::io::write_atomic;
+use crate::metrics_log::StepLog;
 use crate::{Error, Result};
 
 /// DejaVu Sans Mono (Bitstream Vera licence, see assets/DejaVu-LICENSE.txt): plotters needs a

@@ -6,26 +6,24 @@
 //! learning rate and τ of the step number.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::byol::{tau_schedule, Byol};
-use crate::checkpoint::{load_training_state, save_encoder, save_training_state, TrainingState};
+use crate::checkpoint::{load_training_state, save_training_state, TrainingState};
 use crate::config::TrainConfig;
 use crate::data::loader::{Loader, LoaderConfig, Transform};
 use crate::data::Dataset;
+use crate::metrics_log::{read_metrics, MetricsLog, StepLog, METRICS_FILE};
 use crate::optim::{Lars, LarsConfig, LrSchedule};
 use crate::plot::plot_training_curves;
+use crate::weights::save_encoder;
 use crate::{Error, Result};
 
-/// Name of the per-step metrics log in the output directory.
-pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Name of the encoder-only weights written at every checkpoint.
 pub const ENCODER_FILE: &str = "encoder.safetensors";
 /// The loss (and kNN) curves, redrawn at the end of every run.
@@ -39,21 +37,6 @@ pub const LOCK_FILE: &str = ".lock";
 pub const TRAIN_CONFIG_KEY: &str = "byol.train";
 const STATE_PREFIX: &str = "state-";
 const STATES_KEPT: usize = 2;
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepLog {
-    pub step: u64,
-    pub epoch: usize,
-    pub loss: f64,
-    pub lr: f64,
-    pub tau: f64,
-    pub images_per_sec: f64,
-    pub projection_std: f64,
-    /// Present on the steps after which the monitor ran.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub knn_top1: Option<f64>,
-}
 
 /// What the loop tells its caller (progress bars, logs).
 pub trait Observer {
@@ -545,7 +528,7 @@ pub fn pretrain(
 }
 
 fn write_config(out_dir: &Path, config: &TrainConfig) -> Result<()> {
-    crate::checkpoint::write_atomic(&out_dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())
+    crate::io::write_atomic(&out_dir.join(CONFIG_FILE), config.to_toml()?.as_bytes())
 }
 
 /// An exclusive lock on a run directory for the life of a run, so two runs never interleave
@@ -583,7 +566,7 @@ impl RunLock {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
         }
-        use std::io::Seek;
+        use std::io::{Seek, Write};
         let pid = std::process::id().to_string();
         file.set_len(0)
             .and_then(|_| file.rewind())
@@ -593,7 +576,7 @@ impl RunLock {
     }
 }
 
-/// Removes the temporary files (`.<name>.<pid>.tmp`, see [`crate::checkpoint::write_atomic`])
+/// Removes the temporary files (`.<name>.<pid>.tmp`, see [`crate::io::write_atomic`])
 /// that killed writes left in `dir`, unless their process is still alive.
 fn remove_orphan_temporaries(dir: &Path, observer: &mut dyn Observer) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -687,54 +670,4 @@ fn save_checkpoint(
         }
     }
     Ok(path)
-}
-
-/// The JSONL metrics log; on resume, lines past the resumed step are dropped first so the log
-/// reads as one uninterrupted run.
-struct MetricsLog {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl MetricsLog {
-    fn open(path: &Path, resume_step: u64) -> Result<Self> {
-        let kept: String = match std::fs::read_to_string(path) {
-            Ok(text) => text
-                .lines()
-                .filter(|line| {
-                    serde_json::from_str::<StepLog>(line).is_ok_and(|l| l.step <= resume_step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        crate::checkpoint::write_atomic(path, kept.as_bytes())?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-        })
-    }
-
-    fn append(&mut self, entry: &StepLog) -> Result<()> {
-        let line = serde_json::to_string(entry)
-            .map_err(|e| Error::Input(format!("cannot log metrics: {e}")))?;
-        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
-    }
-}
-
-/// Reads a metrics log back (for plots, reports and tests).
-pub fn read_metrics(path: &Path) -> Result<Vec<StepLog>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
-        })
-        .collect()
 }

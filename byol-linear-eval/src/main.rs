@@ -8,12 +8,14 @@ use byol_core::data::{DatasetKind, DatasetSource};
 use byol_core::device::parse_device;
 use byol_core::eval::cache::CacheStatus;
 use byol_core::eval::knn::KnnOptions;
-use byol_core::eval::linear_eval::{EvalSetup, FeatureSource};
-use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
+use byol_core::eval::linear_eval::EvalSetup;
+use byol_core::eval::linear_protocol::LinearProtocolOptions;
+use byol_core::eval::logistic::lambda_grid;
 use byol_core::eval::report::ClassificationReport;
 use byol_core::eval::sgd_probe::{SgdProbeOptions, PAPER_LEARNING_RATES};
 use byol_core::nn::{ResNetConfig, Stem};
 use byol_core::optim::SgdConfig;
+use byol_core::weights::Weights;
 use clap::{Args, Parser, Subcommand};
 
 /// Reuses freed activation/gradient buffers instead of page-faulting fresh ones every step
@@ -139,21 +141,19 @@ struct Common {
 
 impl Common {
     fn setup(&self) -> Result<EvalSetup> {
-        let weights = match self.weights.as_str() {
-            "none" => FeatureSource::Pixels,
+        let (weights, arch) = match self.weights.as_str() {
+            "none" => (Weights::None, None),
             value => {
                 // A local file, or an hf:// reference fetched into the Hub cache.
-                let path = byol_core::hub::resolve_weights(value)
+                let path = byol_hub::resolve_weights(value)
                     .with_context(|| format!("--weights {value}"))?;
-                FeatureSource::Encoder {
-                    path,
-                    arch: self.arch()?,
-                }
+                (Weights::File(path), self.arch()?)
             }
         };
         Ok(EvalSetup {
             data: DatasetSource::new(self.dataset, self.data.clone()),
             weights,
+            arch,
             image_size: self.image_size,
             train_subset: self.train_subset,
             test_subset: self.test_subset,

@@ -12,10 +12,11 @@ use byol_core::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
 use byol_core::device::parse_device;
 use byol_core::eval::features::Extractor;
 use byol_core::eval::knn::KnnOptions;
-use byol_core::eval::logistic::LinearProtocolOptions;
+use byol_core::eval::linear_protocol::LinearProtocolOptions;
 use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
+use byol_core::metrics_log::StepLog;
 use byol_core::nn::Stem;
-use byol_core::train::{pretrain, Monitor, Observer, RunControl, RunLock, StepLog, TrainData};
+use byol_core::train::{pretrain, Monitor, Observer, RunControl, RunLock, TrainData};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -189,16 +190,16 @@ struct HubArgs {
 }
 
 fn publish(out_dir: &std::path::Path, repo: &str, hub: &HubArgs) -> Result<()> {
-    let opts = byol_core::hub::PublishOptions {
+    let opts = byol_hub::PublishOptions {
         revision: hub.revision.clone(),
         private: hub.private,
         include_state: hub.include_state,
         reports: hub.reports.clone(),
         datasets: hub.hub_datasets.clone(),
         license: hub.license.clone(),
-        ..byol_core::hub::PublishOptions::new(repo)
+        ..byol_hub::PublishOptions::new(repo)
     };
-    let done = byol_core::hub::publish(out_dir, &opts, &byol_core::hub::HubOptions::from_env())
+    let done = byol_hub::publish(out_dir, &opts, &byol_hub::HubOptions::from_env())
         .with_context(|| format!("publishing {} to {repo}", out_dir.display()))?;
     println!(
         "published {} files to {} (commit {})",
@@ -373,8 +374,7 @@ fn main() -> Result<()> {
         .init_weights
         .as_deref()
         .map(|value| {
-            byol_core::hub::resolve_weights(value)
-                .with_context(|| format!("--init-weights {value}"))
+            byol_hub::resolve_weights(value).with_context(|| format!("--init-weights {value}"))
         })
         .transpose()?;
     let run = RunControl {
@@ -428,7 +428,7 @@ fn main() -> Result<()> {
     );
 
     if args.probe {
-        let online = byol_core::checkpoint::load_encoder(&summary.encoder_path, &device, None)?;
+        let online = byol_core::weights::load_encoder(&summary.encoder_path, &device, None)?;
         let state_path = byol_core::train::latest_state(&args.out)?
             .context("the finished run left no training state")?;
         let state = byol_core::checkpoint::load_training_state(&state_path, &device)?;

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use byol_core::train::{latest_state, read_metrics, METRICS_FILE};
+use byol_core::metrics_log::{read_metrics, METRICS_FILE};
+use byol_core::train::latest_state;
 use byol_tests::{output_text, write_mnist_like};
 
 const STEPS: u64 = 24;

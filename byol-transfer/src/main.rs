@@ -10,13 +10,15 @@ use byol_core::data::voc::VocSource;
 use byol_core::device::parse_device;
 use byol_core::eval::logistic::lambda_grid;
 use byol_core::nn::{ResNetConfig, Stem};
-use byol_core::transfer::classify::{
-    run_classify, run_suite, ClassifyOptions, FinetuneOptions, Metric,
-};
+use byol_core::transfer::classify::{run_classify, ClassifyOptions};
+use byol_core::transfer::finetune::FinetuneOptions;
+use byol_core::transfer::paper::Metric;
 use byol_core::transfer::segmentation::{run_segmentation, LrPolicy, SegOptions};
+use byol_core::transfer::suite::run_suite;
 use byol_core::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
-use byol_core::transfer::{CommonOptions, Weights};
-use clap::Parser;
+use byol_core::transfer::CommonOptions;
+use byol_core::weights::Weights;
+use clap::{Parser, ValueEnum};
 
 /// Reuses freed activation/gradient buffers instead of page-faulting fresh ones every step
 /// (byol-core/src/allocator.rs); `main` switches off its purging first.
@@ -29,12 +31,12 @@ static GLOBAL: byol_core::allocator::Allocator = byol_core::allocator::Allocator
 struct Args {
     /// voc (paper: logistic, 11-point mAP), voc-svm (VISSL: SVM, all-point mAP), voc-seg
     /// (VOC2012 FCN segmentation) or classify (image-folder dataset).
-    #[arg(long)]
-    task: Option<String>,
+    #[arg(long, value_enum)]
+    task: Option<Task>,
     /// `paper`: every dataset of the paper's suite found under --data (folders food101, cifar10,
     /// ..., voc2007, ...), one table next to the paper's numbers.
-    #[arg(long)]
-    suite: Option<String>,
+    #[arg(long, value_enum)]
+    suite: Option<Suite>,
     /// Encoder weights (safetensors, .pth, official .pkl, or hf://owner/repo[@rev][/file]), or
     /// `none`: raw pixels for frozen-feature protocols, a random init of --depth/--stem for
     /// fine-tuning.
@@ -82,8 +84,8 @@ struct Args {
     val_fraction: f64,
     /// VOC classification targets: image-sets (ImageSets/Main/<class>_<split>.txt) or
     /// annotations (the XML files).
-    #[arg(long, default_value = "image-sets")]
-    voc_source: String,
+    #[arg(long, value_enum, default_value_t = VocTargets::ImageSets)]
+    voc_source: VocTargets,
     /// voc-svm: costs tried per class.
     #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.1, 1.0, 10.0, 100.0])]
     svm_costs: Vec<f64>,
@@ -126,17 +128,56 @@ struct Args {
     metric: Option<String>,
 }
 
+/// `--task`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Task {
+    Voc,
+    VocSvm,
+    VocSeg,
+    Classify,
+}
+
+/// `--suite`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    Paper,
+}
+
+/// `--voc-source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VocTargets {
+    ImageSets,
+    Annotations,
+}
+
+/// What one invocation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Task(Task),
+    Suite(Suite),
+}
+
+impl Run {
+    /// The name in the default report file, `transfer-<name>.json`.
+    fn name(self) -> String {
+        let value = match self {
+            Run::Task(t) => t.to_possible_value(),
+            Run::Suite(_) => return "suite".into(),
+        };
+        value.map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
+}
+
 fn main() -> Result<()> {
     byol_core::allocator::keep_freed_memory();
     byol_core::logging::init_logging();
     let args = Args::parse();
-    let task = match (&args.task, args.suite.as_deref()) {
-        (_, Some("paper")) => "suite",
-        (_, Some(other)) => bail!("--suite `{other}`: the only suite is `paper`"),
-        (Some(t), None) => t.as_str(),
+    let run = match (args.task, args.suite) {
+        (_, Some(suite)) => Run::Suite(suite),
+        (Some(t), None) => Run::Task(t),
         (None, None) => bail!("give --task (voc, voc-svm, voc-seg, classify) or --suite paper"),
     };
-    let seg = task == "voc-seg";
+    let seg = run == Run::Task(Task::VocSeg);
     let mut common = CommonOptions::new(
         resolve_weights(&args.weights)?,
         args.image_size.unwrap_or(if seg { 512 } else { 224 }),
@@ -164,7 +205,7 @@ fn main() -> Result<()> {
     let report_path = args
         .report
         .clone()
-        .unwrap_or_else(|| args.out.join(format!("transfer-{task}.json")));
+        .unwrap_or_else(|| args.out.join(format!("transfer-{}.json", run.name())));
     let classify_opts = |common: CommonOptions| -> Result<ClassifyOptions> {
         let mut o = ClassifyOptions::new(common);
         o.lambda_grid = grid.clone();
@@ -184,9 +225,9 @@ fn main() -> Result<()> {
         }
         Ok(o)
     };
-    let report = match task {
-        "voc" | "voc-svm" => {
-            let protocol = if task == "voc" {
+    let report = match run {
+        Run::Task(task @ (Task::Voc | Task::VocSvm)) => {
+            let protocol = if task == Task::Voc {
                 VocProtocol::Logistic
             } else {
                 VocProtocol::Svm
@@ -194,16 +235,15 @@ fn main() -> Result<()> {
             let mut o = VocOptions::new(common, protocol);
             o.lambda_grid = grid.clone();
             o.val_fraction = args.val_fraction;
-            o.source = match args.voc_source.as_str() {
-                "image-sets" => VocSource::ImageSets,
-                "annotations" => VocSource::Annotations,
-                other => bail!("--voc-source `{other}`: use image-sets or annotations"),
+            o.source = match args.voc_source {
+                VocTargets::ImageSets => VocSource::ImageSets,
+                VocTargets::Annotations => VocSource::Annotations,
             };
             o.svm.costs = args.svm_costs.clone();
             o.finetune = classify_opts(o.common.clone())?.finetune;
             run_voc_classification(&args.data, &o)?
         }
-        "voc-seg" => {
+        Run::Task(Task::VocSeg) => {
             let mut o = SegOptions::new(common);
             if let Some(s) = args.steps {
                 o.steps = s;
@@ -220,8 +260,8 @@ fn main() -> Result<()> {
             o.max_val_images = args.max_val_images;
             run_segmentation(&args.data, &o)?
         }
-        "classify" => run_classify(&args.data, &classify_opts(common)?)?,
-        "suite" => {
+        Run::Task(Task::Classify) => run_classify(&args.data, &classify_opts(common)?)?,
+        Run::Suite(Suite::Paper) => {
             let suite = run_suite(&args.data, &classify_opts(common)?)?;
             suite.write(&report_path)?;
             print!("{}", suite.table());
@@ -235,7 +275,6 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
-        other => bail!("--task `{other}`: use voc, voc-svm, voc-seg or classify"),
     };
     report.write(&report_path)?;
     print!("{}", report.table());
@@ -248,7 +287,6 @@ fn resolve_weights(value: &str) -> Result<Weights> {
     if value == "none" || value.is_empty() {
         return Ok(value.parse::<Weights>()?);
     }
-    let path =
-        byol_core::hub::resolve_weights(value).with_context(|| format!("--weights {value}"))?;
+    let path = byol_hub::resolve_weights(value).with_context(|| format!("--weights {value}"))?;
     Ok(Weights::File(path))
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by the workspace-level integration tests in `tests/`.
 
+pub mod eval_common;
 pub mod fixtures;
 pub mod hub_server;
 
@@ -116,7 +117,7 @@ fn idx_header(magic: u32, dims: &[u32]) -> Vec<u8> {
 
 /// Saves the online encoder of [`tiny_byol`]`(seed)` (3 input channels) to `path`.
 pub fn save_tiny_encoder(path: &Path, seed: u64) {
-    byol_core::checkpoint::save_encoder(path, &tiny_byol(seed), Default::default())
+    byol_core::weights::save_encoder(path, &tiny_byol(seed), Default::default())
         .expect("the tiny encoder saves");
 }
 
@@ -149,8 +150,8 @@ pub fn output_text(o: &std::process::Output) -> String {
 
 /// Asserts two safetensors files hold the same tensors, bit for bit, and the same metadata.
 pub fn assert_same_tensors(a: &Path, b: &Path) {
-    let a = byol_core::checkpoint::SafetensorsFile::read(a, &Device::Cpu).unwrap();
-    let b = byol_core::checkpoint::SafetensorsFile::read(b, &Device::Cpu).unwrap();
+    let a = byol_core::io::SafetensorsFile::read(a, &Device::Cpu).unwrap();
+    let b = byol_core::io::SafetensorsFile::read(b, &Device::Cpu).unwrap();
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (k, t) in &a.tensors {
         let u = &b.tensors[k];

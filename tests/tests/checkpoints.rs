@@ -3,12 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use byol_core::checkpoint::{
-    load_encoder, load_training_state, save_encoder, save_training_state, write_safetensors,
-    SafetensorsFile, ENCODER_CONFIG_KEY,
-};
+use byol_core::checkpoint::{load_training_state, save_training_state};
+use byol_core::io::{write_safetensors, SafetensorsFile, ENCODER_CONFIG_KEY};
 use byol_core::nn::ResNetConfig;
 use byol_core::optim::{Lars, LarsConfig};
+use byol_core::weights::{load_encoder, save_encoder};
 use byol_tests::{fixture, relative_error, strip_prefix, tiny_byol, views};
 use candle_core::{Device, ModuleT};
 
@@ -117,6 +116,30 @@ fn truncated_and_foreign_files_are_clear_errors() {
         .to_string();
     assert!(
         err.contains("truncated.safetensors") && err.contains("safetensors"),
+        "{err}"
+    );
+
+    // Read once: with an explicit architecture the first error is still the one reported (the
+    // file is not re-read as a plain state dict).
+    let arch = tiny_byol(0).config().encoder.clone();
+    let err = load_encoder(&truncated, &Device::Cpu, Some(&arch))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("truncated.safetensors") && err.contains("not a valid safetensors"),
+        "{err}"
+    );
+    let file = SafetensorsFile::read(&good, &Device::Cpu).unwrap();
+    let malformed = dir.path().join("malformed.safetensors");
+    let meta = BTreeMap::from([(ENCODER_CONFIG_KEY.to_string(), "{not json".to_string())]);
+    write_safetensors(&malformed, file.tensors.into_iter().collect(), meta).unwrap();
+    let err = load_encoder(&malformed, &Device::Cpu, Some(&arch))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(ENCODER_CONFIG_KEY) && err.contains("malformed"),
         "{err}"
     );
 

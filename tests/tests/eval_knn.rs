@@ -1,6 +1,6 @@
 //! Weighted kNN: separable data, brute-force parity of the votes, errors.
 
-use crate::eval_common as common;
+use byol_tests::eval_common as common;
 
 use byol_core::eval::knn::{knn_classify, knn_scores, KnnOptions};
 use byol_core::eval::matrix::Features;

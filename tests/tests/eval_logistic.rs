@@ -1,13 +1,14 @@
 //! Logistic probes: separable data, the L2 path's choice, sklearn parity, errors.
 
-use crate::eval_common as common;
+use byol_tests::eval_common as common;
 
 use byol_core::eval::lbfgs::LbfgsOptions;
+use byol_core::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
 use byol_core::eval::logistic::{
-    default_lambda_grid, l2_path_select, lambda_grid, linear_protocol, voc_logistic_protocol,
-    LinearProtocolOptions, LogisticOptions, LogisticRegression,
+    default_lambda_grid, l2_path_select, lambda_grid, LogisticOptions, LogisticRegression,
 };
 use byol_core::eval::matrix::Features;
+use byol_core::eval::voc_logistic::voc_logistic_protocol;
 use common::*;
 
 fn tight() -> LogisticOptions {

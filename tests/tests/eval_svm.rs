@@ -1,6 +1,6 @@
 //! Linear SVM (dual coordinate descent) against scikit-learn's LinearSVC, and the VOC07 protocol.
 
-use crate::eval_common as common;
+use byol_tests::eval_common as common;
 
 use byol_core::eval::matrix::Features;
 use byol_core::eval::svm::{

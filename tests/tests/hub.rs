@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use byol_core::hub::{download, publish, HubOptions, PublishOptions};
+use byol_hub::{download, publish, HubOptions, PublishOptions};
 use byol_tests::hub_server::HubServer;
 use byol_tests::{assert_same_tensors, save_tiny_encoder};
 use candle_core::Device;
@@ -130,8 +130,8 @@ fn publish_then_pull_offline_token_and_errors_on_loopback() {
     publish(run.path(), &opts, &hub).unwrap();
 
     // Pull: the default file, by branch, by commit id, another file; identical tensors.
-    let r = |s: &str| match s.parse::<byol_core::weights::WeightsRef>().unwrap() {
-        byol_core::weights::WeightsRef::Hub(h) => h,
+    let r = |s: &str| match s.parse::<byol_hub::WeightsRef>().unwrap() {
+        byol_hub::WeightsRef::Hub(h) => h,
         _ => unreachable!(),
     };
     let pulled = download(&r("hf://byol-rs/tiny"), &hub).unwrap();
@@ -146,7 +146,7 @@ fn publish_then_pull_offline_token_and_errors_on_loopback() {
     let cfg = download(&r("hf://byol-rs/tiny@main/config.json"), &hub).unwrap();
     assert_eq!(std::fs::read(cfg).unwrap(), files["config.json"]);
     // The pulled file loads as an encoder (through the same loader as every binary).
-    byol_core::checkpoint::load_encoder(&pulled, &Device::Cpu, None).unwrap();
+    byol_core::weights::load_encoder(&pulled, &Device::Cpu, None).unwrap();
 
     // Offline: the cache serves what was pulled, and nothing else, without a request.
     let offline = HubOptions {
@@ -214,15 +214,15 @@ fn publish_then_pull_offline_token_and_errors_on_loopback() {
     // The resolver every binary uses, configured by the environment alone.
     std::env::set_var("HF_ENDPOINT", &server.url);
     std::env::set_var("HF_HUB_CACHE", cache.path());
-    let via_env = byol_core::hub::resolve_weights("hf://byol-rs/tiny").unwrap();
+    let via_env = byol_hub::resolve_weights("hf://byol-rs/tiny").unwrap();
     assert_same_tensors(&via_env, &pulled);
     std::env::set_var("HF_HUB_OFFLINE", "1");
-    let err = byol_core::hub::resolve_weights("hf://byol-rs/tiny/README.md")
+    let err = byol_hub::resolve_weights("hf://byol-rs/tiny/README.md")
         .unwrap_err()
         .to_string();
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
     std::env::remove_var("HF_HUB_OFFLINE");
-    let err = byol_core::hub::resolve_weights("no/such/file.safetensors")
+    let err = byol_hub::resolve_weights("no/such/file.safetensors")
         .unwrap_err()
         .to_string();
     assert!(err.contains("no such file"), "{err}");

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use byol_core::hub::publish::prepare;
-use byol_core::hub::{download, HubOptions, PublishOptions};
-use byol_core::weights::{HubRef, WeightsRef};
+use byol_hub::publish::prepare;
+use byol_hub::{download, HubOptions, PublishOptions};
+use byol_hub::{HubRef, WeightsRef};
 use byol_tests::{assert_same_tensors, save_tiny_encoder};
 use candle_core::Device;
 
@@ -139,7 +139,7 @@ fn pull_from_olah_mirror_gives_identical_tensors() {
     assert!(std::fs::read_to_string(card)
         .unwrap()
         .contains("library_name: byol-rs"));
-    byol_core::checkpoint::load_encoder(&pulled, &Device::Cpu, None).unwrap();
+    byol_core::weights::load_encoder(&pulled, &Device::Cpu, None).unwrap();
 
     // Offline afterwards: served from the cache.
     let offline = HubOptions {

@@ -5,8 +5,6 @@
 mod checkpoints;
 mod data_loader;
 mod data_readers;
-#[allow(dead_code)]
-mod eval_common;
 mod eval_knn;
 mod eval_logistic;
 mod eval_metrics;

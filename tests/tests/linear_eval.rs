@@ -8,21 +8,28 @@ use byol_core::data::{DatasetKind, DatasetSource};
 use byol_core::eval::cache::{cached_features, load_features, CacheKey, CacheStatus};
 use byol_core::eval::features::LabelledFeatures;
 use byol_core::eval::knn::KnnOptions;
-use byol_core::eval::linear_eval::{EvalSetup, FeatureSource};
-use byol_core::eval::logistic::{lambda_grid, LinearProtocolOptions};
+use byol_core::eval::linear_eval::EvalSetup;
+use byol_core::eval::linear_protocol::LinearProtocolOptions;
+use byol_core::eval::logistic::lambda_grid;
 use byol_core::eval::matrix::OwnedFeatures;
 use byol_core::eval::report::{ClassificationMetrics, ClassificationReport};
 use byol_core::eval::sgd_probe::SgdProbeOptions;
 use byol_core::nn::{ResNetConfig, VarStore};
 use byol_core::optim::{Sgd, SgdConfig};
+use byol_core::weights::Weights;
 use byol_core::Error;
 use byol_tests::{save_tiny_encoder, write_mnist_like};
 use candle_core::{Device, Tensor};
 
-fn setup(dir: &Path, weights: FeatureSource) -> EvalSetup {
+fn setup(dir: &Path, weights: Weights) -> EvalSetup {
+    setup_arch(dir, weights, None)
+}
+
+fn setup_arch(dir: &Path, weights: Weights, arch: Option<ResNetConfig>) -> EvalSetup {
     EvalSetup {
         data: DatasetSource::new(DatasetKind::Mnist, Some(dir.join("data"))),
         weights,
+        arch,
         image_size: None,
         train_subset: None,
         test_subset: None,
@@ -92,7 +99,7 @@ fn sgd_steps_match_pytorch() {
         let g = Tensor::from_slice(g, (2, 3), &Device::Cpu).unwrap();
         let loss = (w.as_tensor() * &g).unwrap().sum_all().unwrap();
         let grad_store = loss.backward().unwrap();
-        sgd.step(&store, &grad_store, *lr, &|_| true).unwrap();
+        sgd.step(&store, &grad_store, *lr).unwrap();
         let got: Vec<f32> = w.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         for (a, b) in got.iter().zip(want) {
             assert!((f64::from(*a) - b).abs() < 1e-6, "{got:?} vs {want:?}");
@@ -112,13 +119,7 @@ fn feature_cache_is_reused_and_stale_caches_are_recomputed() {
     write_mnist_like(&dir.path().join("data"), 40, 20, 3, 1);
     let weights = dir.path().join("encoder.safetensors");
     save_tiny_encoder(&weights, 1);
-    let s = setup(
-        dir.path(),
-        FeatureSource::Encoder {
-            path: weights.clone(),
-            arch: None,
-        },
-    );
+    let s = setup(dir.path(), Weights::File(weights.clone()));
     let first = s.features().unwrap();
     assert_eq!(first.status, [CacheStatus::Missing, CacheStatus::Missing]);
     assert_eq!(first.train.labels.len(), 40);
@@ -178,7 +179,7 @@ fn the_four_modes_run_and_report() {
     save_tiny_encoder(&weights, 3);
 
     // Raw pixels separate the generated classes: the probe must find that.
-    let pixels = setup(dir.path(), FeatureSource::Pixels);
+    let pixels = setup(dir.path(), Weights::None);
     let logistic = pixels.logistic(&short_logistic()).unwrap();
     assert_eq!(logistic.protocol, "logistic");
     assert_eq!(logistic.feature_dim, 28 * 28);
@@ -199,13 +200,7 @@ fn the_four_modes_run_and_report() {
     assert!(knn.top1 > 0.98, "pixels kNN top-1 {}", knn.top1);
 
     // The encoder: features, logistic, kNN and the SGD head all run and report consistently.
-    let encoder = setup(
-        dir.path(),
-        FeatureSource::Encoder {
-            path: weights.clone(),
-            arch: None,
-        },
-    );
+    let encoder = setup(dir.path(), Weights::File(weights.clone()));
     let features = encoder.features().unwrap();
     assert_eq!(features.train.features.view().cols(), 32);
     let mut epochs = Vec::new();
@@ -285,12 +280,10 @@ fn bad_inputs_are_clear_errors() {
     save_tiny_encoder(&weights, 1);
 
     // Weights of another architecture than the one asked for.
-    let other = setup(
+    let other = setup_arch(
         dir.path(),
-        FeatureSource::Encoder {
-            path: weights.clone(),
-            arch: Some(ResNetConfig::new(50)),
-        },
+        Weights::File(weights.clone()),
+        Some(ResNetConfig::new(50)),
     );
     let err = other.features().err().unwrap();
     assert!(
@@ -300,36 +293,28 @@ fn bad_inputs_are_clear_errors() {
     assert!(err.to_string().contains("resnet18"), "{err}");
 
     // A plain state dict with no metadata needs the architecture: the error says so.
-    let file = byol_core::checkpoint::SafetensorsFile::read(&weights, &Device::Cpu).unwrap();
+    let file = byol_core::io::SafetensorsFile::read(&weights, &Device::Cpu).unwrap();
     let plain = dir.path().join("plain.safetensors");
-    byol_core::checkpoint::write_safetensors(
+    byol_core::io::write_safetensors(
         &plain,
         file.tensors.into_iter().collect(),
         Default::default(),
     )
     .unwrap();
-    let err = setup(
-        dir.path(),
-        FeatureSource::Encoder {
-            path: plain.clone(),
-            arch: None,
-        },
-    )
-    .features()
-    .err()
-    .unwrap()
-    .to_string();
+    let err = setup(dir.path(), Weights::File(plain.clone()))
+        .features()
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("plain.safetensors") && err.contains("architecture"),
         "{err}"
     );
     // ... and with a wrong one, the first tensor that does not fit is named.
-    let err = setup(
+    let err = setup_arch(
         dir.path(),
-        FeatureSource::Encoder {
-            path: plain,
-            arch: Some(ResNetConfig::new(18)),
-        },
+        Weights::File(plain),
+        Some(ResNetConfig::new(18)),
     )
     .features()
     .err()
@@ -341,13 +326,13 @@ fn bad_inputs_are_clear_errors() {
     );
 
     // Missing dataset directory names it.
-    let mut missing = setup(dir.path(), FeatureSource::Pixels);
+    let mut missing = setup(dir.path(), Weights::None);
     missing.data.dir = Some(dir.path().join("nowhere"));
     let err = missing.features().err().unwrap().to_string();
     assert!(err.contains("nowhere"), "{err}");
 
     // The SGD protocol needs an encoder.
-    let err = setup(dir.path(), FeatureSource::Pixels)
+    let err = setup(dir.path(), Weights::None)
         .sgd(&SgdProbeOptions::default(), &mut |_, _| {})
         .err()
         .unwrap();
@@ -359,7 +344,7 @@ fn bad_inputs_are_clear_errors() {
     // Wrong feature dimension and labels out of range reach the protocols as errors.
     let train = OwnedFeatures::new(vec![0.0; 8], 2).unwrap();
     let test = OwnedFeatures::new(vec![0.0; 6], 3).unwrap();
-    let err = byol_core::eval::logistic::linear_protocol(
+    let err = byol_core::eval::linear_protocol::linear_protocol(
         train.view(),
         &[0, 1, 0, 1],
         test.view(),
@@ -371,7 +356,7 @@ fn bad_inputs_are_clear_errors() {
     .unwrap()
     .to_string();
     assert!(err.contains('3') && err.contains('2'), "{err}");
-    let err = byol_core::eval::logistic::linear_protocol(
+    let err = byol_core::eval::linear_protocol::linear_protocol(
         train.view(),
         &[0, 1, 0, 5],
         train.view(),

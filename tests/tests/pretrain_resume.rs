@@ -7,9 +7,8 @@ use std::sync::Arc;
 use byol_core::config::TrainConfig;
 use byol_core::data::augment::{AugmentConfig, TwoViewAugmenter};
 use byol_core::data::{Dataset, Image, Sample};
-use byol_core::train::{
-    latest_state, pretrain, read_metrics, RunControl, Silent, TrainData, METRICS_FILE,
-};
+use byol_core::metrics_log::{read_metrics, METRICS_FILE};
+use byol_core::train::{latest_state, pretrain, RunControl, Silent, TrainData};
 use byol_core::{Error, Result};
 use byol_tests::tiny_byol_config;
 use candle_core::Device;

@@ -3,7 +3,7 @@
 //! weights). Tolerance: 1e-4 relative to the scale of the reference.
 
 use byol_core::byol::Byol;
-use byol_core::checkpoint::SafetensorsFile;
+use byol_core::io::SafetensorsFile;
 use byol_core::nn::{ResNet, ResNetConfig, VarStore};
 use byol_core::Error;
 use byol_tests::{fixture, relative_error, strip_prefix, tiny_byol_config};

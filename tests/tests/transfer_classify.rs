@@ -3,10 +3,13 @@
 
 use std::path::Path;
 
-use byol_core::transfer::classify::{
-    open_splits, run_classify, run_suite, ClassifyOptions, FinetuneOptions, Metric,
-};
-use byol_core::transfer::{CommonOptions, Weights};
+use byol_core::data::splits::open_splits;
+use byol_core::transfer::classify::{run_classify, ClassifyOptions};
+use byol_core::transfer::finetune::FinetuneOptions;
+use byol_core::transfer::paper::Metric;
+use byol_core::transfer::suite::run_suite;
+use byol_core::transfer::CommonOptions;
+use byol_core::weights::Weights;
 use byol_tests::fixtures::{class_colour, write, write_jpeg, MiniVoc};
 use byol_tests::write_tiny_encoder;
 

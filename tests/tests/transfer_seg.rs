@@ -3,7 +3,8 @@
 //! the file.
 
 use byol_core::transfer::segmentation::{run_segmentation, SegOptions};
-use byol_core::transfer::{CommonOptions, Weights};
+use byol_core::transfer::CommonOptions;
+use byol_core::weights::Weights;
 use byol_tests::fixtures::{png_bytes, voc_palette, write, MiniVoc};
 use byol_tests::{tiny_byol_config, write_tiny_encoder};
 

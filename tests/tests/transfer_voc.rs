@@ -1,9 +1,10 @@
 //! `byol-transfer --task voc / voc-svm` end to end on a generated miniature VOCdevkit: the
 //! report's shape, an above-chance score on an easy setting, and errors that name the file.
 
-use byol_core::transfer::classify::FinetuneOptions;
+use byol_core::transfer::finetune::FinetuneOptions;
 use byol_core::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
-use byol_core::transfer::{CommonOptions, TransferReport, Weights};
+use byol_core::transfer::{CommonOptions, TransferReport};
+use byol_core::weights::Weights;
 use byol_tests::fixtures::MiniVoc;
 use byol_tests::write_tiny_encoder;
 
@@ -149,7 +150,7 @@ fn voc_missing_class_file_and_absent_image_are_named() -> R {
 
 /// Writes the miniature VOCdevkit (and a tiny encoder) under `$BYOL_MINI_VOC` to try the
 /// `byol-transfer` command line on: `BYOL_MINI_VOC=/tmp/mini cargo test -p byol-tests --test
-/// transfer_voc -- --ignored write_mini_vocdevkit`.
+/// integration -- --ignored write_mini_vocdevkit`.
 #[test]
 #[ignore]
 fn write_mini_vocdevkit() {

@@ -2,12 +2,12 @@
 //! reader, and the official DeepMind BYOL pickles through our restricted reader, on committed
 //! fixtures of `scripts/make_import_fixtures.py` (references computed by torch in float64).
 
-use byol_core::checkpoint::{load_encoder, ENCODER_CONFIG_KEY};
-use byol_core::eval::linear_eval::load_checked_encoder;
 use byol_core::import::{deepmind, pickle};
+use byol_core::io::ENCODER_CONFIG_KEY;
 use byol_core::nn::{Padding, ResNet, ResNetConfig, Stem, VarStore};
-use byol_core::weights::{detect_format, read_weights, HubRef, WeightsFormat, WeightsRef};
+use byol_core::weights::{detect_format, load_encoder, read_weights, WeightsFormat};
 use byol_core::Error;
+use byol_hub::{HubRef, WeightsRef};
 use byol_tests::{fixture, relative_error};
 use candle_core::{Device, ModuleT};
 
@@ -20,8 +20,8 @@ fn tiny18() -> ResNetConfig {
     }
 }
 
-fn reference(name: &str) -> byol_core::checkpoint::SafetensorsFile {
-    byol_core::checkpoint::SafetensorsFile::read(&fixture(name), &Device::Cpu)
+fn reference(name: &str) -> byol_core::io::SafetensorsFile {
+    byol_core::io::SafetensorsFile::read(&fixture(name), &Device::Cpu)
         .expect("fixture present: run scripts/make_import_fixtures.py")
 }
 
@@ -35,11 +35,9 @@ fn torchvision_pth_state_dict_loads_with_arch_and_matches_torch_features() {
         let path = fixture(file);
         assert_eq!(detect_format(&path).unwrap(), WeightsFormat::TorchZip);
         // No config inside: the architecture must be given, and is then used.
-        let err = load_checked_encoder(&path, None, &Device::Cpu)
-            .err()
-            .unwrap();
+        let err = load_encoder(&path, &Device::Cpu, None).err().unwrap();
         assert!(err.to_string().contains("give the architecture"), "{err}");
-        let loaded = load_checked_encoder(&path, Some(&tiny18()), &Device::Cpu).unwrap();
+        let loaded = load_encoder(&path, &Device::Cpu, Some(&tiny18())).unwrap();
         let feats = loaded
             .encoder
             .forward_t(&reference.tensors["input"], false)
@@ -126,7 +124,7 @@ fn official_byol_pickle_imports_with_tf_same_padding_and_matches_reference() {
         base_channels: 2,
         ..ResNetConfig::new(50)
     };
-    load_checked_encoder(&path, Some(&arch), &Device::Cpu).unwrap();
+    load_encoder(&path, &Device::Cpu, Some(&arch)).unwrap();
 }
 
 #[test]

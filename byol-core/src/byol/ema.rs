@@ -23,8 +23,8 @@ pub fn ema_update(target: &VarStore, online: &VarStore, tau: f64) -> Result<()> 
         })?;
         // Detached: the update is not part of any graph.
         let (target, online) = (t.var.as_tensor().detach(), o.var.as_tensor().detach());
-        let mixed = if crate::kernels::use_fast(&target) {
-            crate::kernels::ema(&target, &online, tau)?
+        let mixed = if byol_kernels::use_fast(&target) {
+            byol_kernels::ema(&target, &online, tau)?
         } else {
             (target.affine(tau, 0.0)? + online.affine(1.0 - tau, 0.0)?)?
         };

@@ -2,6 +2,7 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod compose;
 pub mod dataset;
 pub mod decode;
 pub mod idx;
@@ -11,9 +12,11 @@ pub mod imagenet;
 pub mod loader;
 pub mod pipeline;
 pub mod source;
+pub mod splits;
 pub mod voc;
 
-pub use dataset::{CorruptPolicy, Dataset, Sample, Split, Subset};
+pub use compose::{Concat, Subset};
+pub use dataset::{CorruptPolicy, Dataset, Sample, Split};
 pub use decode::ColorMode;
 pub use image::Image;
 pub use source::{DatasetKind, DatasetSource};

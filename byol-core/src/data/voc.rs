@@ -317,3 +317,24 @@ pub fn read_mask(path: &Path) -> Result<Image> {
     buf.truncate(info.buffer_size());
     Image::new(info.width as usize, info.height as usize, 1, buf)
 }
+
+/// The `VOC<year>` directory given a `VOCdevkit` root, its parent, or the directory itself.
+pub fn find_voc_dir(root: &Path, year: &str) -> Result<PathBuf> {
+    let name = format!("VOC{year}");
+    let candidates = [
+        root.to_path_buf(),
+        root.join(&name),
+        root.join("VOCdevkit").join(&name),
+    ];
+    candidates
+        .into_iter()
+        .find(|d| d.join("ImageSets").is_dir())
+        .ok_or_else(|| {
+            Error::format(
+                root,
+                format!(
+                    "no {name} here: expected ImageSets/ in it, in {name}/ or in VOCdevkit/{name}/"
+                ),
+            )
+        })
+}

@@ -3,16 +3,14 @@
 //! detected as stale and recomputed instead of silently reused.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{write_safetensors, SafetensorsFile};
 use crate::eval::features::LabelledFeatures;
 use crate::eval::matrix::OwnedFeatures;
+use crate::io::{write_safetensors, SafetensorsFile};
 use crate::{Error, Result};
 
 /// Metadata key holding the [`CacheKey`] as JSON.
@@ -39,25 +37,6 @@ pub enum CacheStatus {
     Hit,
     Missing,
     Stale,
-}
-
-/// Hex SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 /// Writes features (`features`, f32 [n, d]) and labels (`labels`, i64 [n]) atomically.

@@ -3,44 +3,36 @@
 //! ending in a [`ClassificationReport`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
 use serde_json::json;
 
-use crate::checkpoint::{load_encoder, LoadedEncoder};
 use crate::data::augment::{AugmentConfig, EvalTransform};
 use crate::data::pipeline::OneViewAugmenter;
 use crate::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
-use crate::eval::cache::{cached_features, sha256_file, CacheKey, CacheStatus};
+use crate::eval::cache::{cached_features, CacheKey, CacheStatus};
 use crate::eval::features::{extract, Extractor, LabelledFeatures};
 use crate::eval::knn::{knn_scores, KnnOptions};
-use crate::eval::logistic::{linear_protocol, LinearProtocolOptions};
+use crate::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
 use crate::eval::report::{ClassificationMetrics, ClassificationReport, SplitSizes, WeightsInfo};
 use crate::eval::sgd_probe::{sgd_probe, SgdProbeData, SgdProbeOptions};
+use crate::io::sha256_file;
 use crate::nn::ResNetConfig;
+use crate::weights::{describe_architecture, load_encoder, LoadedEncoder, Weights};
 use crate::{Error, Result};
-
-/// What turns images into features.
-#[derive(Debug, Clone)]
-pub enum FeatureSource {
-    /// An encoder file; `arch` is needed for files without our metadata (a plain torchvision
-    /// state dict) and is checked against the metadata otherwise.
-    Encoder {
-        path: PathBuf,
-        arch: Option<ResNetConfig>,
-    },
-    /// Raw pixels after the evaluation transform (the baseline).
-    Pixels,
-}
 
 /// One evaluation setting.
 #[derive(Debug, Clone)]
 pub struct EvalSetup {
     pub data: DatasetSource,
-    pub weights: FeatureSource,
+    /// An encoder file, or [`Weights::None`] for raw pixels (the baseline).
+    pub weights: Weights,
+    /// Needed for files without our metadata (a plain torchvision state dict); checked against
+    /// the metadata otherwise.
+    pub arch: Option<ResNetConfig>,
     /// Side of the evaluation crop; default: the dataset's native size (28 for MNIST-like,
     /// 32 for CIFAR) or 224.
     pub image_size: Option<usize>,
@@ -81,47 +73,6 @@ impl Prepared {
     }
 }
 
-fn describe(c: &ResNetConfig) -> String {
-    format!(
-        "resnet{} x{} {:?} stem, {} input channel(s), base {}",
-        c.depth, c.width, c.stem, c.in_channels, c.base_channels
-    )
-}
-
-fn same_shape(a: &ResNetConfig, b: &ResNetConfig) -> bool {
-    (a.depth, a.width, a.stem, a.in_channels, a.base_channels)
-        == (b.depth, b.width, b.stem, b.in_channels, b.base_channels)
-}
-
-/// Loads an encoder file, checking `arch` (when given) against what the file declares.
-pub fn load_checked_encoder(
-    path: &Path,
-    arch: Option<&ResNetConfig>,
-    device: &Device,
-) -> Result<LoadedEncoder> {
-    match load_encoder(path, device, None) {
-        Ok(loaded) => {
-            if let Some(arch) = arch {
-                if !same_shape(arch, loaded.encoder.config()) {
-                    return Err(Error::config(
-                        "arch",
-                        format!(
-                            "{} holds a {}, not the requested {}",
-                            path.display(),
-                            describe(loaded.encoder.config()),
-                            describe(arch)
-                        ),
-                    ));
-                }
-            }
-            Ok(loaded)
-        }
-        // A file without our metadata: the architecture must be given.
-        Err(Error::Format { .. }) if arch.is_some() => load_encoder(path, device, arch),
-        Err(e) => Err(e),
-    }
-}
-
 impl EvalSetup {
     fn image_size(&self) -> usize {
         self.image_size.unwrap_or(match self.data.kind {
@@ -133,17 +84,17 @@ impl EvalSetup {
 
     fn prepare(&self) -> Result<Prepared> {
         let (encoder, weights) = match &self.weights {
-            FeatureSource::Encoder { path, arch } => {
-                let loaded = load_checked_encoder(path, arch.as_ref(), &self.device)?;
+            Weights::File(path) => {
+                let loaded = load_encoder(path, &self.device, self.arch.as_ref())?;
                 let info = WeightsInfo {
                     extractor: "encoder".into(),
                     path: Some(path.display().to_string()),
                     sha256: Some(sha256_file(path)?),
-                    architecture: Some(describe(loaded.encoder.config())),
+                    architecture: Some(describe_architecture(loaded.encoder.config())),
                 };
                 (Some(loaded), info)
             }
-            FeatureSource::Pixels => (
+            Weights::None => (
                 None,
                 WeightsInfo {
                     extractor: "pixels".into(),
@@ -208,11 +159,11 @@ impl EvalSetup {
 
     fn cache_path(&self, split: Split) -> PathBuf {
         let weights = match &self.weights {
-            FeatureSource::Encoder { path, .. } => path
+            Weights::File(path) => path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "encoder".into()),
-            FeatureSource::Pixels => "pixels".into(),
+            Weights::None => "pixels".into(),
         };
         self.cache_dir.join(format!(
             "{}-{}-{}.safetensors",

@@ -1,4 +1,5 @@
-//! L2-regularised logistic regression probes: the BYOL linear-transfer protocol.
+//! L2-regularised logistic regression (the solver of the linear-transfer protocol) and the L2
+//! path that chooses its strength on validation data.
 //!
 //! Objective (multinomial, `C` classes, `n` samples):
 //!
@@ -15,13 +16,9 @@
 //! matrix is read once per L-BFGS trial while each chunk is still in cache.
 
 use crate::eval::lbfgs::{self, LbfgsOptions, LbfgsReport};
-use crate::eval::matrix::{
-    check_labels, check_multilabel, matmul, matmul_tn, Features, OwnedFeatures, Standardizer,
-};
+use crate::eval::matrix::{check_labels, matmul, matmul_tn, Features, OwnedFeatures, Standardizer};
 use crate::eval::metrics;
 use crate::{Error, Result};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use rayon::prelude::*;
 
 /// Rows per work item: one chunk of X (256 × d f32) stays in L2 between its two GEMMs.
@@ -492,6 +489,7 @@ where
     let mut best: Option<(f64, LogisticModel)> = None;
     let mut prev: Option<Vec<f64>> = None;
     let mut since_best = 0;
+    let mut first: Option<f64> = None;
     for &lambda in &grid {
         let model = solve(xs, head, k, lambda, &opts.lbfgs, prev.as_deref(), st)?;
         let s = score(&model)?;
@@ -504,11 +502,14 @@ where
             converged: model.report.converged(),
         });
         prev = Some(model.theta.clone());
+        let first_score = *first.get_or_insert(s);
         // Strict improvement: on ties the stronger (earlier) penalty is kept.
         if best.as_ref().is_none_or(|(b, _)| s > *b) {
             best = Some((s, model));
             since_best = 0;
-        } else {
+        } else if best.as_ref().is_some_and(|(b, _)| *b > first_score) {
+            // Patience counts only once the path has improved on its first point: the strongest
+            // penalties give the same trivial model (one class everywhere) for decades of λ.
             since_best += 1;
             if opts.path_patience.is_some_and(|p| since_best >= p) {
                 break;
@@ -581,172 +582,6 @@ pub fn binary_l2_path_select(
     })
 }
 
-/// Deterministic carve-out of a validation split: a seeded shuffle of `0..n`, the first
-/// `round(n·val_fraction)` indices (at least one, leaving at least one) become validation.
-/// Both lists are returned sorted.
-pub fn train_val_split(n: usize, val_fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
-    if !(val_fraction > 0.0 && val_fraction < 1.0) {
-        return Err(Error::config(
-            "val_fraction",
-            format!("must be in (0, 1), got {val_fraction}"),
-        ));
-    }
-    if n < 2 {
-        return Err(Error::Input(format!(
-            "cannot split {n} samples into train and validation"
-        )));
-    }
-    let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-    let n_val = ((n as f64 * val_fraction).round() as usize).clamp(1, n - 1);
-    let mut val = idx[..n_val].to_vec();
-    let mut train = idx[n_val..].to_vec();
-    val.sort_unstable();
-    train.sort_unstable();
-    Ok((train, val))
-}
-
-/// Options of the full protocol.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LinearProtocolOptions {
-    pub grid: Vec<f64>,
-    pub val_fraction: f64,
-    pub seed: u64,
-    pub logistic: LogisticOptions,
-}
-
-impl Default for LinearProtocolOptions {
-    fn default() -> Self {
-        Self {
-            grid: default_lambda_grid(),
-            val_fraction: 0.1,
-            seed: 0,
-            logistic: LogisticOptions::default(),
-        }
-    }
-}
-
-/// Outcome of [`linear_protocol`].
-#[derive(Debug, Clone)]
-pub struct LinearProtocolResult {
-    pub best_lambda: f64,
-    pub path: Vec<PathPoint>,
-    /// Refit on train+val at `best_lambda`.
-    pub model: LogisticModel,
-    pub test_top1: f64,
-    pub test_top5: f64,
-}
-
-/// The linear-transfer protocol: carve a validation split out of `train`, select λ on the L2 path,
-/// refit on all of `train` with it (warm-started) and report test accuracy.
-pub fn linear_protocol(
-    train: Features<'_>,
-    train_y: &[usize],
-    test: Features<'_>,
-    test_y: &[usize],
-    classes: usize,
-    opts: &LinearProtocolOptions,
-) -> Result<LinearProtocolResult> {
-    check_labels(train_y, train.rows(), classes, "train")?;
-    check_labels(test_y, test.rows(), classes, "test")?;
-    test.expect_cols(train.cols(), "test split")?;
-    let (tr, va) = train_val_split(train.rows(), opts.val_fraction, opts.seed)?;
-    let (xtr, xva) = (train.gather(&tr)?, train.gather(&va)?);
-    let ytr: Vec<usize> = tr.iter().map(|&i| train_y[i]).collect();
-    let yva: Vec<usize> = va.iter().map(|&i| train_y[i]).collect();
-    let sel = l2_path_select(
-        xtr.view(),
-        &ytr,
-        xva.view(),
-        &yva,
-        classes,
-        &opts.grid,
-        &opts.logistic,
-    )?;
-    drop((xtr, xva));
-    let model = LogisticRegression::fit_warm(
-        train,
-        train_y,
-        classes,
-        sel.best_lambda,
-        &opts.logistic,
-        Some(&sel.model),
-    )?;
-    let scores = model.predict_scores(test)?;
-    Ok(LinearProtocolResult {
-        best_lambda: sel.best_lambda,
-        path: sel.points,
-        test_top1: metrics::top_k_accuracy(&scores, test_y, classes, 1)?,
-        test_top5: metrics::top_k_accuracy(&scores, test_y, classes, 5.min(classes))?,
-        model,
-    })
-}
-
-/// Outcome of [`voc_logistic_protocol`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct VocLogisticResult {
-    /// Test 11-point AP per class.
-    pub per_class_ap: Vec<f64>,
-    pub map: f64,
-    pub best_lambdas: Vec<f64>,
-}
-
-/// One-vs-rest logistic probes for multi-label VOC data (`labels` row-major `n × classes`,
-/// 1 / -1 / 0 = difficult): per class an L2 path scored by validation 11-point AP, a refit on all
-/// of `train`, and the test 11-point AP.
-pub fn voc_logistic_protocol(
-    train: Features<'_>,
-    train_labels: &[i8],
-    test: Features<'_>,
-    test_labels: &[i8],
-    classes: usize,
-    opts: &LinearProtocolOptions,
-) -> Result<VocLogisticResult> {
-    check_multilabel(train, train_labels, test, test_labels, classes)?;
-    let (tr, va) = train_val_split(train.rows(), opts.val_fraction, opts.seed)?;
-    let (xtr, xva) = (train.gather(&tr)?, train.gather(&va)?);
-    let mut per_class_ap = Vec::with_capacity(classes);
-    let mut best_lambdas = Vec::with_capacity(classes);
-    for c in 0..classes {
-        let col = |labels: &[i8], idx: Option<&[usize]>, rows: usize| -> Vec<i8> {
-            match idx {
-                Some(idx) => idx.iter().map(|&i| labels[i * classes + c]).collect(),
-                None => (0..rows).map(|i| labels[i * classes + c]).collect(),
-            }
-        };
-        let with_class = |e: Error| Error::Input(format!("VOC class {c}: {e}"));
-        let sel = binary_l2_path_select(
-            xtr.view(),
-            &col(train_labels, Some(&tr), 0),
-            xva.view(),
-            &col(train_labels, Some(&va), 0),
-            &opts.grid,
-            &opts.logistic,
-        )
-        .map_err(with_class)?;
-        let model = LogisticRegression::fit_binary(
-            train,
-            &col(train_labels, None, train.rows()),
-            sel.best_lambda,
-            &opts.logistic,
-            Some(&sel.model),
-        )
-        .map_err(with_class)?;
-        let ap = metrics::voc07_ap_11point(
-            &model.predict_scores(test)?,
-            &col(test_labels, None, test.rows()),
-        )
-        .map_err(with_class)?;
-        per_class_ap.push(ap);
-        best_lambdas.push(sel.best_lambda);
-    }
-    Ok(VocLogisticResult {
-        map: per_class_ap.iter().sum::<f64>() / classes as f64,
-        per_class_ap,
-        best_lambdas,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,21 +616,6 @@ mod tests {
                 assert!((fd - g[i]).abs() < 2e-3, "param {i}: fd {fd} vs {}", g[i]);
             }
         }
-    }
-
-    #[test]
-    fn split_is_deterministic_and_disjoint() {
-        let (a, b) = train_val_split(100, 0.2, 7).unwrap();
-        assert_eq!((a.len(), b.len()), (80, 20));
-        assert_eq!(
-            train_val_split(100, 0.2, 7).unwrap(),
-            (a.clone(), b.clone())
-        );
-        assert_ne!(train_val_split(100, 0.2, 8).unwrap().1, b);
-        let mut all = [a, b].concat();
-        all.sort();
-        assert_eq!(all, (0..100).collect::<Vec<_>>());
-        assert!(train_val_split(100, 1.0, 0).is_err());
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! - [`metrics`]: top-k / mean per-class accuracy, confusion matrix, VOC07 11-point and
 //!   scikit-learn all-point AP (difficult = label 0 excluded), segmentation mIoU.
-//! - [`logistic`]: the BYOL linear-transfer protocol, an L2-regularised multinomial (or
-//!   one-vs-rest binary) logistic regression fitted by [`lbfgs`] along an L2 path with a seeded
-//!   validation carve-out. Penalty convention: mean loss + λ/2·‖W‖², i.e. scikit-learn's
-//!   `C = 1 / (n · λ)` for a fit on `n` rows.
+//! - [`logistic`]: an L2-regularised multinomial (or one-vs-rest binary) logistic regression
+//!   fitted by [`lbfgs`], and the L2 path that chooses λ on validation data. Penalty convention:
+//!   mean loss + λ/2·‖W‖², i.e. scikit-learn's `C = 1 / (n · λ)` for a fit on `n` rows.
+//! - [`linear_protocol`]: the BYOL linear-transfer protocol on top of it, with the seeded
+//!   validation carve-out of [`split`]; [`voc_logistic`]: its per-class VOC07 variant.
 //! - [`knn`]: temperature-weighted cosine kNN (k = 20, T = 0.07).
 //! - [`svm`]: the VOC07 linear-SVM protocol (squared hinge, dual coordinate descent, cost chosen by
 //!   3-fold cross-validated AP).
@@ -22,10 +23,13 @@ pub mod features;
 pub mod knn;
 pub mod lbfgs;
 pub mod linear_eval;
+pub mod linear_protocol;
 pub mod logistic;
 pub mod matrix;
 pub mod metrics;
 pub mod probe;
 pub mod report;
 pub mod sgd_probe;
+pub mod split;
 pub mod svm;
+pub mod voc_logistic;

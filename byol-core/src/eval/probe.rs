@@ -10,7 +10,7 @@ use crate::data::loader::Transform;
 use crate::data::Dataset;
 use crate::eval::features::{extract, Extractor, LabelledFeatures};
 use crate::eval::knn::{knn_classify, KnnOptions};
-use crate::eval::logistic::{linear_protocol, LinearProtocolOptions};
+use crate::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
 use crate::nn::ResNet;
 use crate::Result;
 

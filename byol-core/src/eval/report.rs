@@ -8,8 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::write_atomic;
 use crate::eval::metrics;
+use crate::io::write_atomic;
 use crate::{Error, Result};
 
 /// Where the features came from.

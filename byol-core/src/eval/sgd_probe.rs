@@ -13,8 +13,8 @@ use candle_core::{DType, Device, Module, ModuleT, Tensor};
 use crate::data::loader::{Loader, LoaderConfig, Transform};
 use crate::data::{Dataset, Subset};
 use crate::eval::features::{extract, Extractor, LabelledFeatures};
-use crate::eval::logistic::train_val_split;
 use crate::eval::metrics;
+use crate::eval::split::train_val_split;
 use crate::nn::layers::Linear;
 use crate::nn::{ResNet, VarStore};
 use crate::optim::{Sgd, SgdConfig};
@@ -270,8 +270,7 @@ pub fn sgd_probe(
             let grads = total.backward()?;
             let factor = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps).cos());
             for head in &mut heads {
-                head.sgd
-                    .step(&head.store, &grads, head.lr * factor, &|_| true)?;
+                head.sgd.step(&head.store, &grads, head.lr * factor)?;
             }
             loss_sum += final_loss / opts.learning_rates.len() as f64;
             batches += 1;

@@ -17,7 +17,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::pickle::{self, Array, Value};
-use crate::checkpoint::{SafetensorsFile, ENCODER_CONFIG_KEY, STEP_KEY};
+use crate::io::{SafetensorsFile, ENCODER_CONFIG_KEY, STEP_KEY};
 use crate::nn::{Padding, ResNetConfig, Stem};
 use crate::{Error, Result};
 

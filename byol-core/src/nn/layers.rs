@@ -48,8 +48,8 @@ impl Conv2d {
     }
 
     fn conv(&self, xs: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
-        if crate::kernels::use_fast(xs) {
-            crate::kernels::conv2d(xs, &self.weight, padding, self.stride)
+        if byol_kernels::use_fast(xs) {
+            byol_kernels::conv2d(xs, &self.weight, padding, self.stride)
         } else {
             xs.conv2d(&self.weight, padding, self.stride, 1, 1)
         }

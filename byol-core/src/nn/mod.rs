@@ -1,8 +1,10 @@
-//! Networks: the parameter store, layers, ResNet encoders and the BYOL MLP heads.
+//! Networks: the parameter store, layers, ResNet encoders, the BYOL MLP heads and bilinear
+//! resizing.
 
 pub mod layers;
 pub mod mlp;
 pub mod norm;
+pub mod resize;
 pub mod resnet;
 pub mod var_store;
 

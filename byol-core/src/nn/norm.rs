@@ -74,13 +74,16 @@ impl BatchNorm {
         residual: Option<&Tensor>,
         relu: bool,
     ) -> candle_core::Result<Tensor> {
-        use crate::kernels;
         let (ys, stats) = match (residual, relu) {
             (Some(r), _) => {
-                kernels::batch_norm_add_relu_train(xs, &self.weight, &self.bias, r, self.eps)?
+                byol_kernels::batch_norm_add_relu_train(xs, &self.weight, &self.bias, r, self.eps)?
             }
-            (None, true) => kernels::batch_norm_relu_train(xs, &self.weight, &self.bias, self.eps)?,
-            (None, false) => kernels::batch_norm_train(xs, &self.weight, &self.bias, self.eps)?,
+            (None, true) => {
+                byol_kernels::batch_norm_relu_train(xs, &self.weight, &self.bias, self.eps)?
+            }
+            (None, false) => {
+                byol_kernels::batch_norm_train(xs, &self.weight, &self.bias, self.eps)?
+            }
         };
         self.update_running_stats(&stats.mean, &stats.var, stats.count)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -89,7 +92,7 @@ impl BatchNorm {
 
     /// Whether the fused kernels run this call: training mode on a CPU f32 input of rank 2 or 4.
     fn fast(xs: &Tensor, train: bool) -> bool {
-        train && (xs.rank() == 2 || xs.rank() == 4) && crate::kernels::use_fast(xs)
+        train && (xs.rank() == 2 || xs.rank() == 4) && byol_kernels::use_fast(xs)
     }
 
     /// `relu(bn(xs))`: one fused op on the fast backend (a NaN stays NaN there; stock candle's
@@ -108,7 +111,7 @@ impl BatchNorm {
         residual: &Tensor,
         train: bool,
     ) -> candle_core::Result<Tensor> {
-        if Self::fast(xs, train) && crate::kernels::use_fast(residual) {
+        if Self::fast(xs, train) && byol_kernels::use_fast(residual) {
             return self.fused_train(xs, Some(residual), true);
         }
         (self.forward_t(xs, train)? + residual)?.relu()
@@ -121,7 +124,7 @@ impl ModuleT for BatchNorm {
         if rank != 2 && rank != 4 {
             candle_core::bail!("BatchNorm expects a [N, C] or [N, C, H, W] input, got {xs:?}")
         }
-        if train && crate::kernels::use_fast(xs) {
+        if train && byol_kernels::use_fast(xs) {
             // One fused op (2 passes forward, 2 backward) instead of ~35 tensor passes.
             return self.fused_train(xs, None, false);
         }

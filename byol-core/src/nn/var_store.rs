@@ -46,6 +46,12 @@ impl Role {
     pub fn is_lars_adapted(self) -> bool {
         self == Role::Weight
     }
+
+    /// True for tensors that receive weight decay (LARS and SGD): weights, not biases nor
+    /// BatchNorm parameters.
+    pub fn is_decayed(self) -> bool {
+        self == Role::Weight
+    }
 }
 
 /// One named tensor of a network.

@@ -4,7 +4,7 @@
 //! the decayed gradient, 1 where either norm is 0); `m ← μ·m + g`; `w ← w − lr·m`. Biases and every
 //! BatchNorm parameter skip both the decay and the trust ratio ([`Role::is_lars_adapted`]).
 //! No gradient clipping. On CPU (any backend but `Stock`) one fused kernel does the whole
-//! per-tensor update (`kernels::lars_update`); the candle-op path below is the reference.
+//! per-tensor update (`byol_kernels::lars_update`); the candle-op path below is the reference.
 
 use std::collections::HashMap;
 
@@ -12,10 +12,10 @@ use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{self, LarsStep};
 use crate::nn::var_store::Entry;
 use crate::nn::VarStore;
 use crate::{Error, Result};
+use byol_kernels::LarsStep;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LarsConfig {
@@ -75,7 +75,7 @@ impl Lars {
         // (memory grew ~0.9 GB per ResNet-50 step before this).
         let w = &entry.var.as_tensor().detach();
         let adapted = entry.role.is_lars_adapted();
-        if kernels::use_fast(w) {
+        if byol_kernels::use_fast(w) {
             let step = LarsStep {
                 lr,
                 momentum: self.config.momentum,
@@ -83,7 +83,7 @@ impl Lars {
                 eta: adapted.then_some(self.config.eta),
             };
             let previous = self.momentum.get(&entry.name);
-            let (w_new, m) = kernels::lars_update(w, &grad.detach(), previous, step)?;
+            let (w_new, m) = byol_kernels::lars_update(w, &grad.detach(), previous, step)?;
             entry.var.set(&w_new)?;
             self.momentum.insert(entry.name.clone(), m);
             return Ok(());

@@ -1,6 +1,8 @@
 //! SGD with (Nesterov) momentum and decoupled-from-nothing L2 weight decay, as PyTorch's
 //! `torch.optim.SGD`: `g = grad + wd·w; b = μ·b + g; step = g + μ·b (Nesterov) or b; w -= lr·step`.
-//! The linear-evaluation head and fine-tuning use it (BYOL's evaluation protocols).
+//! The linear-evaluation head and fine-tuning use it (BYOL's evaluation protocols). As in
+//! [`crate::optim::Lars`], each tensor's [`Role`](crate::nn::Role) decides the decay:
+//! convolution and linear weights only, never biases or BatchNorm parameters.
 
 use std::collections::HashMap;
 
@@ -15,8 +17,8 @@ use crate::{Error, Result};
 pub struct SgdConfig {
     pub momentum: f64,
     pub nesterov: bool,
-    /// L2 penalty added to the gradient of every trainable tensor that the filter of
-    /// [`Sgd::step`] accepts.
+    /// L2 penalty added to the gradient of the tensors whose
+    /// [`Role::is_decayed`](crate::nn::Role::is_decayed).
     pub weight_decay: f64,
 }
 
@@ -64,15 +66,9 @@ impl Sgd {
         &self.config
     }
 
-    /// One step over the trainable tensors of `store` that have a gradient; `decays(name)`
-    /// says which of them take the weight decay (e.g. not biases and BN parameters).
-    pub fn step(
-        &mut self,
-        store: &VarStore,
-        grads: &GradStore,
-        lr: f64,
-        decays: &dyn Fn(&str) -> bool,
-    ) -> Result<()> {
+    /// One step over the trainable tensors of `store` that have a gradient; the weight decay
+    /// goes to the [`Role::Weight`](crate::nn::Role::Weight) tensors only.
+    pub fn step(&mut self, store: &VarStore, grads: &GradStore, lr: f64) -> Result<()> {
         let SgdConfig {
             momentum,
             nesterov,
@@ -82,7 +78,7 @@ impl Sgd {
             // Detached, as in `Lars::update`: no autograd history may reach the momentum buffers.
             let w = &entry.var.as_tensor().detach();
             let mut g = grad.detach();
-            if weight_decay > 0.0 && decays(&entry.name) {
+            if weight_decay > 0.0 && entry.role.is_decayed() {
                 g = (g + w.affine(weight_decay, 0.0)?)?;
             }
             let update = if momentum > 0.0 {

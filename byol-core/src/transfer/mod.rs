@@ -3,55 +3,36 @@
 //! - [`voc`]: VOC2007 multi-label classification on frozen features, either the paper's per-class
 //!   logistic regression with 11-point mAP or the VISSL/mmselfsup SVM protocol with all-point AP;
 //! - [`segmentation`]: VOC2012 semantic segmentation with an FCN head, encoder fine-tuned;
-//! - [`classify`]: image-folder datasets (the 12-dataset suite), linear and fine-tuned;
+//! - [`classify`]: one image-folder dataset, linear or fine-tuned;
+//! - [`suite`]: `--suite paper`, every dataset of the paper's table found under a root;
+//! - [`finetune`]: the fine-tuning setup the tasks share (encoder + head, SGD, lr × wd grid);
+//! - [`paper`]: the paper's ResNet-50 transfer numbers and each dataset's metric;
 //! - [`report`]: the JSON report every task writes and the table it prints.
 //!
-//! This file holds what the tasks share: which weights to start from, the evaluation transform
-//! and frozen-feature extraction.
+//! This file holds what the tasks share: the options (which [`Weights`] to start from), the
+//! evaluation transform and frozen-feature extraction.
 
 pub mod classify;
+pub mod finetune;
+pub mod paper;
 pub mod report;
 pub mod segmentation;
+pub mod suite;
 pub mod voc;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::Device;
 
 use crate::data::augment::{AugmentConfig, EvalTransform};
 use crate::data::Dataset;
-use crate::eval::cache::sha256_file;
 use crate::eval::features::{extract, Extractor, LabelledFeatures};
-use crate::eval::linear_eval::load_checked_encoder;
+use crate::io::sha256_file;
 use crate::nn::{ResNet, ResNetConfig, VarStore};
+use crate::weights::{load_encoder, Weights};
 use crate::{Error, Result};
 
 pub use report::{ClassScore, TransferReport, WeightsInfo};
-
-/// Where the encoder comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Weights {
-    /// An encoder file (`checkpoint::save_encoder`, or a torchvision state dict with `arch`).
-    File(PathBuf),
-    /// No pretrained weights: frozen-feature protocols read raw pixels (the baseline), fine-tuning
-    /// starts from a random initialisation of `arch`.
-    None,
-}
-
-impl std::str::FromStr for Weights {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "" => Err(Error::config(
-                "weights",
-                "empty: give an encoder file or `none`",
-            )),
-            "none" => Ok(Weights::None),
-            path => Ok(Weights::File(PathBuf::from(path))),
-        }
-    }
-}
 
 /// Settings every task shares.
 #[derive(Debug, Clone)]
@@ -119,7 +100,7 @@ impl CommonOptions {
         match &self.weights {
             Weights::None => Ok(None),
             Weights::File(p) => Ok(Some(
-                load_checked_encoder(p, self.arch.as_ref(), &self.device)?.encoder,
+                load_encoder(p, &self.device, self.arch.as_ref())?.encoder,
             )),
         }
     }
@@ -128,7 +109,7 @@ impl CommonOptions {
     pub fn trainable_encoder(&self) -> Result<(ResNet, VarStore)> {
         match &self.weights {
             Weights::File(p) => {
-                let loaded = load_checked_encoder(p, self.arch.as_ref(), &self.device)?;
+                let loaded = load_encoder(p, &self.device, self.arch.as_ref())?;
                 Ok((loaded.encoder, loaded.store))
             }
             Weights::None => {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::write_atomic;
+use crate::io::write_atomic;
 use crate::{Error, Result};
 
 pub use crate::eval::report::WeightsInfo;

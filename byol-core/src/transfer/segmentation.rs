@@ -5,8 +5,7 @@
 //! 1×1 conv with bias; no dropout) on the stride-16 map: `layer4`, bilinearly upsampled to
 //! `layer3`'s size, concatenated with `layer3` (an FCN-16s-style skip instead of dilating the
 //! last stage, which our convolutions do not support). Logits are bilinearly upsampled to the
-//! input size before the loss. Bilinear resizing is two small matrix products, so it
-//! differentiates on every device.
+//! input size before the loss ([`crate::nn::resize`]).
 //!
 //! Training views: the image scaled so its shorter side is the crop size times a random factor
 //! (`scale_range`), a random `size × size` window (padding: mean pixel, void mask), random
@@ -19,28 +18,27 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
+use candle_core::{DType, ModuleT, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::data::augment::{IMAGENET_MEAN, IMAGENET_STD};
-use crate::data::voc::{VocSegmentation, VOC_CLASSES};
+use crate::data::voc::{find_voc_dir, VocSegmentation, VOC_CLASSES};
 use crate::data::Image;
 use crate::eval::metrics::{SegConfusion, IGNORE_LABEL};
 use crate::nn::layers::Conv2d;
-use crate::nn::{BatchNorm, ResNet, Role, VarPath, VarStore};
-use crate::optim::{Sgd, SgdConfig};
+use crate::nn::resize::resize_bilinear;
+use crate::nn::{BatchNorm, ResNet, Role, VarPath};
+use crate::optim::SgdConfig;
+use crate::transfer::finetune::FineTuner;
+use crate::transfer::paper::PAPER_VOC_SEG_MIOU;
 use crate::transfer::report::{hp, ClassScore, TransferReport};
-use crate::transfer::voc::find_voc_dir;
 use crate::transfer::CommonOptions;
 use crate::{Error, Result};
 
 /// Background plus the 20 VOC classes: the 21 mask labels.
 pub const SEG_CLASSES: usize = 21;
-
-/// The paper's VOC2012 mIoU (ResNet-50, BYOL-RECIPE.md "Reported numbers").
-pub const PAPER_VOC_SEG_MIOU: f64 = 0.763;
 
 /// Learning-rate decay over the fine-tuning steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,42 +107,6 @@ impl SegOptions {
             max_val_images: None,
         }
     }
-}
-
-/// `[out, inp]` matrix of PyTorch's bilinear interpolation (`align_corners=False`) along one axis.
-fn bilinear_matrix(out: usize, inp: usize, device: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; out * inp];
-    let scale = inp as f64 / out as f64;
-    for i in 0..out {
-        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
-        let i0 = (src.floor() as usize).min(inp - 1);
-        let i1 = (i0 + 1).min(inp - 1);
-        let l = (src - i0 as f64) as f32;
-        m[i * inp + i0] += 1.0 - l;
-        m[i * inp + i1] += l;
-    }
-    Ok(Tensor::from_vec(m, (out, inp), device)?)
-}
-
-/// Bilinear resize of `[N, C, h, w]` to `[N, C, height, width]`, as two matrix products.
-pub fn resize_bilinear(x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    if (h, w) == (height, width) {
-        return Ok(x.clone());
-    }
-    let dev = x.device();
-    let aw = bilinear_matrix(width, w, dev)?.t()?;
-    let ah = bilinear_matrix(height, h, dev)?.t()?;
-    let y = x.reshape((n * c * h, w))?.matmul(&aw)?; // [n c h, W]
-    let y = y
-        .reshape((n, c, h, width))?
-        .transpose(2, 3)?
-        .contiguous()?
-        .reshape((n * c * width, h))?
-        .matmul(&ah)?; // [n c W, H]
-    Ok(y.reshape((n, c, width, height))?
-        .transpose(2, 3)?
-        .contiguous()?)
 }
 
 /// torchvision's `FCNHead` without dropout, on concatenated `layer3` and upsampled `layer4`.
@@ -404,30 +366,22 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
     }
     preflight(&dir, &train)?;
     preflight(&dir, &val)?;
-    let (encoder, enc_store) = common.trainable_encoder()?;
-    if encoder.config().in_channels != 3 {
-        return Err(Error::config(
-            "weights",
-            "segmentation needs an RGB (3-channel) encoder",
-        ));
-    }
-    let ch = encoder.stage_channels()?;
-    let mut head_store = VarStore::new(&common.device, common.seed.wrapping_add(1));
-    let head = FcnHead::new(
-        &mut head_store.root().pp("classifier"),
-        ch[2] + ch[3],
-        SEG_CLASSES,
-    )?;
-    let model = FcnModel { encoder, head };
     let sgd = SgdConfig {
         momentum: opts.momentum,
         nesterov: opts.nesterov,
         weight_decay: opts.weight_decay,
     };
-    let mut opt_enc = Sgd::new(sgd)?;
-    let mut opt_head = Sgd::new(sgd)?;
-    let decays =
-        |store: &VarStore, name: &str| store.get(name).is_some_and(|e| e.role == Role::Weight);
+    let mut tuner = FineTuner::new(common, sgd, |encoder, head| {
+        if encoder.config().in_channels != 3 {
+            return Err(Error::config(
+                "weights",
+                "segmentation needs an RGB (3-channel) encoder",
+            ));
+        }
+        let ch = encoder.stage_channels()?;
+        let head = FcnHead::new(&mut head.pp("classifier"), ch[2] + ch[3], SEG_CLASSES)?;
+        Ok(FcnModel { encoder, head })
+    })?;
 
     let mask_path = |i: usize| {
         dir.join("SegmentationClass")
@@ -459,7 +413,7 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
             .collect::<Result<Vec<_>>>()?;
         let (pixels, labels): (Vec<Vec<f32>>, Vec<Vec<u32>>) = samples.into_iter().unzip();
         let x = Tensor::from_vec(pixels.concat(), (bs, 3, s, s), &common.device)?;
-        let logits = model.forward_t(&x, true)?;
+        let logits = tuner.model.forward_t(&x, true)?;
         let (loss, count) = pixel_cross_entropy(&logits, &labels.concat())?;
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
@@ -469,16 +423,14 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
         }
         losses.push(value);
         if count > 0 {
-            let grads = loss.backward()?;
-            let lr = opts.schedule.lr(opts.lr, step, opts.steps);
-            opt_enc.step(&enc_store, &grads, lr, &|n| decays(&enc_store, n))?;
-            opt_head.step(&head_store, &grads, lr, &|n| decays(&head_store, n))?;
+            tuner.step(&loss, opts.schedule.lr(opts.lr, step, opts.steps))?;
         }
         if step % 50 == 0 || step + 1 == opts.steps {
             tracing::info!(step, loss = value, "segmentation fine-tuning");
         }
     }
 
+    let model = &tuner.model;
     let n_val = opts.max_val_images.map_or(val.len(), |m| m.min(val.len()));
     let mut confusion = SegConfusion::new(SEG_CLASSES)?;
     for chunk in (0..n_val).collect::<Vec<_>>().chunks(bs) {
@@ -592,24 +544,7 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bilinear_matches_pytorch_on_a_ramp() {
-        // F.interpolate(torch.arange(4.).view(1,1,1,4), size=(1,8), mode="bilinear"):
-        // [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3].
-        let x = Tensor::new(&[0f32, 1., 2., 3.], &Device::Cpu)
-            .unwrap()
-            .reshape((1, 1, 1, 4))
-            .unwrap();
-        let y: Vec<f32> = resize_bilinear(&x, 1, 8)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let e = [0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0];
-        assert!(y.iter().zip(e).all(|(a, b)| (a - b).abs() < 1e-6), "{y:?}");
-    }
+    use candle_core::Device;
 
     #[test]
     fn cross_entropy_ignores_void_pixels() {

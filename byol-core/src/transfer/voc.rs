@@ -12,18 +12,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::data::voc::{VocClassification, VocSource, VOC_CLASSES};
+use crate::data::voc::{find_voc_dir, VocClassification, VocSource, VOC_CLASSES};
 use crate::data::{Dataset, Subset};
-use crate::eval::logistic::train_val_split;
+use crate::eval::linear_protocol::LinearProtocolOptions;
 use crate::eval::logistic::{
-    binary_l2_path_select, default_lambda_grid, voc_logistic_protocol, LinearProtocolOptions,
-    LogisticOptions, LogisticRegression,
+    binary_l2_path_select, default_lambda_grid, LogisticOptions, LogisticRegression,
 };
 use crate::eval::matrix::Features;
 use crate::eval::metrics::per_class_ap;
 use crate::eval::metrics::voc07_ap_11point;
+use crate::eval::split::train_val_split;
 use crate::eval::svm::{voc07_svm, Voc07SvmOptions};
-use crate::transfer::classify::{finetune_once, paper_numbers, FinetuneOptions};
+use crate::eval::voc_logistic::voc_logistic_protocol;
+use crate::transfer::finetune::{finetune_once, grid_search, FinetuneOptions, GridChoice};
+use crate::transfer::paper::paper_numbers;
 use crate::transfer::report::{hp, ClassScore, TransferReport};
 use crate::transfer::{frozen_features, CommonOptions};
 use crate::{Error, Result};
@@ -93,27 +95,6 @@ impl VocOptions {
             finetune: None,
         }
     }
-}
-
-/// The `VOC<year>` directory given a `VOCdevkit` root, its parent, or the directory itself.
-pub fn find_voc_dir(root: &Path, year: &str) -> Result<PathBuf> {
-    let name = format!("VOC{year}");
-    let candidates = [
-        root.to_path_buf(),
-        root.join(&name),
-        root.join("VOCdevkit").join(&name),
-    ];
-    candidates
-        .into_iter()
-        .find(|d| d.join("ImageSets").is_dir())
-        .ok_or_else(|| {
-            Error::format(
-                root,
-                format!(
-                    "no {name} here: expected ImageSets/ in it, in {name}/ or in VOCdevkit/{name}/"
-                ),
-            )
-        })
 }
 
 /// Row-major `n × 20` targets (1 / -1 / 0 = difficult) of a split.
@@ -333,12 +314,7 @@ fn finetune_voc(
     ft: &FinetuneOptions,
     start: Instant,
 ) -> Result<TransferReport> {
-    if ft.steps == 0 || ft.lrs.is_empty() || ft.weight_decays.is_empty() {
-        return Err(Error::config(
-            "finetune",
-            "needs steps ≥ 1 and non-empty lr and weight-decay grids",
-        ));
-    }
+    ft.validate()?;
     let (ytv, yte) = (target_matrix(&trainval), target_matrix(&test));
     let mut splits = BTreeMap::new();
     splits.insert("trainval".to_string(), trainval.len());
@@ -361,21 +337,15 @@ fn finetune_voc(
     let sel_val: Arc<dyn Dataset> = Arc::new(Subset::new(Arc::clone(&tv), va.clone())?);
     let (ytr, yva) = (rows_of_targets(&ytv, &tr), rows_of_targets(&ytv, &va));
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let mut grid = Vec::new();
-    let mut best: Option<(f64, f64, f64)> = None;
-    for &lr in &ft.lrs {
-        for &wd in &ft.weight_decays {
-            let (scores, _, _) =
-                finetune_once(&sel_train, &sel_val, Some(&ytr), lr, wd, &opts.common, ft)?;
-            let v = mean(&per_class_ap(&scores, &yva, 20, true)?);
-            tracing::info!(lr, wd, val_map = v, "VOC fine-tuning grid point");
-            grid.push(serde_json::json!({"lr": lr, "weight_decay": wd, "val": v}));
-            if best.is_none_or(|(b, _, _)| v > b) {
-                best = Some((v, lr, wd));
-            }
-        }
-    }
-    let (_, lr, wd) = best.ok_or_else(|| Error::config("finetune", "empty grid"))?;
+    let GridChoice {
+        lr,
+        weight_decay: wd,
+        grid,
+    } = grid_search(ft, |lr, wd| {
+        let (scores, _, _) =
+            finetune_once(&sel_train, &sel_val, Some(&ytr), lr, wd, &opts.common, ft)?;
+        Ok(mean(&per_class_ap(&scores, &yva, 20, true)?))
+    })?;
     let test: Arc<dyn Dataset> = Arc::new(test);
     let (scores, _, loss) = finetune_once(&tv, &test, Some(&ytv), lr, wd, &opts.common, ft)?;
     let aps = per_class_ap(&scores, &yte, 20, true)?;

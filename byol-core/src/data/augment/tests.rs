@@ -578,7 +578,7 @@ fn gaussian_taps_are_trimmed_normalised_and_match_the_full_kernel() {
 
 #[test]
 fn reflect_padding_indices() {
-    use kernels::reflect;
+    use pixels::reflect;
     let got: Vec<usize> = (-3..8).map(|i| reflect(i, 5)).collect();
     assert_eq!(got, vec![3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]);
     assert_eq!(reflect(-7, 1), 0);
@@ -699,8 +699,11 @@ fn eval_transform_shape_and_centre() {
 /// (`scripts/make_augment_fixtures.py`).
 #[test]
 fn matches_torchvision_fixture() {
-    let doc: serde_json::Value =
-        serde_json::from_str(include_str!("torchvision_fixture.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/augment/torchvision_fixture.json"
+    )))
+    .unwrap();
     let w = doc["width"].as_u64().unwrap() as usize;
     let h = doc["height"].as_u64().unwrap() as usize;
     let s = doc["size"].as_u64().unwrap() as usize;

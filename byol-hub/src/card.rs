@@ -7,9 +7,10 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::eval::report::ClassificationReport;
-use crate::nn::ResNetConfig;
-use crate::transfer::TransferReport;
+use byol_core::eval::report::ClassificationReport;
+use byol_core::nn::ResNetConfig;
+use byol_core::transfer::TransferReport;
+
 use crate::{Error, Result};
 
 /// An evaluation result read from one of our JSON reports.
@@ -75,7 +76,8 @@ pub fn config_json(encoder: &ResNetConfig, recipe: Option<&Value>) -> Result<Str
         "weights_format": "torchvision ResNet state dict without fc (safetensors)",
         "pretrain": recipe.cloned().unwrap_or(Value::Null),
     });
-    serde_json::to_string_pretty(&value).map_err(|e| Error::Input(e.to_string()))
+    serde_json::to_string_pretty(&value)
+        .map_err(|e| Error::Core(byol_core::Error::Input(e.to_string())))
 }
 
 /// A YAML scalar: JSON strings are valid YAML double-quoted scalars.

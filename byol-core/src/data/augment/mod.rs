@@ -18,7 +18,7 @@
 //!   tensors rounds after each op; the difference is below one grey level);
 //! - grayscale: `0.2989 R + 0.5870 G + 0.1140 B`, replicated to the output channels;
 //! - blur: torchvision's `GaussianBlur` (kernel `kernel_size`, reflect padding) with taps below
-//!   1e-5 of the peak dropped and the rest renormalised (see [`kernels::gaussian_taps`]);
+//!   1e-5 of the peak dropped and the rest renormalised (see [`pixels::gaussian_taps`]);
 //! - solarize: `x >= threshold -> 1 - x` on [0, 1] values.
 //!
 //! One-channel (grey) input: brightness and contrast act on the single channel (contrast blends
@@ -30,7 +30,7 @@
 //! [`view_rng`]`(seed, e, i, v)`, a ChaCha8 stream keyed by those four numbers, so the views do not
 //! depend on thread count, batch composition or timing.
 
-mod kernels;
+mod pixels;
 
 use std::cell::RefCell;
 
@@ -39,8 +39,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub use kernels::gaussian_taps;
-use kernels::ColorOp;
+pub use pixels::gaussian_taps;
+use pixels::ColorOp;
 
 use super::Image;
 use crate::{Error, Result};
@@ -706,7 +706,7 @@ impl TwoViewAugmenter {
             crop_resize(&mut sc.resizer, img, c, s, s, &mut sc.resized)?;
             let wc = img.channels;
             sc.planes.resize(wc * len, 0.0);
-            kernels::load_planes(&sc.resized, wc, s, p.flip, &mut sc.planes);
+            pixels::load_planes(&sc.resized, wc, s, p.flip, &mut sc.planes);
 
             // Colour ops, split at contrast: its mean is over the image as it is before it.
             let mut ops_a: Vec<ColorOp> = Vec::with_capacity(6);
@@ -742,12 +742,12 @@ impl TwoViewAugmenter {
             }
             let nplanes = if collapse { 1 } else { wc };
             if let Some(factor) = contrast {
-                let sum = kernels::color_pass(&mut sc.planes, wc, len, &ops_a, true);
+                let sum = pixels::color_pass(&mut sc.planes, wc, len, &ops_a, true);
                 let mean = (sum / len as f64) as f32;
                 ops_b.insert(0, ColorOp::Contrast { factor, mean });
-                kernels::color_pass(&mut sc.planes, wc, len, &ops_b, false);
+                pixels::color_pass(&mut sc.planes, wc, len, &ops_b, false);
             } else if !ops_a.is_empty() {
-                kernels::color_pass(&mut sc.planes, wc, len, &ops_a, false);
+                pixels::color_pass(&mut sc.planes, wc, len, &ops_a, false);
             }
 
             let taps = match p.blur {
@@ -763,7 +763,7 @@ impl TwoViewAugmenter {
                     _ => single,
                 };
                 let maps: Vec<(f32, f32)> = targets.iter().map(|&t| self.maps[t]).collect();
-                kernels::finish_plane(
+                pixels::finish_plane(
                     &sc.planes[pl * len..(pl + 1) * len],
                     s,
                     &taps,
@@ -850,9 +850,9 @@ impl EvalTransform {
                         let g = if c == 1 {
                             rgb[0]
                         } else {
-                            kernels::GREY_R * rgb[0]
-                                + kernels::GREY_G * rgb[1]
-                                + kernels::GREY_B * rgb[2]
+                            pixels::GREY_R * rgb[0]
+                                + pixels::GREY_G * rgb[1]
+                                + pixels::GREY_B * rgb[2]
                         };
                         out[y * s + x] = g * self.maps[0].0 + self.maps[0].1;
                     } else {

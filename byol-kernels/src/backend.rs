@@ -1,28 +1,12 @@
-//! Fast CPU kernels for the hot paths of a BYOL step: convolution (forward, input-grad,
-//! weight-grad) and train-mode BatchNorm, as candle custom ops.
-//!
-//! Stock candle spends most of a CPU training step in a single-threaded transposed convolution
-//! (input grad), a huge-im2col weight grad and ~35 tensor passes per BatchNorm (see
-//! `scripts/PERF.md`). These ops are f32, contiguous NCHW, multithreaded with rayon and use the
-//! `gemm` crate directly, or oneDNN for the convolutions when the build found it (`onednn.rs`).
-//! Layers pick them through [`use_fast`]: only on CPU, only for f32, and
-//! only while the [`Backend`] is not [`Backend::Stock`]; everything else (CUDA included) takes the
-//! stock candle ops, so the recipe code is the same on every device.
-
-mod bn;
-mod conv;
-pub mod onednn;
-mod scratch;
-mod update;
+//! The process-wide switch between the custom kernels and candle's stock ops, with a per-thread
+//! override for tests.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{DType, Tensor};
 
-pub use bn::{batch_norm_add_relu_train, batch_norm_relu_train, batch_norm_train, BnStats};
-pub use conv::{conv2d, Conv2dGeometry};
-pub use update::{ema, lars_update, LarsStep};
+use crate::onednn;
 
 /// Which implementation the layers use on CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,15 +22,20 @@ pub enum Backend {
     OneDnnDirect,
 }
 
+/// A backend name that is none of `stock`, `fast`, `onednn`, `onednn-direct`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}`: use stock, fast, onednn or onednn-direct")]
+pub struct UnknownBackend(pub String);
+
 impl std::str::FromStr for Backend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         match s {
             "stock" => Ok(Self::Stock),
             "fast" => Ok(Self::Fast),
             "onednn" => Ok(Self::OneDnn),
             "onednn-direct" => Ok(Self::OneDnnDirect),
-            _ => Err(format!("`{s}`: use stock, fast, onednn or onednn-direct")),
+            _ => Err(UnknownBackend(s.to_string())),
         }
     }
 }
@@ -113,17 +102,4 @@ pub fn with_backend<R>(backend: Backend, f: impl FnOnce() -> R) -> R {
 /// Whether a layer should route `xs` through the custom ops.
 pub fn use_fast(xs: &Tensor) -> bool {
     backend() != Backend::Stock && xs.device().is_cpu() && xs.dtype() == DType::F32
-}
-
-/// The contiguous f32 data of a CPU tensor's storage.
-fn slice<'a>(
-    s: &'a candle_core::CpuStorage,
-    l: &candle_core::Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: the fast kernels need a contiguous input"),
-    }
 }

@@ -3,7 +3,7 @@
 //! The library is opened on first use; without it (at build or at run time), or with
 //! `BYOL_ONEDNN=0` in the environment, [`available`] is false and the Rust kernels run.
 
-use super::conv::Conv2dGeometry;
+use crate::geometry::Conv2dGeometry;
 
 /// Which convolution pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

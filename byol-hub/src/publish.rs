@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use hf_hub::repository::CommitOperation;
 use hf_hub::RepoTypeModel;
 
-use super::card::{config_json, model_card, CardInfo, Report};
-use super::{describe, HubOptions};
-use crate::checkpoint::{SafetensorsFile, ENCODER_CONFIG_KEY};
-use crate::nn::ResNetConfig;
-use crate::{Error, Result};
+use byol_core::io::{SafetensorsFile, ENCODER_CONFIG_KEY};
+use byol_core::nn::ResNetConfig;
+
+use crate::card::{config_json, model_card, CardInfo, Report};
+use crate::options::describe;
+use crate::{Error, HubOptions, Result};
 
 /// What to publish and where.
 #[derive(Debug, Clone)]

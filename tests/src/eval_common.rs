@@ -1,5 +1,5 @@
-// Shared helpers of the eval_* integration tests (`use crate::eval_common as common;`); its own
-// tests check the helpers.
+//! Shared helpers of the eval_* integration tests (`use byol_tests::eval_common as common;`);
+//! its own tests check the helpers.
 
 /// Small deterministic generator (xorshift64*), so the tests need no rand dependency.
 pub struct Rng(u64);

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use hf_hub::HFError;
 
-use super::{describe, HubOptions};
-use crate::weights::{HubRef, WeightsRef};
-use crate::{Error, Result};
+use crate::options::describe;
+use crate::reference::{HubRef, WeightsRef};
+use crate::{Error, HubOptions, Result};
 
 /// Downloads (or finds in the cache) the file `reference` names and returns its local path.
 ///

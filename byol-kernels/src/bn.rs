@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::slice;
+use crate::storage::slice;
 
 /// The batch statistics of one train-mode forward, for the running-average update.
 #[derive(Debug, Clone)]

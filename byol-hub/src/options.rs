@@ -1,24 +1,11 @@
-//! The Hugging Face Hub (or any Hub-compatible server): pulling weights named
-//! `hf://<owner>/<repo>[@<revision>][/<file>]` and publishing a run directory, with the `hf-hub`
-//! crate's blocking client.
-//!
-//! Settings follow the Hub's conventions: endpoint from `HF_ENDPOINT`, cache under
-//! `HF_HUB_CACHE` or `$HF_HOME/hub`, token from `HF_TOKEN`, `HF_TOKEN_PATH` or `$HF_HOME/token`
-//! (resolved by hf-hub; never printed, logged or put in an error), and `HF_HUB_OFFLINE=1` mapped
-//! to hf-hub's `local_files_only` (the cache or a clear error, no network).
-
-pub mod card;
-pub mod publish;
-pub mod pull;
+//! Where and how to reach the Hub ([`HubOptions`], from the `HF_*` environment), and hf-hub's
+//! errors in words.
 
 use std::path::PathBuf;
 
 use hf_hub::{HFClientBuilder, HFClientSync, HFError};
 
 use crate::{Error, Result};
-
-pub use publish::{publish, PublishOptions, Published};
-pub use pull::{download, resolve_weights};
 
 /// Where and how to reach the Hub. [`HubOptions::from_env`] reads the `HF_*` variables; fields
 /// set here override them.

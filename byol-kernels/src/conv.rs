@@ -10,89 +10,27 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::onednn::{self, Pass};
-use super::scratch::with_scratch;
-use super::{slice, Backend};
+use crate::geometry::Conv2dGeometry;
+use crate::onednn::{self, Pass};
+use crate::scratch::with_scratch;
+use crate::storage::slice;
+use crate::Backend;
 
 /// Columns per gemm below which samples are grouped into one gemm.
 const TARGET_COLS: usize = 256;
 
-/// Shapes of one convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Conv2dGeometry {
-    pub n: usize,
-    pub cin: usize,
-    pub h: usize,
-    pub w: usize,
-    pub cout: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub ho: usize,
-    pub wo: usize,
+/// (samples per gemm, whether to parallelise over groups rather than inside the gemm).
+fn plan(g: &Conv2dGeometry) -> (usize, bool) {
+    let group = TARGET_COLS.div_ceil(g.hw_out().max(1)).clamp(1, g.n.max(1));
+    let groups = g.n.div_ceil(group);
+    (group, groups >= 2 * rayon::current_num_threads())
 }
 
-impl Conv2dGeometry {
-    /// Checks the input `[n, cin, h, w]` against the weight `[cout, cin, kh, kw]`.
-    pub fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> candle_core::Result<Self> {
-        let (&[n, cin, h, w], &[cout, cin_w, kh, kw]) = (x, wt) else {
-            candle_core::bail!("conv2d expects 4-D input and weight, got {x:?} and {wt:?}")
-        };
-        if cin != cin_w {
-            candle_core::bail!("conv2d: input has {cin} channels, the weight expects {cin_w}")
-        }
-        if stride == 0 {
-            candle_core::bail!("conv2d: stride must be ≥ 1")
-        }
-        if h + 2 * pad < kh || w + 2 * pad < kw {
-            candle_core::bail!("conv2d: kernel {kh}×{kw} larger than the padded input {h}×{w}")
-        }
-        Ok(Self {
-            n,
-            cin,
-            h,
-            w,
-            cout,
-            kh,
-            kw,
-            stride,
-            pad,
-            ho: (h + 2 * pad - kh) / stride + 1,
-            wo: (w + 2 * pad - kw) / stride + 1,
-        })
-    }
-
-    fn k(&self) -> usize {
-        self.cin * self.kh * self.kw
-    }
-    fn hw_out(&self) -> usize {
-        self.ho * self.wo
-    }
-    fn x_len(&self) -> usize {
-        self.cin * self.h * self.w
-    }
-    fn y_len(&self) -> usize {
-        self.cout * self.hw_out()
-    }
-    /// A 1×1 stride-1 unpadded convolution: the input already is its im2col matrix.
-    fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
-    }
-    /// (samples per gemm, whether to parallelise over groups rather than inside the gemm).
-    fn plan(&self) -> (usize, bool) {
-        let group = TARGET_COLS
-            .div_ceil(self.hw_out().max(1))
-            .clamp(1, self.n.max(1));
-        let groups = self.n.div_ceil(group);
-        (group, groups >= 2 * rayon::current_num_threads())
-    }
-    fn parallelism(par_groups: bool) -> Parallelism {
-        if par_groups {
-            Parallelism::None
-        } else {
-            Parallelism::Rayon(0)
-        }
+fn parallelism(par_groups: bool) -> Parallelism {
+    if par_groups {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(0)
     }
 }
 
@@ -355,7 +293,7 @@ fn scatter(src: &[f32], rows: usize, hw: usize, gn: usize, dst: &mut [f32]) {
 pub(crate) fn forward(x: &[f32], wt: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     let (k, hw, ylen, xlen) = (g.k(), g.hw_out(), g.y_len(), g.x_len());
     let mut y = vec![0f32; g.n * ylen];
-    let (group, par) = g.plan();
+    let (group, par) = plan(g);
     let body = |(gi, ychunk): (usize, &mut [f32]), par: Parallelism| {
         let n0 = gi * group;
         let gn = ychunk.len() / ylen;
@@ -421,7 +359,7 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     } else {
         y.chunks_mut(group * ylen)
             .enumerate()
-            .for_each(|c| body(c, Conv2dGeometry::parallelism(false)));
+            .for_each(|c| body(c, parallelism(false)));
     }
     y
 }
@@ -430,7 +368,7 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
 pub(crate) fn input_grad(dy: &[f32], wt: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     let (k, hw, ylen, xlen) = (g.k(), g.hw_out(), g.y_len(), g.x_len());
     let mut dx = vec![0f32; g.n * xlen];
-    let (group, par) = g.plan();
+    let (group, par) = plan(g);
     // Wᵀ as a [k, cout] matrix: element (i, c) is w[c·k + i].
     let wt_t = (1, k);
     let body = |(gi, dxchunk): (usize, &mut [f32]), par: Parallelism| {
@@ -488,7 +426,7 @@ pub(crate) fn input_grad(dy: &[f32], wt: &[f32], g: &Conv2dGeometry) -> Vec<f32>
     } else {
         dx.chunks_mut(group * xlen)
             .enumerate()
-            .for_each(|c| body(c, Conv2dGeometry::parallelism(false)));
+            .for_each(|c| body(c, parallelism(false)));
     }
     dx
 }
@@ -496,7 +434,7 @@ pub(crate) fn input_grad(dy: &[f32], wt: &[f32], g: &Conv2dGeometry) -> Vec<f32>
 /// `dw = Σ_groups dy_g · col_gᵀ`: `[cout, cin, kh, kw]`, one accumulator per thread.
 pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     let (k, hw, ylen, xlen) = (g.k(), g.hw_out(), g.y_len(), g.x_len());
-    let (group, par) = g.plan();
+    let (group, par) = plan(g);
     let groups = g.n.div_ceil(group);
     let accumulate_range = |range: std::ops::Range<usize>, par: Parallelism| {
         let mut dw = vec![0f32; g.cout * k];
@@ -554,7 +492,7 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Conv2dGeometry) -> Vec<f32>
         dw
     };
     if !par {
-        return accumulate_range(0..groups, Conv2dGeometry::parallelism(false));
+        return accumulate_range(0..groups, parallelism(false));
     }
     let threads = rayon::current_num_threads().min(groups);
     let parts: Vec<Vec<f32>> = (0..threads)
@@ -592,7 +530,7 @@ pub(crate) enum ConvEngine {
 impl ConvEngine {
     /// The engine of the backend in effect on this thread.
     fn current() -> Self {
-        match super::backend() {
+        match crate::backend() {
             Backend::OneDnn => Self::OneDnn { winograd: true },
             Backend::OneDnnDirect => Self::OneDnn { winograd: false },
             Backend::Fast | Backend::Stock => Self::Rust,

@@ -1,0 +1,252 @@
+//! Fine-tuning (App. D.3): what classification, VOC2007 and segmentation share.
+//!
+//! [`FineTuner`] holds the encoder to fine-tune (the weights file, or a seeded random init) with a
+//! task head in a store of its own, and one SGD per store; `grid_search` chooses the learning
+//! rate × weight decay on validation; `finetune_once` is the classification run (linear head,
+//! softmax or per-class sigmoid cross-entropy, crop + flip, cosine lr).
+
+use std::sync::Arc;
+
+use candle_core::{DType, Module, ModuleT, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::data::augment::{TwoViewAugmenter, ViewConfig};
+use crate::data::Dataset;
+use crate::nn::layers::Linear;
+use crate::nn::{ResNet, VarPath, VarStore};
+use crate::optim::{LrSchedule, Sgd, SgdConfig};
+use crate::transfer::{eval_augment, frozen_features, CommonOptions};
+use crate::{Error, Result};
+
+/// Fine-tuning settings (App. D.3: SGD Nesterov, lr × weight-decay grid chosen on val).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinetuneOptions {
+    pub steps: usize,
+    pub lrs: Vec<f64>,
+    pub weight_decays: Vec<f64>,
+    pub momentum: f64,
+}
+
+impl Default for FinetuneOptions {
+    fn default() -> Self {
+        Self {
+            steps: 20_000,
+            lrs: vec![0.01, 0.03, 0.1],
+            weight_decays: vec![0.0, 1e-5, 1e-4],
+            momentum: 0.9,
+        }
+    }
+}
+
+impl FinetuneOptions {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.lrs.is_empty() || self.weight_decays.is_empty() {
+            return Err(Error::config(
+                "finetune",
+                "needs steps ≥ 1 and non-empty lr and weight-decay grids",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An encoder and a task head trained together: the encoder from [`CommonOptions`] (the weights
+/// file, or a random init seeded by `seed`), the head in its own [`VarStore`] (seed + 1, so its
+/// names never clash with the encoder's), one [`Sgd`] per store. The weight decay goes to
+/// convolution and linear weights only (by [`crate::nn::Role`]).
+pub struct FineTuner<M> {
+    /// What `build` made of the encoder and the head.
+    pub model: M,
+    encoder_store: VarStore,
+    head_store: VarStore,
+    encoder_opt: Sgd,
+    head_opt: Sgd,
+}
+
+impl<M> FineTuner<M> {
+    /// `build` receives the encoder and the root of the head's store.
+    pub fn new(
+        common: &CommonOptions,
+        sgd: SgdConfig,
+        build: impl FnOnce(ResNet, &mut VarPath) -> Result<M>,
+    ) -> Result<Self> {
+        let (encoder, encoder_store) = common.trainable_encoder()?;
+        let mut head_store = VarStore::new(&common.device, common.seed.wrapping_add(1));
+        let model = build(encoder, &mut head_store.root())?;
+        Ok(Self {
+            model,
+            encoder_store,
+            head_store,
+            encoder_opt: Sgd::new(sgd)?,
+            head_opt: Sgd::new(sgd)?,
+        })
+    }
+
+    /// Backward through `loss`, then one SGD step of encoder and head at `lr`.
+    pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
+        let grads = loss.backward()?;
+        self.encoder_opt.step(&self.encoder_store, &grads, lr)?;
+        self.head_opt.step(&self.head_store, &grads, lr)?;
+        Ok(())
+    }
+}
+
+/// The chosen point of a learning rate × weight decay grid.
+pub(crate) struct GridChoice {
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Every point with its validation score: `{lr, weight_decay, val}` (the reports' `grid`).
+    pub grid: Vec<serde_json::Value>,
+}
+
+/// Runs `val_score(lr, weight_decay)` over `ft`'s grid and keeps the best (the first of ties).
+pub(crate) fn grid_search(
+    ft: &FinetuneOptions,
+    mut val_score: impl FnMut(f64, f64) -> Result<f64>,
+) -> Result<GridChoice> {
+    let mut grid = Vec::new();
+    let mut best: Option<(f64, f64, f64)> = None;
+    for &lr in &ft.lrs {
+        for &wd in &ft.weight_decays {
+            let v = val_score(lr, wd)?;
+            tracing::info!(lr, wd, val = v, "fine-tuning grid point");
+            grid.push(serde_json::json!({"lr": lr, "weight_decay": wd, "val": v}));
+            if best.is_none_or(|(b, _, _)| v > b) {
+                best = Some((v, lr, wd));
+            }
+        }
+    }
+    let (_, lr, weight_decay) = best.ok_or_else(|| Error::config("finetune", "empty grid"))?;
+    Ok(GridChoice {
+        lr,
+        weight_decay,
+        grid,
+    })
+}
+
+/// Mean over the kept entries (`keep` = 1) of the sigmoid cross-entropy of `logits` against `y`
+/// in {0, 1}, in the stable form `max(x, 0) − x·y + log(1 + e^−|x|)`.
+fn sigmoid_cross_entropy(logits: &Tensor, y: &Tensor, keep: &Tensor) -> Result<Tensor> {
+    let x = logits;
+    let per = ((x.relu()? - (x * y)?)? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let n = keep.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok((per * keep)?.sum_all()?.affine(1.0 / n.max(1.0), 0.0)?)
+}
+
+/// Fine-tunes a fresh copy of the encoder plus a linear head on `train` for `ft.steps`, returning
+/// the test scores on `eval` (row-major `n × classes`) and its labels.
+///
+/// With `multi_label` (row-major `train.len() × classes` targets 1 / -1 / 0 = difficult) the loss
+/// is a per-class sigmoid cross-entropy with difficult entries left out (VOC); otherwise softmax
+/// cross-entropy on the dataset's labels.
+pub(crate) fn finetune_once(
+    train: &Arc<dyn Dataset>,
+    eval: &Arc<dyn Dataset>,
+    multi_label: Option<&[i8]>,
+    lr: f64,
+    weight_decay: f64,
+    common: &CommonOptions,
+    ft: &FinetuneOptions,
+) -> Result<(Vec<f32>, Vec<usize>, f64)> {
+    let classes = train.num_classes();
+    if let Some(t) = multi_label {
+        if t.len() != train.len() * classes {
+            return Err(Error::Input(format!(
+                "{} multi-label targets for {} images × {classes} classes",
+                t.len(),
+                train.len()
+            )));
+        }
+    }
+    let sgd = SgdConfig {
+        momentum: ft.momentum,
+        nesterov: ft.momentum > 0.0,
+        weight_decay,
+    };
+    let mut tuner = FineTuner::new(common, sgd, |encoder, head| {
+        let dim = encoder.config().feature_dim()?;
+        let head = Linear::new(&mut head.pp("fc"), dim, classes, true)?;
+        Ok((encoder, head))
+    })?;
+    let channels = tuner.model.0.config().in_channels;
+    // Fine-tuning augmentation: random resized crop and flip only.
+    let mut aug = eval_augment(common.image_size, channels);
+    let view = ViewConfig {
+        jitter_prob: 0.0,
+        grayscale_prob: 0.0,
+        ..ViewConfig::byol(0.0, 0.0)
+    };
+    aug.view1 = view.clone();
+    aug.view2 = view;
+    let augmenter = TwoViewAugmenter::new(aug)?;
+    let schedule = LrSchedule {
+        peak_lr: lr,
+        warmup_steps: 0,
+        total_steps: ft.steps as u64,
+    };
+    let (s, bs) = (common.image_size, common.batch_size);
+    let view_len = augmenter.view_len();
+    let mut rng = ChaCha8Rng::seed_from_u64(common.seed);
+    let mut last_loss = f64::NAN;
+    for step in 0..ft.steps {
+        let picks: Vec<usize> = (0..bs).map(|_| rng.random_range(0..train.len())).collect();
+        let batch = picks
+            .par_iter()
+            .map(|&i| {
+                let sample = train.get(i)?;
+                let mut out = vec![0f32; view_len];
+                augmenter.apply(
+                    &sample.image,
+                    common.seed,
+                    step as u64,
+                    i as u64,
+                    0,
+                    &mut out,
+                )?;
+                Ok((out, (i, sample.label as u32)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (pixels, meta): (Vec<Vec<f32>>, Vec<(usize, u32)>) = batch.into_iter().unzip();
+        let x = Tensor::from_vec(pixels.concat(), (bs, channels, s, s), &common.device)?;
+        let (encoder, head) = &tuner.model;
+        let logits = head.forward(&encoder.forward_t(&x, true)?)?;
+        let loss = match multi_label {
+            None => {
+                let labels: Vec<u32> = meta.iter().map(|m| m.1).collect();
+                let y = Tensor::from_vec(labels, bs, &common.device)?;
+                candle_nn::loss::cross_entropy(&logits, &y)?
+            }
+            Some(t) => {
+                let pick = |f: fn(i8) -> f32| -> Vec<f32> {
+                    meta.iter()
+                        .flat_map(|&(i, _)| t[i * classes..(i + 1) * classes].iter().map(|&v| f(v)))
+                        .collect()
+                };
+                let y =
+                    Tensor::from_vec(pick(|v| f32::from(v == 1)), (bs, classes), &common.device)?;
+                let keep =
+                    Tensor::from_vec(pick(|v| f32::from(v != 0)), (bs, classes), &common.device)?;
+                sigmoid_cross_entropy(&logits, &y, &keep)?
+            }
+        };
+        last_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !last_loss.is_finite() {
+            return Err(Error::Diverged(format!(
+                "fine-tuning loss {last_loss} at step {step} (lr {lr}, wd {weight_decay})"
+            )));
+        }
+        tuner.step(&loss, schedule.lr(step as u64))?;
+    }
+    let (encoder, head) = &tuner.model;
+    let feats = frozen_features(Some(encoder), Arc::clone(eval), common, "evaluation")?;
+    let cols = feats.features.view().cols();
+    let x = Tensor::from_vec(
+        feats.features.into_vec(),
+        (feats.labels.len(), cols),
+        &common.device,
+    )?;
+    let scores: Vec<f32> = head.forward(&x)?.flatten_all()?.to_vec1()?;
+    Ok((scores, feats.labels, last_loss))
+}

@@ -1,0 +1,119 @@
+//! The encoder file: the online encoder alone in torchvision naming (`conv1.weight`,
+//! `layer1.0.bn1.running_mean`, …, `num_batches_tracked` as i64 scalars, `"format": "pt"`), so
+//! `torchvision.models.resnet50()` loads it with strict key checking apart from `fc`; its
+//! [`ResNetConfig`] sits in the `__metadata__` under [`ENCODER_CONFIG_KEY`].
+//!
+//! [`load_encoder`] is the one way the library loads an encoder, from any format of
+//! [`read_weights`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::byol::Byol;
+use crate::io::{to_json, write_safetensors, ENCODER_CONFIG_KEY};
+use crate::nn::{ResNet, ResNetConfig, VarStore};
+use crate::weights::format::read_weights;
+use crate::{Error, Result};
+
+/// Saves the online encoder of `model` in torchvision naming, with its config and `extra`
+/// metadata (for instance the recipe and the step).
+pub fn save_encoder(path: &Path, model: &Byol, extra: BTreeMap<String, String>) -> Result<()> {
+    save_encoder_from_store(
+        path,
+        model.online_store(),
+        "encoder.",
+        &model.config().encoder,
+        extra,
+    )
+}
+
+/// Saves the tensors of `store` under `prefix` as an encoder file.
+pub fn save_encoder_from_store(
+    path: &Path,
+    store: &VarStore,
+    prefix: &str,
+    config: &ResNetConfig,
+    mut extra: BTreeMap<String, String>,
+) -> Result<()> {
+    extra.insert(ENCODER_CONFIG_KEY.into(), to_json(config)?);
+    write_safetensors(path, store.tensors_under(prefix), extra)
+}
+
+/// A frozen-ready encoder read from a weights file.
+pub struct LoadedEncoder {
+    pub encoder: ResNet,
+    pub store: VarStore,
+    pub metadata: HashMap<String, String>,
+}
+
+/// The architecture in words (reports, messages).
+pub fn describe_architecture(c: &ResNetConfig) -> String {
+    format!(
+        "resnet{} x{} {:?} stem, {} input channel(s), base {}",
+        c.depth, c.width, c.stem, c.in_channels, c.base_channels
+    )
+}
+
+/// Same layers and tensor shapes (the padding convention is not a shape).
+fn same_shape(a: &ResNetConfig, b: &ResNetConfig) -> bool {
+    (a.depth, a.width, a.stem, a.in_channels, a.base_channels)
+        == (b.depth, b.width, b.stem, b.in_channels, b.base_channels)
+}
+
+/// Loads an encoder from a weights file of any format of [`read_weights`], reading it once.
+///
+/// The architecture is the one the file declares in its metadata; `arch`, when given, must have
+/// the same shape (an [`Error::Config`] otherwise). A file that declares none (a plain
+/// torchvision state dict, a `.pth`) needs `arch`, which is then used. `fc.*` tensors are
+/// ignored.
+pub fn load_encoder(
+    path: &Path,
+    device: &Device,
+    arch: Option<&ResNetConfig>,
+) -> Result<LoadedEncoder> {
+    let file = read_weights(path, device)?;
+    let config: ResNetConfig = if file.metadata.contains_key(ENCODER_CONFIG_KEY) {
+        let declared: ResNetConfig = file.metadata_json(path, ENCODER_CONFIG_KEY)?;
+        if let Some(arch) = arch {
+            if !same_shape(arch, &declared) {
+                return Err(Error::config(
+                    "arch",
+                    format!(
+                        "{} holds a {}, not the requested {}",
+                        path.display(),
+                        describe_architecture(&declared),
+                        describe_architecture(arch)
+                    ),
+                ));
+            }
+        }
+        declared
+    } else {
+        arch.cloned().ok_or_else(|| {
+            Error::format(
+                path,
+                format!(
+                    "no encoder config in the metadata (`{ENCODER_CONFIG_KEY}`): give the \
+                     architecture explicitly"
+                ),
+            )
+        })?
+    };
+    let mut store = VarStore::new(device, 0);
+    let encoder = ResNet::new(&mut store.root(), &config)?;
+    let tensors: HashMap<String, Tensor> = file
+        .tensors
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("fc."))
+        .collect();
+    store
+        .load_under("", &tensors, false)
+        .map_err(|e| Error::format(path, e.to_string()))?;
+    Ok(LoadedEncoder {
+        encoder,
+        store,
+        metadata: file.metadata,
+    })
+}

@@ -1,0 +1,29 @@
+//! # byol-kernels
+//!
+//! Fast CPU kernels for the hot paths of a BYOL step: convolution (forward, input-grad,
+//! weight-grad) and train-mode BatchNorm, as candle custom ops.
+//!
+//! Stock candle spends most of a CPU training step in a single-threaded transposed convolution
+//! (input grad), a huge-im2col weight grad and ~35 tensor passes per BatchNorm (see
+//! `scripts/PERF.md`). These ops are f32, contiguous NCHW, multithreaded with rayon and use the
+//! `gemm` crate directly, or oneDNN for the convolutions when the build found it (`onednn.rs`).
+//! Layers pick them through [`use_fast`]: only on CPU, only for f32, and
+//! only while the [`Backend`] is not [`Backend::Stock`]; everything else (CUDA included) takes the
+//! stock candle ops, so the recipe code is the same on every device.
+
+mod backend;
+mod bn;
+mod conv;
+mod geometry;
+pub mod onednn;
+mod scratch;
+mod storage;
+mod update;
+
+pub use backend::{
+    backend, default_backend, set_backend, use_fast, with_backend, Backend, UnknownBackend,
+};
+pub use bn::{batch_norm_add_relu_train, batch_norm_relu_train, batch_norm_train, BnStats};
+pub use conv::conv2d;
+pub use geometry::Conv2dGeometry;
+pub use update::{ema, lars_update, LarsStep};
