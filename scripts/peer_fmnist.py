@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 from torchvision import transforms as T
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_parity_fixtures import BLOCKS, narrow_resnet  # noqa: E402
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 MEAN, STD = 0.2860, 0.3530
-BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
-          50: (Bottleneck, [3, 4, 6, 3])}
 CALIBRATION = (3, 23)
 BUDGET_SAFETY = 0.93
 
@@ -54,34 +54,18 @@ def read_idx_images(path):
 
 
 def encoder(enc):
-    """torchvision's ResNet with every channel count scaled to base_channels."""
-    block, layers = BLOCKS[enc["depth"]]
+    """torchvision's ResNet scaled to base_channels (the parity fixtures' builder), with
+    torchvision's initialisation, which that builder skips."""
     base = enc["base_channels"] * enc["width"]
-    m = ResNet.__new__(ResNet)
-    nn.Module.__init__(m)
-    m._norm_layer = nn.BatchNorm2d
-    m.inplanes, m.dilation, m.groups, m.base_width = base, 1, 1, 64
-    if enc["stem"] == "small":
-        m.conv1 = nn.Conv2d(enc["in_channels"], base, 3, 1, 1, bias=False)
-        m.maxpool = nn.Identity()
-    else:
-        m.conv1 = nn.Conv2d(enc["in_channels"], base, 7, 2, 3, bias=False)
-        m.maxpool = nn.MaxPool2d(3, 2, 1)
-    m.bn1 = nn.BatchNorm2d(base)
-    m.relu = nn.ReLU(inplace=True)
-    m.layer1 = m._make_layer(block, base, layers[0])
-    m.layer2 = m._make_layer(block, base * 2, layers[1], stride=2)
-    m.layer3 = m._make_layer(block, base * 4, layers[2], stride=2)
-    m.layer4 = m._make_layer(block, base * 8, layers[3], stride=2)
-    m.avgpool = nn.AdaptiveAvgPool2d(1)
-    m.fc = nn.Identity()
+    m = narrow_resnet(enc["depth"], base, enc["in_channels"], enc["stem"] == "small")
     for mod in m.modules():  # torchvision ResNet.__init__'s initialisation
         if isinstance(mod, nn.Conv2d):
             nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(mod, nn.BatchNorm2d):
             nn.init.constant_(mod.weight, 1)
             nn.init.constant_(mod.bias, 0)
-    return m, base * 8 * block.expansion
+    expansion = BLOCKS[enc["depth"]][0].expansion
+    return m, base * 8 * expansion
 
 
 def mlp(d_in, head):
