@@ -24,15 +24,16 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 50: (Bottleneck, [3, 4, 6, 3])}
 
 
-def narrow_resnet(depth, base, in_ch, small_stem):
-    """torchvision's ResNet with every channel count scaled to `base` (64 in torchvision)."""
+def narrow_resnet(depth, base, in_ch, small_stem, stem_stride=1):
+    """torchvision's ResNet with every channel count scaled to `base` (64 in torchvision).
+    small_stem: 3x3 conv of stride `stem_stride` and no max-pool (ours `small`/`small-strided`)."""
     block, layers = BLOCKS[depth]
     m = ResNet.__new__(ResNet)
     nn.Module.__init__(m)
     m._norm_layer = nn.BatchNorm2d
     m.inplanes, m.dilation, m.groups, m.base_width = base, 1, 1, 64
     if small_stem:
-        m.conv1 = nn.Conv2d(in_ch, base, 3, 1, 1, bias=False)
+        m.conv1 = nn.Conv2d(in_ch, base, 3, stem_stride, 1, bias=False)
         m.maxpool = nn.Identity()
     else:
         m.conv1 = nn.Conv2d(in_ch, base, 7, 2, 3, bias=False)
@@ -68,10 +69,10 @@ def f32(d):
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in d.items()}
 
 
-def encoder_case(out, name, depth, base, in_ch, small_stem, size, seed):
+def encoder_case(out, name, depth, base, in_ch, small_stem, size, seed, stem_stride=1):
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = narrow_resnet(depth, base, in_ch, small_stem)
+    model = narrow_resnet(depth, base, in_ch, small_stem, stem_stride)
     randomise_bn(model, gen)
     weights = state(model, "model.")
     x = torch.randn(2, in_ch, size, size, generator=gen)
@@ -86,7 +87,8 @@ def encoder_case(out, name, depth, base, in_ch, small_stem, size, seed):
              if k in ("bn1.running_mean", "bn1.running_var", "layer4.1.bn2.running_var")}
     tensors = {**weights, "input": x, "expected.eval_features": eval_features,
                "expected.train_features": train_features, **after}
-    meta = {"depth": str(depth), "stem": "small" if small_stem else "imagenet",
+    stem = ("small-strided" if stem_stride == 2 else "small") if small_stem else "imagenet"
+    meta = {"depth": str(depth), "stem": stem,
             "in_channels": str(in_ch), "base_channels": str(base)}
     save_file(f32(tensors), str(out / f"{name}.safetensors"), metadata=meta)
 
@@ -147,6 +149,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     encoder_case(out, "resnet18_imagenet_stem", 18, 8, 3, False, 64, seed=1)
     encoder_case(out, "resnet18_small_stem_grey", 18, 4, 1, True, 28, seed=2)
+    encoder_case(out, "resnet18_small_strided_stem_grey", 18, 4, 1, True, 28, seed=5, stem_stride=2)
     encoder_case(out, "resnet50_imagenet_stem", 50, 4, 3, False, 64, seed=3)
     byol_case(out, seed=4)
     torchvision_names(out)

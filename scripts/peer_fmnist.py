@@ -57,7 +57,11 @@ def encoder(enc):
     """torchvision's ResNet scaled to base_channels (the parity fixtures' builder), with
     torchvision's initialisation, which that builder skips."""
     base = enc["base_channels"] * enc["width"]
-    m = narrow_resnet(enc["depth"], base, enc["in_channels"], enc["stem"] == "small")
+    stem = enc["stem"]
+    if stem not in ("imagenet", "small", "small-strided"):
+        raise SystemExit(f"unknown stem {stem!r} in the config")
+    m = narrow_resnet(enc["depth"], base, enc["in_channels"], stem != "imagenet",
+                      stem_stride=2 if stem == "small-strided" else 1)
     for mod in m.modules():  # torchvision ResNet.__init__'s initialisation
         if isinstance(mod, nn.Conv2d):
             nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")

@@ -103,7 +103,7 @@ struct Common {
     /// With --arch: width multiplier.
     #[arg(long, default_value_t = 1)]
     width: usize,
-    /// With --arch: imagenet or small.
+    /// With --arch: imagenet, small or small-strided.
     #[arg(long, default_value = "imagenet")]
     stem: String,
     /// With --arch: 1 or 3.

@@ -75,7 +75,7 @@ struct Args {
     depth: Option<usize>,
     #[arg(long)]
     width: Option<usize>,
-    /// imagenet or small.
+    /// imagenet, small or small-strided.
     #[arg(long)]
     stem: Option<String>,
     /// Stem channels before the width multiplier (64 in the paper).

@@ -73,7 +73,7 @@ struct Args {
     arch: Option<String>,
     #[arg(long, default_value_t = 1)]
     width: usize,
-    /// imagenet or small.
+    /// imagenet, small or small-strided.
     #[arg(long, default_value = "imagenet")]
     stem: String,
     /// Number of L2 strengths, log-spaced in [1e-6, 1e5] (the paper: 45).

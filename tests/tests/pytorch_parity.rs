@@ -76,6 +76,11 @@ fn resnet18_small_stem_greyscale_matches_torchvision() {
 }
 
 #[test]
+fn resnet18_small_strided_stem_greyscale_matches_torchvision() {
+    check_encoder("resnet18_small_strided_stem_grey");
+}
+
+#[test]
 fn resnet50_bottleneck_matches_torchvision() {
     check_encoder("resnet50_imagenet_stem");
 }
