@@ -154,6 +154,26 @@ pub fn steps_that_fit(done: u64, rate: f64, left: f64) -> u64 {
     done + (more as u64).max(1)
 }
 
+/// A calibrated run re-measures its step rate over every tenth of its budget: a machine that
+/// slows down (another job starts) would otherwise stop the run before its schedules end, one
+/// that speeds up would leave budget unused.
+const REFIT_WINDOW: f64 = 0.1;
+/// Relative change of the fitted length below which the schedules are left as they are (each
+/// refit moves the learning rate a little; rate noise should not).
+const REFIT_TOLERANCE: f64 = 0.03;
+
+/// The new schedule length of a calibrated run that has done `done` of `current` steps and now
+/// runs at `rate` steps/s with `left` seconds of budget: `None` while the fitted length stays
+/// within [`REFIT_TOLERANCE`] of `current`, never more than `longest` (all epochs).
+pub fn refitted_length(done: u64, rate: f64, left: f64, current: u64, longest: u64) -> Option<u64> {
+    if !rate.is_finite() || rate <= 0.0 {
+        return None;
+    }
+    let fits = steps_that_fit(done, rate, left).min(longest);
+    let drift = (fits as f64 - current as f64).abs() / current.max(1) as f64;
+    (drift > REFIT_TOLERANCE).then_some(fits)
+}
+
 /// The learning-rate schedule of `config` (its length is `total_steps`, which the τ schedule
 /// shares): all epochs, or `schedule_steps` when fewer, with the warm-up shrunk in proportion so
 /// a shortened run warms up for the same share of its length.
@@ -374,6 +394,8 @@ pub fn pretrain(
         Some(budget) if step == 0 && config.schedule_steps.is_none() => Some((budget, None)),
         _ => None,
     };
+    // After calibration: (budget, start, first step) of the window the rate is re-measured over.
+    let mut refit_window: Option<(Duration, Instant, u64)> = None;
     let mut log = MetricsLog::open(&out_dir.join(METRICS_FILE), step)?;
 
     let view_len = data.channels * config.image_size * config.image_size;
@@ -450,6 +472,20 @@ pub fn pretrain(
                 })?;
             step += 1;
             last_loss = Some(out.loss);
+            let current_length = schedule.total_steps;
+            // A new schedule length: recorded in the config (and every later checkpoint).
+            let mut refit = |fits: u64, rate: f64, config: &mut TrainConfig| {
+                config.schedule_steps = Some(fits);
+                write_config(out_dir, config)?;
+                schedule = lr_schedule(config, steps_per_epoch, epoch_steps);
+                end_step = end_of(&schedule, config);
+                observer.on_start(step, end_step);
+                tracing::info!(
+                    "{rate:.2} steps/s: the schedules span {} steps to fit the time budget",
+                    schedule.total_steps
+                );
+                Ok::<_, Error>(())
+            };
             if let Some((budget, mark)) = &mut calibration {
                 if step == CALIBRATION_STEPS.start {
                     *mark = Some(Instant::now());
@@ -460,17 +496,21 @@ pub fn pretrain(
                     let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
                     let fits = steps_that_fit(step, rate, left);
                     if rate.is_finite() && fits < epoch_steps {
-                        config.schedule_steps = Some(fits);
-                        write_config(out_dir, &config)?;
-                        schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
-                        end_step = end_of(&schedule, &config);
-                        observer.on_start(step, end_step);
-                        tracing::info!(
-                            "{rate:.2} steps/s: the schedules span {} steps to fit the time budget",
-                            schedule.total_steps
-                        );
+                        refit(fits, rate, &mut config)?;
+                        refit_window = Some((*budget, Instant::now(), step));
                     }
                     calibration = None;
+                }
+            } else if let Some((budget, since, from)) = &mut refit_window {
+                let window = since.elapsed().as_secs_f64();
+                if window >= budget.as_secs_f64() * REFIT_WINDOW {
+                    let rate = (step - *from) as f64 / window;
+                    let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
+                    let refitted = refitted_length(step, rate, left, current_length, epoch_steps);
+                    if let Some(fits) = refitted {
+                        refit(fits, rate, &mut config)?;
+                    }
+                    (*since, *from) = (Instant::now(), step);
                 }
             }
             let elapsed = tick.elapsed().as_secs_f64();

@@ -374,6 +374,21 @@ fn a_shortened_schedule_ends_the_run_and_shrinks_the_warm_up() {
 }
 
 #[test]
+fn a_calibrated_run_refits_its_schedules_when_the_step_rate_changes() {
+    use byol_core::train::refitted_length;
+    // 300 steps planned; at step 100 the machine runs 1 step/s with 100 s left: 93 more fit.
+    assert_eq!(refitted_length(100, 1.0, 100.0, 300, 10_000), Some(193));
+    // Twice as fast: 186 more, longer than planned.
+    assert_eq!(refitted_length(100, 2.0, 100.0, 193, 10_000), Some(286));
+    // Within 3 % of the plan: left as it is (rate noise must not move the learning rate).
+    assert_eq!(refitted_length(100, 2.0, 100.0, 280, 10_000), None);
+    // Never past all epochs, never from a meaningless rate.
+    assert_eq!(refitted_length(100, 50.0, 100.0, 300, 1000), Some(1000));
+    assert_eq!(refitted_length(100, f64::NAN, 100.0, 300, 1000), None);
+    assert_eq!(refitted_length(100, 0.0, 100.0, 300, 1000), None);
+}
+
+#[test]
 fn a_time_budget_fits_the_schedules_and_ends_the_run_without_interrupting_it() {
     use byol_core::train::steps_that_fit;
     // 10 steps/s with 60 s left, 7 % kept in reserve: 558 more steps.
