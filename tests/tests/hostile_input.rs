@@ -71,3 +71,87 @@ fn training_state_metadata_cannot_drive_allocation() {
     assert!(message.contains("state.safetensors"), "{message}");
     assert!(message.contains("online.projector.0.weight"), "{message}");
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn idx_header(dims: &[u32]) -> Vec<u8> {
+    let mut out = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out
+}
+
+#[test]
+fn idx_gzip_bomb_is_refused_from_its_header_without_inflating() {
+    use byol_core::data::idx::read_idx;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train-images-idx3-ubyte.gz");
+    // 2 GiB claimed, 8 MiB of zeros actually compressed (a few KB): the reader used to inflate
+    // everything before comparing sizes.
+    let mut body = idx_header(&[32768, 256, 256]);
+    body.resize(body.len() + (8 << 20), 0);
+    std::fs::write(&path, gzip(&body)).unwrap();
+    let start = std::time::Instant::now();
+    let message = read_idx(&path).unwrap_err().to_string();
+    assert!(start.elapsed().as_secs_f64() < 1.0, "{:?}", start.elapsed());
+    assert!(message.contains("train-images-idx3-ubyte.gz"), "{message}");
+    assert!(message.contains("refused without inflating"), "{message}");
+
+    // Dimensions whose product overflows.
+    std::fs::write(&path, gzip(&idx_header(&[u32::MAX, u32::MAX, u32::MAX]))).unwrap();
+    let message = read_idx(&path).unwrap_err().to_string();
+    assert!(message.contains("overflow"), "{message}");
+
+    // A plain file is checked against its length before it is read.
+    let plain = dir.path().join("plain-idx");
+    std::fs::write(&plain, idx_header(&[60000, 28, 28])).unwrap();
+    let message = read_idx(&plain).unwrap_err().to_string();
+    assert!(message.contains("plain-idx") && message.contains("47040000"), "{message}");
+
+    // A stream longer than its header says is refused too, and a valid gzip still reads.
+    let mut long = idx_header(&[2, 2]);
+    long.extend_from_slice(&[1, 2, 3, 4, 5]);
+    std::fs::write(&path, gzip(&long)).unwrap();
+    assert!(read_idx(&path).unwrap_err().to_string().contains("or more"));
+    std::fs::write(&path, gzip(&long[..long.len() - 1])).unwrap();
+    assert_eq!(read_idx(&path).unwrap().data, vec![1, 2, 3, 4]);
+}
+
+/// A PNG with an IHDR for `width × height` RGB and one tiny IDAT: tiny on disk, huge decoded.
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &[0x78, 0x01]);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+#[test]
+fn huge_png_header_is_refused_before_decoding() {
+    use byol_core::data::decode::{decode_file, ColorMode};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.png");
+    std::fs::write(&path, png_header_only(20_000, 20_000)).unwrap();
+    let message = decode_file(&path, ColorMode::Rgb).unwrap_err().to_string();
+    assert!(message.contains("bomb.png"), "{message}");
+    assert!(message.contains("400000000 pixels"), "{message}");
+    assert!(message.contains("BYOL_MAX_IMAGE_PIXELS"), "{message}");
+}
