@@ -155,3 +155,43 @@ fn huge_png_header_is_refused_before_decoding() {
     assert!(message.contains("400000000 pixels"), "{message}");
     assert!(message.contains("BYOL_MAX_IMAGE_PIXELS"), "{message}");
 }
+
+#[test]
+fn deeply_nested_pickle_is_an_error_not_a_stack_overflow() {
+    use byol_core::import::pickle;
+    // EMPTY_LIST a million times, then APPEND each into the one below: a million-deep list whose
+    // recursive drop used to overflow the stack and abort the whole test binary.
+    let depth = 1_000_000;
+    let mut bytes = vec![0x80, 2];
+    bytes.resize(bytes.len() + depth, b']');
+    bytes.resize(bytes.len() + depth - 1, b'a');
+    bytes.push(b'.');
+    let message = pickle::read(&bytes).unwrap_err().to_string();
+    assert!(message.contains("nested deeper"), "{message}");
+
+    // The same through the weights reader names the file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deep.pkl");
+    std::fs::write(&path, &bytes).unwrap();
+    let message = byol_core::weights::read_weights(&path, &Device::Cpu)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(message.contains("deep.pkl") && message.contains("nested"), "{message}");
+}
+
+#[test]
+fn pickle_memo_bomb_is_an_error_not_unbounded_memory() {
+    use byol_core::import::pickle;
+    // A list in memo slot 0, then 64 times: GET 0, GET 0, TUPLE2, PUT 0. Each round doubles
+    // what slot 0 holds: 2^64 nodes from 400 bytes.
+    let mut bytes = vec![0x80, 2, b']', b'q', 0];
+    for _ in 0..64 {
+        bytes.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+    }
+    bytes.push(b'.');
+    let start = std::time::Instant::now();
+    let message = pickle::read(&bytes).unwrap_err().to_string();
+    assert!(message.contains("memo bomb"), "{message}");
+    assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+}
