@@ -195,3 +195,125 @@ fn pickle_memo_bomb_is_an_error_not_unbounded_memory() {
     assert!(message.contains("memo bomb"), "{message}");
     assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
 }
+
+/// A zip of stored (uncompressed) entries, as `torch.save` writes them.
+fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let (mut out, mut central) = (Vec::new(), Vec::new());
+    for (name, data) in entries {
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
+        let offset = out.len() as u32;
+        let fixed = |sig: u32| {
+            let mut h = sig.to_le_bytes().to_vec();
+            h.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            h.extend_from_slice(&crc.sum().to_le_bytes());
+            h.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            h.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            h
+        };
+        out.extend(fixed(0x0403_4b50));
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        central.extend(0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&[20, 0]);
+        central.extend(fixed(0x0201_4b50)[4..].iter());
+        central.extend_from_slice(&[0; 12]);
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    let n = (entries.len() as u16).to_le_bytes();
+    out.extend_from_slice(&[n[0], n[1], n[0], n[1]]);
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// A `torch.save` state dict `{"w": FloatTensor of `shape`}` whose storage holds `data`.
+fn pth(shape: [u32; 2], data: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, 2, b'}'];
+    p.extend_from_slice(b"X\x01\x00\x00\x00w");
+    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+    p.extend_from_slice(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\n");
+    p.extend_from_slice(b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQK\x00(");
+    for d in shape {
+        p.push(b'J');
+        p.extend_from_slice(&d.to_le_bytes());
+    }
+    p.extend_from_slice(b"t(J");
+    p.extend_from_slice(&shape[1].to_le_bytes());
+    p.extend_from_slice(b"K\x01t\x89ccollections\nOrderedDict\n)RtRs.");
+    stored_zip(&[("archive/data.pkl", &p), ("archive/data/0", data)])
+}
+
+#[test]
+fn lying_pth_storage_names_the_tensor() {
+    use byol_core::weights::read_weights;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lying.pth");
+    // The honest file reads.
+    std::fs::write(&path, pth([2, 3], &[0; 24])).unwrap();
+    let file = read_weights(&path, &Device::Cpu).unwrap();
+    assert_eq!(file.tensors["w"].dims(), &[2, 3]);
+    // Storage shorter than the shape: used to say only "failed to fill whole buffer".
+    std::fs::write(&path, pth([2, 3], &[0; 8])).unwrap();
+    let message = read_weights(&path, &Device::Cpu).err().unwrap().to_string();
+    assert!(message.contains("lying.pth") && message.contains("`w`"), "{message}");
+    // A shape far beyond the file is refused before candle allocates for it.
+    std::fs::write(&path, pth([i32::MAX as u32; 2], &[0; 8])).unwrap();
+    let message = read_weights(&path, &Device::Cpu).err().unwrap().to_string();
+    assert!(message.contains("`w`") && message.contains("more than the file"), "{message}");
+}
+
+#[test]
+fn weights_that_are_not_regular_files_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    let mut cases = vec![
+        (dir.path().to_path_buf(), "is a directory"),
+        (Path::new("/dev/null").to_path_buf(), "not a regular file"),
+    ];
+    if made.is_ok_and(|s| s.success()) {
+        // Opening a FIFO blocks until a writer comes: this used to hang.
+        cases.push((fifo, "not a regular file"));
+    }
+    for (path, expected) in cases {
+        let message = load_encoder(&path, &Device::Cpu, None)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(message.contains(expected), "{message}");
+        let value = path.to_str().unwrap();
+        let message = byol_hub::resolve_weights(value).unwrap_err().to_string();
+        assert!(message.contains(expected) && message.contains(value), "{message}");
+    }
+}
+
+#[test]
+fn corrupt_fashion_mnist_is_not_reported_missing() {
+    use byol_core::data::{DatasetKind, DatasetSource};
+    use byol_core::data::Split;
+    let dir = tempfile::tempdir().unwrap();
+    byol_tests::write_mnist_like(dir.path(), 8, 4, 10, 0);
+    let images = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("train-images"))
+        .unwrap();
+    std::fs::write(&images, [0, 0, 8, 3, 0, 0, 0, 9]).unwrap();
+    let source = DatasetSource::new(DatasetKind::FashionMnist, Some(dir.path().to_path_buf()));
+    let message = source.open(Split::Train).err().unwrap().to_string();
+    assert!(message.contains("train-images"), "{message}");
+    assert!(!message.contains("install"), "{message}");
+    // Really missing files still get the hint.
+    std::fs::remove_file(&images).unwrap();
+    let message = source.open(Split::Train).err().unwrap().to_string();
+    assert!(message.contains("install"), "{message}");
+}
