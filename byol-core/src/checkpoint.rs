@@ -112,8 +112,14 @@ fn check_declared_shapes(
         .collect();
     let features = config.encoder.feature_dim().map_err(invalid)?;
     let mut mlp = |name: &str, input: usize, c: &crate::nn::MlpConfig| {
-        shapes.push((format!("{ONLINE}{name}.0.weight"), vec![c.hidden_dim, input]));
-        shapes.push((format!("{ONLINE}{name}.3.weight"), vec![c.output_dim, c.hidden_dim]));
+        shapes.push((
+            format!("{ONLINE}{name}.0.weight"),
+            vec![c.hidden_dim, input],
+        ));
+        shapes.push((
+            format!("{ONLINE}{name}.3.weight"),
+            vec![c.output_dim, c.hidden_dim],
+        ));
     };
     mlp("projector", features, &config.projector);
     if config.use_predictor {

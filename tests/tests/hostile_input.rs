@@ -112,7 +112,10 @@ fn idx_gzip_bomb_is_refused_from_its_header_without_inflating() {
     let plain = dir.path().join("plain-idx");
     std::fs::write(&plain, idx_header(&[60000, 28, 28])).unwrap();
     let message = read_idx(&plain).unwrap_err().to_string();
-    assert!(message.contains("plain-idx") && message.contains("47040000"), "{message}");
+    assert!(
+        message.contains("plain-idx") && message.contains("47040000"),
+        "{message}"
+    );
 
     // A stream longer than its header says is refused too, and a valid gzip still reads.
     let mut long = idx_header(&[2, 2]);
@@ -177,7 +180,10 @@ fn deeply_nested_pickle_is_an_error_not_a_stack_overflow() {
         .err()
         .expect("refused")
         .to_string();
-    assert!(message.contains("deep.pkl") && message.contains("nested"), "{message}");
+    assert!(
+        message.contains("deep.pkl") && message.contains("nested"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -264,11 +270,17 @@ fn lying_pth_storage_names_the_tensor() {
     // Storage shorter than the shape: used to say only "failed to fill whole buffer".
     std::fs::write(&path, pth([2, 3], &[0; 8])).unwrap();
     let message = read_weights(&path, &Device::Cpu).err().unwrap().to_string();
-    assert!(message.contains("lying.pth") && message.contains("`w`"), "{message}");
+    assert!(
+        message.contains("lying.pth") && message.contains("`w`"),
+        "{message}"
+    );
     // A shape far beyond the file is refused before candle allocates for it.
     std::fs::write(&path, pth([i32::MAX as u32; 2], &[0; 8])).unwrap();
     let message = read_weights(&path, &Device::Cpu).err().unwrap().to_string();
-    assert!(message.contains("`w`") && message.contains("more than the file"), "{message}");
+    assert!(
+        message.contains("`w`") && message.contains("more than the file"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -292,14 +304,17 @@ fn weights_that_are_not_regular_files_say_so() {
         assert!(message.contains(expected), "{message}");
         let value = path.to_str().unwrap();
         let message = byol_hub::resolve_weights(value).unwrap_err().to_string();
-        assert!(message.contains(expected) && message.contains(value), "{message}");
+        assert!(
+            message.contains(expected) && message.contains(value),
+            "{message}"
+        );
     }
 }
 
 #[test]
 fn corrupt_fashion_mnist_is_not_reported_missing() {
-    use byol_core::data::{DatasetKind, DatasetSource};
     use byol_core::data::Split;
+    use byol_core::data::{DatasetKind, DatasetSource};
     let dir = tempfile::tempdir().unwrap();
     byol_tests::write_mnist_like(dir.path(), 8, 4, 10, 0);
     let images = std::fs::read_dir(dir.path())
@@ -316,4 +331,126 @@ fn corrupt_fashion_mnist_is_not_reported_missing() {
     std::fs::remove_file(&images).unwrap();
     let message = source.open(Split::Train).err().unwrap().to_string();
     assert!(message.contains("install"), "{message}");
+}
+
+/// xorshift64: a tiny deterministic mutator source, no dependency.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// One to four random edits of `valid`: bit flips, random bytes, truncation, insertion, a
+/// 32-bit length field set to something extreme.
+fn mutate(rng: &mut XorShift, valid: &[u8]) -> Vec<u8> {
+    let mut b = valid.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(b.len());
+        match rng.below(5) {
+            0 if !b.is_empty() => b[at] ^= 1 << rng.below(8),
+            1 if !b.is_empty() => b[at] = rng.next() as u8,
+            2 => b.truncate(at),
+            3 => b.insert(at, rng.next() as u8),
+            _ if b.len() >= at + 4 => {
+                let v = [0u32, 1, 0x7fff_ffff, u32::MAX, rng.next() as u32][rng.below(5)];
+                b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            _ => {}
+        }
+    }
+    b
+}
+
+/// Feeds `count` mutations of `valid` to `read` as files named `name`: none may panic, and every
+/// error must name the file.
+fn fuzz(
+    name: &str,
+    valid: &[u8],
+    count: usize,
+    read: impl Fn(&Path) -> Result<(), String> + std::panic::RefUnwindSafe,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ name.len() as u64);
+    std::fs::write(&path, valid).unwrap();
+    if let Err(message) = read(&path) {
+        assert!(message.contains(name), "unmutated {name}: {message}");
+    }
+    for i in 0..count {
+        let bytes = mutate(&mut rng, valid);
+        std::fs::write(&path, &bytes).unwrap();
+        match std::panic::catch_unwind(|| read(&path)) {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => assert!(
+                message.contains(name),
+                "mutation {i} of {name}: error without the file name: {message}"
+            ),
+            Err(_) => panic!("mutation {i} of {name} panicked; bytes: {bytes:?}"),
+        }
+    }
+}
+
+#[test]
+fn mutated_files_give_errors_naming_them_never_panics() {
+    use byol_core::data::decode::{decode_file, ColorMode};
+    use byol_core::data::idx::read_idx;
+    use byol_core::weights::read_weights;
+    let count = 2000;
+
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("valid.safetensors");
+    let tensor = candle_core::Tensor::arange(0f32, 6., &Device::Cpu)
+        .unwrap()
+        .reshape((2, 3))
+        .unwrap();
+    let meta = BTreeMap::from([(ENCODER_CONFIG_KEY.to_string(), "{\"depth\":18}".into())]);
+    write_safetensors(&st, vec![("conv1.weight".into(), tensor)], meta).unwrap();
+    let weights = |p: &Path| {
+        read_weights(p, &Device::Cpu)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    fuzz(
+        "m.safetensors",
+        &std::fs::read(&st).unwrap(),
+        count,
+        weights,
+    );
+
+    // {"a": [1, 2.5, "x", memo GET of the list's first element], "b": (None, True)}, memoized.
+    let mut pickle = vec![
+        0x80, 2, b'}', b'q', 0, b'(', b'X', 1, 0, 0, 0, b'a', b']', b'q', 1,
+    ];
+    pickle.extend_from_slice(&[b'(', b'K', 1, b'q', 2, b'G']);
+    pickle.extend_from_slice(&2.5f64.to_be_bytes());
+    pickle.extend_from_slice(&[0x8c, 1, b'x', b'h', 2, b'e', b'X', 1, 0, 0, 0, b'b']);
+    pickle.extend_from_slice(&[b'N', 0x88, 0x86, b'u', b'.']);
+    assert!(byol_core::import::pickle::read(&pickle).is_ok());
+    // Not a checkpoint, so the weights reader refuses even the valid pickle (naming the file);
+    // the bare reader runs too, under the same `catch_unwind`.
+    fuzz("m.pkl", &pickle, count, |p| {
+        let _ = byol_core::import::pickle::read(&std::fs::read(p).unwrap());
+        weights(p)
+    });
+
+    let mut idx = idx_header(&[3, 2, 2]);
+    idx.extend(0..12u8);
+    let idx_reader = |p: &Path| read_idx(p).map(|_| ()).map_err(|e| e.to_string());
+    fuzz("m-idx", &idx, count, idx_reader);
+    fuzz("m-idx.gz", &gzip(&idx), count, idx_reader);
+
+    let png = byol_tests::fixtures::png_bytes(3, 2, png::ColorType::Rgb, None, &[7; 18]);
+    fuzz("m.png", &png, count, |p| {
+        decode_file(p, ColorMode::Rgb)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
 }

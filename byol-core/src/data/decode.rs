@@ -37,12 +37,17 @@ pub fn max_image_pixels() -> Result<u64> {
 fn parse_max_pixels(value: Option<&str>) -> Result<u64> {
     match value {
         None => Ok(DEFAULT_MAX_IMAGE_PIXELS),
-        Some(v) => v.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
-            Error::config(
-                MAX_IMAGE_PIXELS_ENV,
-                format!("`{v}` is not a positive number of pixels"),
-            )
-        }),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                Error::config(
+                    MAX_IMAGE_PIXELS_ENV,
+                    format!("`{v}` is not a positive number of pixels"),
+                )
+            }),
     }
 }
 

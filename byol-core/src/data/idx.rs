@@ -87,7 +87,9 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
         .ok_or_else(|| bad(format!("IDX header dimensions {dims:?} overflow")))?;
     let header_len = 4 + 4 * ndims as u64;
     if gzip {
-        let most = file_len.saturating_mul(MAX_DEFLATE_RATIO).min(MAX_IDX_GZIP_BYTES);
+        let most = file_len
+            .saturating_mul(MAX_DEFLATE_RATIO)
+            .min(MAX_IDX_GZIP_BYTES);
         if size > most {
             return Err(bad(format!(
                 "IDX header claims dimensions {dims:?} ({size} bytes), more than a gzip file of \
@@ -102,15 +104,22 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
     }
     // One byte more than the header promises tells a longer stream from an exact one.
     let mut data = Vec::new();
-    reader
-        .take(size + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| if gzip { bad(format!("bad gzip data: {e}")) } else { io(e) })?;
+    reader.take(size + 1).read_to_end(&mut data).map_err(|e| {
+        if gzip {
+            bad(format!("bad gzip data: {e}"))
+        } else {
+            io(e)
+        }
+    })?;
     if data.len() as u64 != size {
         return Err(bad(format!(
             "IDX header dimensions {dims:?} need {size} data bytes, the file has {}{}",
             data.len(),
-            if data.len() as u64 > size { " or more" } else { "" }
+            if data.len() as u64 > size {
+                " or more"
+            } else {
+                ""
+            }
         )));
     }
     Ok(IdxArray { dims, data })

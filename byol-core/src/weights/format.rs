@@ -92,7 +92,9 @@ fn read_torch(path: &Path, device: &Device) -> Result<SafetensorsFile> {
     }
     // PyTorch stores storages uncompressed: a tensor needing more bytes than the whole file is a
     // lie of its pickle, refused before candle allocates for it.
-    let file_len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     let mut names: Vec<&String> = pth.tensor_infos().keys().collect();
     names.sort();
     let mut out = HashMap::with_capacity(names.len());
