@@ -13,6 +13,7 @@ use crate::io::{
     to_json, write_safetensors, SafetensorsFile, MODEL_CONFIG_KEY, OPTIMIZER_CONFIG_KEY, STEP_KEY,
 };
 use crate::optim::{Lars, LarsConfig};
+use crate::weights::describe_architecture;
 use crate::{Error, Result};
 
 const ONLINE: &str = "online.";
@@ -58,6 +59,7 @@ pub fn load_training_state(path: &Path, device: &Device) -> Result<TrainingState
     let config: ByolConfig = file.metadata_json(path, MODEL_CONFIG_KEY)?;
     let lars: LarsConfig = file.metadata_json(path, OPTIMIZER_CONFIG_KEY)?;
     let step: u64 = file.metadata_json(path, STEP_KEY)?;
+    check_declared_shapes(path, &config, &file.tensors)?;
     let model = Byol::new(&config, device, 0)?;
     let in_file = |e: Error| Error::format(path, e.to_string());
     model
@@ -86,4 +88,47 @@ fn prefixed(prefix: &str, tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor
         .into_iter()
         .map(|(k, v)| (format!("{prefix}{k}"), v))
         .collect()
+}
+
+/// The configs in the metadata must match the online tensors' shapes before the model is built:
+/// otherwise a few bytes of metadata decide how much memory is reserved.
+fn check_declared_shapes(
+    path: &Path,
+    config: &ByolConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let invalid = |e: Error| {
+        Error::format(
+            path,
+            format!("model config in `{MODEL_CONFIG_KEY}` is invalid: {e}"),
+        )
+    };
+    let mut shapes: Vec<(String, Vec<usize>)> = config
+        .encoder
+        .key_tensor_shapes()
+        .map_err(invalid)?
+        .into_iter()
+        .map(|(n, s)| (format!("{ONLINE}encoder.{n}"), s))
+        .collect();
+    let features = config.encoder.feature_dim().map_err(invalid)?;
+    let mut mlp = |name: &str, input: usize, c: &crate::nn::MlpConfig| {
+        shapes.push((
+            format!("{ONLINE}{name}.0.weight"),
+            vec![c.hidden_dim, input],
+        ));
+        shapes.push((
+            format!("{ONLINE}{name}.3.weight"),
+            vec![c.output_dim, c.hidden_dim],
+        ));
+    };
+    mlp("projector", features, &config.projector);
+    if config.use_predictor {
+        mlp("predictor", config.projector.output_dim, &config.predictor);
+    }
+    crate::weights::encoder::check_shapes(
+        path,
+        &describe_architecture(&config.encoder),
+        tensors,
+        shapes,
+    )
 }

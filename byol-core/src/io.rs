@@ -33,6 +33,7 @@ pub struct SafetensorsFile {
 impl SafetensorsFile {
     /// Reads a whole file; a truncated or foreign file is an error naming it.
     pub fn read(path: &Path, device: &Device) -> Result<Self> {
+        check_regular_file(path)?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let parsed = SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;
@@ -72,6 +73,23 @@ impl SafetensorsFile {
             .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone())))
             .collect()
     }
+}
+
+/// `path` must name a regular file: a directory, a device (`/dev/null`), a FIFO or a socket is
+/// an error saying so. Checked with `stat` before opening, since opening a FIFO blocks until
+/// someone writes to it.
+pub fn check_regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::format(path, "is a directory, not a file"));
+    }
+    if !meta.is_file() {
+        return Err(Error::format(
+            path,
+            "not a regular file (a device, FIFO or socket)",
+        ));
+    }
+    Ok(())
 }
 
 /// Serialises `tensors` with `metadata` (plus `"format": "pt"`) and writes them atomically.

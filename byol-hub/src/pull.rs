@@ -77,14 +77,16 @@ pub fn download(reference: &HubRef, opts: &HubOptions) -> Result<PathBuf> {
 pub fn resolve_weights(value: &str) -> Result<PathBuf> {
     match value.parse::<WeightsRef>()? {
         WeightsRef::Local(path) => {
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(Error::config(
+            if !path.exists() {
+                return Err(Error::config(
                     "weights",
                     format!("{}: no such file", path.display()),
-                ))
+                ));
             }
+            // Says what else is wrong: a directory, or not a regular file (/dev/null, a FIFO).
+            byol_core::io::check_regular_file(&path)
+                .map_err(|e| Error::config("weights", e.to_string()))?;
+            Ok(path)
         }
         WeightsRef::Hub(r) => download(&r, &HubOptions::from_env()),
     }

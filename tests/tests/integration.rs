@@ -9,6 +9,7 @@ mod eval_knn;
 mod eval_logistic;
 mod eval_metrics;
 mod eval_svm;
+mod hostile_input;
 mod hub_olah;
 mod kernels_ops;
 mod linear_eval;

@@ -21,6 +21,48 @@ pub enum ColorMode {
     Grey,
 }
 
+/// Default bound on an image's pixel count: PIL's `Image.MAX_IMAGE_PIXELS` (about 178 M, a
+/// 0.5 GB RGB buffer). The count comes from the header, checked before anything is decoded, so a
+/// small file claiming a huge canvas (a decompression bomb) is refused instead of filling memory.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 178_956_970;
+
+/// Environment variable that raises (or lowers) [`DEFAULT_MAX_IMAGE_PIXELS`].
+pub const MAX_IMAGE_PIXELS_ENV: &str = "BYOL_MAX_IMAGE_PIXELS";
+
+/// The pixel bound: `BYOL_MAX_IMAGE_PIXELS` when set, else the default.
+pub fn max_image_pixels() -> Result<u64> {
+    parse_max_pixels(std::env::var(MAX_IMAGE_PIXELS_ENV).ok().as_deref())
+}
+
+fn parse_max_pixels(value: Option<&str>) -> Result<u64> {
+    match value {
+        None => Ok(DEFAULT_MAX_IMAGE_PIXELS),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                Error::config(
+                    MAX_IMAGE_PIXELS_ENV,
+                    format!("`{v}` is not a positive number of pixels"),
+                )
+            }),
+    }
+}
+
+/// Refuses a `width × height` header above `max` pixels.
+fn check_pixels(width: u64, height: u64, max: u64) -> std::result::Result<(), String> {
+    let pixels = width.saturating_mul(height);
+    if pixels > max {
+        return Err(format!(
+            "image of {width}×{height} = {pixels} pixels exceeds the limit of {max} pixels \
+             (a decompression bomb?); raise it with {MAX_IMAGE_PIXELS_ENV}"
+        ));
+    }
+    Ok(())
+}
+
 /// Reads and decodes the file at `path`.
 pub fn decode_file(path: &Path, mode: ColorMode) -> Result<Image> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -29,10 +71,11 @@ pub fn decode_file(path: &Path, mode: ColorMode) -> Result<Image> {
 
 /// Decodes JPEG or PNG `bytes`; `path` only names the source in errors.
 pub fn decode_bytes(bytes: &[u8], path: &Path, mode: ColorMode) -> Result<Image> {
+    let max = max_image_pixels()?;
     let image = if bytes.starts_with(&[0xFF, 0xD8]) {
-        decode_jpeg(bytes, mode)
+        decode_jpeg(bytes, mode, max)
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        decode_png(bytes)
+        decode_png(bytes, max)
     } else {
         Err("neither a JPEG nor a PNG file".to_string())
     }
@@ -71,27 +114,26 @@ fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 299 + g as u32 * 587 + b as u32 * 114 + 500) / 1000) as u8
 }
 
-fn decode_jpeg(bytes: &[u8], mode: ColorMode) -> std::result::Result<Image, String> {
+fn decode_jpeg(bytes: &[u8], mode: ColorMode, max: u64) -> std::result::Result<Image, String> {
     // The decoder fills a truncated scan with grey instead of failing, so check the end marker:
     // a complete file has an EOI (FF D9) after its last start-of-scan (FF DA).
     if !ends_after_last_scan(bytes) {
         return Err("truncated JPEG (no end-of-image marker after the last scan)".into());
     }
+    // The header first: its size is checked before the scan is decoded.
+    let mut probe = JpegDecoder::new(Cursor::new(bytes));
+    probe
+        .decode_headers()
+        .map_err(|e| format!("bad JPEG: {e:?}"))?;
+    let (w, h) = probe
+        .dimensions()
+        .ok_or_else(|| "JPEG without dimensions".to_string())?;
+    check_pixels(w as u64, h as u64, max)?;
     let out = match mode {
         ColorMode::Rgb => ColorSpace::RGB,
         ColorMode::Grey => ColorSpace::Luma,
-        ColorMode::Keep => {
-            // Only this mode needs the header first, to learn whether the file is grey.
-            let mut probe = JpegDecoder::new(Cursor::new(bytes));
-            probe
-                .decode_headers()
-                .map_err(|e| format!("bad JPEG: {e:?}"))?;
-            if probe.input_colorspace() == Some(ColorSpace::Luma) {
-                ColorSpace::Luma
-            } else {
-                ColorSpace::RGB
-            }
-        }
+        ColorMode::Keep if probe.input_colorspace() == Some(ColorSpace::Luma) => ColorSpace::Luma,
+        ColorMode::Keep => ColorSpace::RGB,
     };
     let options = DecoderOptions::default().jpeg_set_out_colorspace(out);
     let mut decoder = JpegDecoder::new_with_options(Cursor::new(bytes), options);
@@ -116,8 +158,19 @@ fn ends_after_last_scan(bytes: &[u8]) -> bool {
     false
 }
 
-fn decode_png(bytes: &[u8]) -> std::result::Result<Image, String> {
-    let mut decoder = png::Decoder::new(Cursor::new(bytes));
+fn decode_png(bytes: &[u8], max: u64) -> std::result::Result<Image, String> {
+    // The header alone first: its size is checked before any row is inflated. The decoder's own
+    // byte limit then backs the check (8 bytes a pixel: 16-bit RGBA).
+    let mut probe = png::Decoder::new(Cursor::new(bytes));
+    let (w, h) = probe
+        .read_header_info()
+        .map(|info| (info.width, info.height))
+        .map_err(|e| format!("bad PNG: {e}"))?;
+    check_pixels(w as u64, h as u64, max)?;
+    let limits = png::Limits {
+        bytes: usize::try_from(max.saturating_mul(8)).unwrap_or(usize::MAX),
+    };
+    let mut decoder = png::Decoder::new_with_limits(Cursor::new(bytes), limits);
     // Palette and low-bit grey expand to 8 bits, 16-bit keeps its high byte.
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(|e| format!("bad PNG: {e}"))?;
@@ -187,6 +240,18 @@ mod tests {
         let grey = dec(&pal, ColorMode::Grey);
         assert_eq!(grey.data, vec![luma(200, 100, 50), luma(10, 20, 30), 0]);
         assert_eq!(dec(&ga, ColorMode::Rgb).data, vec![7, 7, 7, 8, 8, 8]);
+    }
+
+    #[test]
+    fn pixel_limit_comes_from_the_environment_value() {
+        assert_eq!(parse_max_pixels(None).unwrap(), DEFAULT_MAX_IMAGE_PIXELS);
+        assert_eq!(parse_max_pixels(Some(" 500000000 ")).unwrap(), 500_000_000);
+        for bad in ["0", "-1", "many"] {
+            let err = parse_max_pixels(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains(MAX_IMAGE_PIXELS_ENV), "{err}");
+        }
+        assert!(check_pixels(20_000, 20_000, DEFAULT_MAX_IMAGE_PIXELS).is_err());
+        assert!(check_pixels(13_000, 13_000, DEFAULT_MAX_IMAGE_PIXELS).is_ok());
     }
 
     #[test]

@@ -29,48 +29,100 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Reads an IDX file of `u8` (type 0x08); gzip is recognised by its magic bytes.
+/// Largest data a gzipped IDX file may inflate to (1 GiB; EMNIST's largest split is 547 MB).
+/// The size comes from the header, checked before anything is inflated, so a small file cannot
+/// make the reader allocate gigabytes.
+pub const MAX_IDX_GZIP_BYTES: u64 = 1 << 30;
+
+/// Deflate cannot compress better than about 1032:1, so a gzip file of `n` bytes holds at most
+/// this many times `n`: a header claiming more is a lie, refused without inflating.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Reads an IDX file of `u8` (type 0x08); gzip is recognised by its magic bytes. The header is
+/// read first; its dimensions must fit the file (plain) or the bounds above (gzip), and the data
+/// is read through a reader limited to the size they give.
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| Error::format(path, format!("bad gzip data: {e}")))?;
-        out
-    } else {
-        raw
-    };
+    let io = |e: std::io::Error| Error::io(path, e);
     let bad = |msg: String| Error::format(path, msg);
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+    let file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut file = std::io::BufReader::new(file);
+    let gzip = {
+        use std::io::BufRead;
+        file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b])
+    };
+    let mut reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let read_exact = |reader: &mut dyn Read, buf: &mut [u8], what: &str| {
+        reader.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad(format!("truncated IDX {what}")),
+            _ if gzip => bad(format!("bad gzip data: {e}")),
+            _ => Error::io(path, e),
+        })
+    };
+    let mut magic = [0u8; 4];
+    read_exact(&mut *reader, &mut magic, "header")?;
+    if magic[0] != 0 || magic[1] != 0 {
         return Err(bad("not an IDX file (bad magic number)".into()));
     }
-    if bytes[2] != 0x08 {
+    if magic[2] != 0x08 {
         return Err(bad(format!(
             "IDX element type 0x{:02x}, only unsigned bytes (0x08) are supported",
-            bytes[2]
+            magic[2]
         )));
     }
-    let ndims = usize::from(bytes[3]);
-    let header = 4 + 4 * ndims;
-    if bytes.len() < header {
-        return Err(bad("truncated IDX header".into()));
-    }
-    let dims: Vec<usize> = bytes[4..header]
+    let ndims = usize::from(magic[3]);
+    let mut raw_dims = vec![0u8; 4 * ndims];
+    read_exact(&mut *reader, &mut raw_dims, "header")?;
+    let dims: Vec<usize> = raw_dims
         .chunks_exact(4)
         .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize)
         .collect();
-    let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    if expected != Some(bytes.len() - header) {
+    let size = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| bad(format!("IDX header dimensions {dims:?} overflow")))?;
+    let header_len = 4 + 4 * ndims as u64;
+    if gzip {
+        let most = file_len
+            .saturating_mul(MAX_DEFLATE_RATIO)
+            .min(MAX_IDX_GZIP_BYTES);
+        if size > most {
+            return Err(bad(format!(
+                "IDX header claims dimensions {dims:?} ({size} bytes), more than a gzip file of \
+                 {file_len} bytes may hold (at most {most} bytes); refused without inflating"
+            )));
+        }
+    } else if size != file_len.saturating_sub(header_len) {
         return Err(bad(format!(
-            "dimensions {dims:?} need {expected:?} data bytes, the file has {}",
-            bytes.len() - header
+            "IDX header dimensions {dims:?} need {size} data bytes, the file has {}",
+            file_len.saturating_sub(header_len)
         )));
     }
-    Ok(IdxArray {
-        dims,
-        data: bytes[header..].to_vec(),
-    })
+    // One byte more than the header promises tells a longer stream from an exact one.
+    let mut data = Vec::new();
+    reader.take(size + 1).read_to_end(&mut data).map_err(|e| {
+        if gzip {
+            bad(format!("bad gzip data: {e}"))
+        } else {
+            io(e)
+        }
+    })?;
+    if data.len() as u64 != size {
+        return Err(bad(format!(
+            "IDX header dimensions {dims:?} need {size} data bytes, the file has {}{}",
+            data.len(),
+            if data.len() as u64 > size {
+                " or more"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(IdxArray { dims, data })
 }
 
 /// Grey images with a class label each, from an images IDX (N x rows x cols) and a labels

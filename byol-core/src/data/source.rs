@@ -109,11 +109,18 @@ impl DatasetSource {
         let dir = self.dir()?;
         Ok(match self.kind {
             DatasetKind::FashionMnist => {
-                Arc::new(IdxDataset::fashion_mnist(&dir, split).map_err(|e| {
-                    Error::Input(format!(
-                        "Fashion-MNIST not found in {} ({e}): install Debian's dataset-fashion-mnist or pass the IDX directory",
-                        dir.display()
-                    ))
+                Arc::new(IdxDataset::fashion_mnist(&dir, split).map_err(|e| match e {
+                    // Only a missing file is helped by the package hint; a corrupt one says so.
+                    Error::Io { ref source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        Error::Input(format!(
+                            "Fashion-MNIST not found in {} ({e}): install Debian's \
+                             dataset-fashion-mnist or pass the IDX directory",
+                            dir.display()
+                        ))
+                    }
+                    e => e,
                 })?)
             }
             DatasetKind::Mnist => Arc::new(IdxDataset::mnist(&dir, split)?),

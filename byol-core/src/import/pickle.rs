@@ -279,16 +279,85 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The machine: a stack of (value, memo slot it was stored in), marks and the memo.
+/// Deepest nesting of containers a pickle may build. Values are trees whose derived `Clone`,
+/// `Drop`, `PartialEq` and `Debug` recurse, as does the checkpoint conversion: a bound on the
+/// depth bounds their stack use whatever the input (a Haiku checkpoint nests fewer than 20).
+pub const MAX_DEPTH: usize = 200;
+
+/// Most value nodes (plus string bytes) a pickle may create or copy. The memo holds copies, so a
+/// few bytes of repeated memo `GET`s could otherwise grow memory exponentially; a node is under
+/// 100 bytes, so this bounds the reader to about 400 MB (a Haiku checkpoint builds a few
+/// thousand nodes; array data is shared, not counted).
+pub const MAX_NODES: usize = 1 << 22;
+
+/// Nodes (plus string bytes) of `v` and its depth, counted iteratively; stops once the count
+/// passes `limit` (the answer is then only known to exceed it).
+fn measure(v: &Value, limit: usize) -> (usize, usize) {
+    let mut count = 0usize;
+    let mut depth = 0usize;
+    let mut todo: Vec<(&Value, usize)> = vec![(v, 1)];
+    while let Some((v, d)) = todo.pop() {
+        count += 1;
+        depth = depth.max(d);
+        if count > limit {
+            break;
+        }
+        match v {
+            Value::Str(s) => count += s.len(),
+            Value::Tuple(items) | Value::List(items) => {
+                todo.extend(items.iter().map(|c| (c, d + 1)));
+            }
+            Value::Dict(pairs) => {
+                todo.extend(pairs.iter().flat_map(|(k, v)| [(k, d + 1), (v, d + 1)]));
+            }
+            Value::Record {
+                args, state, items, ..
+            } => {
+                todo.extend(args.iter().map(|c| (c, d + 1)));
+                todo.extend(state.iter().map(|c| (&**c, d + 1)));
+                todo.extend(items.iter().flat_map(|(k, v)| [(k, d + 1), (v, d + 1)]));
+            }
+            Value::Array(a) => count += a.shape.len(),
+            _ => {}
+        }
+    }
+    (count, depth)
+}
+
+/// The machine: a stack of (value, memo slot it was stored in), marks and the memo, and what is
+/// left of the [`MAX_NODES`] budget.
 struct Machine {
     stack: Vec<(Value, Option<usize>)>,
     marks: Vec<usize>,
     memo: HashMap<usize, Value>,
+    budget: usize,
 }
 
 impl Machine {
     fn push(&mut self, v: Value) {
         self.stack.push((v, None));
+    }
+    /// Charges `n` units to the budget.
+    fn charge(&mut self, n: usize) -> R<()> {
+        self.budget = self.budget.checked_sub(n).ok_or_else(|| {
+            PickleError(format!(
+                "more than {MAX_NODES} values built or copied (a memo bomb?)"
+            ))
+        })?;
+        Ok(())
+    }
+    /// Charges a copy of `v` and checks that `v`, put inside a container, stays within
+    /// [`MAX_DEPTH`].
+    fn charge_child(&mut self, v: &Value) -> R<()> {
+        let (count, depth) = measure(v, self.budget);
+        self.charge(count)?;
+        if depth + 1 > MAX_DEPTH {
+            return err(format!("containers nested deeper than {MAX_DEPTH}"));
+        }
+        Ok(())
+    }
+    fn charge_children<'v>(&mut self, vs: impl IntoIterator<Item = &'v Value>) -> R<()> {
+        vs.into_iter().try_for_each(|v| self.charge_child(v))
     }
     fn pop(&mut self) -> R<Value> {
         match self.stack.pop() {
@@ -313,8 +382,11 @@ impl Machine {
             .last_mut()
             .ok_or_else(|| PickleError("empty stack".into()))?;
         f(v)?;
-        if let Some(s) = slot {
-            self.memo.insert(*s, v.clone());
+        if let Some(s) = *slot {
+            let (count, _) = measure(v, self.budget);
+            let copy = v.clone();
+            self.charge(count)?;
+            self.memo.insert(s, copy);
         }
         Ok(())
     }
@@ -324,15 +396,18 @@ impl Machine {
             .last_mut()
             .ok_or_else(|| PickleError("memo of nothing".into()))?;
         *s = Some(slot);
-        self.memo.insert(slot, v.clone());
+        let (count, _) = measure(v, self.budget);
+        let copy = v.clone();
+        self.charge(count)?;
+        self.memo.insert(slot, copy);
         Ok(())
     }
     fn get(&mut self, slot: usize) -> R<()> {
-        let v = self
-            .memo
-            .get(&slot)
-            .cloned()
-            .ok_or_else(|| PickleError(format!("memo slot {slot} is empty")))?;
+        let empty = || PickleError(format!("memo slot {slot} is empty"));
+        // Charged before the copy is made: the copy is what a memo bomb multiplies.
+        let (count, _) = measure(self.memo.get(&slot).ok_or_else(empty)?, self.budget);
+        self.charge(count)?;
+        let v = self.memo.get(&slot).ok_or_else(empty)?.clone();
         self.stack.push((v, Some(slot)));
         Ok(())
     }
@@ -413,12 +488,14 @@ fn apply(global: Global, args: Vec<Value>) -> R<Value> {
 }
 
 fn array(dtype: Dtype, shape: Vec<usize>, raw: &[u8]) -> R<Array> {
-    let count: usize = shape.iter().product();
     let size = dtype.elem.size();
-    if raw.len() != count * size {
+    let need = shape
+        .iter()
+        .try_fold(size, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| PickleError(format!("array shape {shape:?} overflows")))?;
+    if raw.len() != need {
         return err(format!(
-            "array of shape {shape:?} needs {} bytes, the pickle holds {}",
-            count * size,
+            "array of shape {shape:?} needs {need} bytes, the pickle holds {}",
             raw.len()
         ));
     }
@@ -491,11 +568,14 @@ pub fn read(data: &[u8]) -> R<Value> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        budget: MAX_NODES,
     };
     let mut next_memo = 0usize;
     loop {
         let at = r.pos;
         let op = r.u8()?;
+        // Each opcode builds at most one new node.
+        m.charge(1)?;
         match op {
             0x80 => {
                 let proto = r.u8()?;
@@ -587,14 +667,17 @@ pub fn read(data: &[u8]) -> R<Value> {
             b'}' => m.push(Value::Dict(Vec::new())),
             b't' => {
                 let v = m.pop_mark()?;
+                m.charge_children(&v)?;
                 m.push(Value::Tuple(v))
             }
             b'l' => {
                 let v = m.pop_mark()?;
+                m.charge_children(&v)?;
                 m.push(Value::List(v))
             }
             b'd' => {
                 let v = m.pop_mark()?;
+                m.charge_children(&v)?;
                 let mut d = Value::Dict(Vec::new());
                 add_items(&mut d, v)?;
                 m.push(d)
@@ -606,10 +689,12 @@ pub fn read(data: &[u8]) -> R<Value> {
                     v.push(m.pop()?);
                 }
                 v.reverse();
+                m.charge_children(&v)?;
                 m.push(Value::Tuple(v))
             }
             b'a' => {
                 let v = m.pop()?;
+                m.charge_child(&v)?;
                 m.with_top(|t| match t {
                     Value::List(l) => {
                         l.push(v);
@@ -620,6 +705,7 @@ pub fn read(data: &[u8]) -> R<Value> {
             }
             b'e' => {
                 let v = m.pop_mark()?;
+                m.charge_children(&v)?;
                 m.with_top(|t| match t {
                     Value::List(l) => {
                         l.extend(v);
@@ -631,10 +717,12 @@ pub fn read(data: &[u8]) -> R<Value> {
             b's' => {
                 let v = m.pop()?;
                 let k = m.pop()?;
+                m.charge_children([&k, &v])?;
                 m.with_top(|t| add_items(t, vec![k, v]))?
             }
             b'u' => {
                 let v = m.pop_mark()?;
+                m.charge_children(&v)?;
                 m.with_top(|t| add_items(t, v))?
             }
             b'c' => {
@@ -669,6 +757,7 @@ pub fn read(data: &[u8]) -> R<Value> {
             }
             b'b' => {
                 let state = m.pop()?;
+                m.charge_child(&state)?;
                 m.with_top(|t| build(t, state))?
             }
             b'q' => {

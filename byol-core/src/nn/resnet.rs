@@ -130,7 +130,44 @@ impl ResNetConfig {
         if self.base_channels == 0 {
             return Err(Error::config("base_channels", "must be ≥ 1"));
         }
+        // The widest tensor is layer4's bottleneck output (base·width·8·4 channels): refuse a
+        // product that overflows instead of wrapping or panicking later.
+        self.base_channels
+            .checked_mul(self.width)
+            .and_then(|c| c.checked_mul(8 * 4))
+            .ok_or_else(|| {
+                Error::config(
+                    "width",
+                    format!(
+                        "base_channels {} × width {} is out of range",
+                        self.base_channels, self.width
+                    ),
+                )
+            })?;
         Ok(())
+    }
+
+    /// Shapes of two tensors that together pin down the whole architecture: the stem convolution
+    /// (`[base·width, in_channels, k, k]`) and the last BatchNorm of `layer4` (feature width).
+    /// A weights file is checked against them before the model is allocated, so metadata alone
+    /// can never make us reserve memory that the file's own tensors do not back.
+    pub fn key_tensor_shapes(&self) -> Result<[(String, Vec<usize>); 2]> {
+        self.validate()?;
+        let (blocks, bottleneck) = self.layout()?;
+        let k = match self.stem {
+            Stem::Imagenet => 7,
+            Stem::Small | Stem::SmallStrided => 3,
+        };
+        let base = self.base_channels * self.width;
+        let last = format!(
+            "layer4.{}.bn{}.weight",
+            blocks[3] - 1,
+            if bottleneck { 3 } else { 2 }
+        );
+        Ok([
+            ("conv1.weight".into(), vec![base, self.in_channels, k, k]),
+            (last, vec![self.feature_dim()?]),
+        ])
     }
 
     /// Length of the pooled feature vector (2048 for ResNet-50, 512 for ResNet-18).

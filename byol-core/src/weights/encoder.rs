@@ -101,6 +101,7 @@ pub fn load_encoder(
             )
         })?
     };
+    check_key_shapes(path, &config, &file.tensors)?;
     let mut store = VarStore::new(device, 0);
     let encoder = ResNet::new(&mut store.root(), &config)?;
     let tensors: HashMap<String, Tensor> = file
@@ -116,4 +117,50 @@ pub fn load_encoder(
         store,
         metadata: file.metadata,
     })
+}
+
+/// The architecture (declared in metadata or given) must match the file's own tensors before
+/// anything is allocated: a metadata claiming `width: 100000` would otherwise reserve hundreds of
+/// gigabytes for a file of a few kilobytes.
+fn check_key_shapes(
+    path: &Path,
+    config: &ResNetConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let shapes = config.key_tensor_shapes().map_err(|e| {
+        Error::format(
+            path,
+            format!("architecture in `{ENCODER_CONFIG_KEY}` is invalid: {e}"),
+        )
+    })?;
+    check_shapes(path, &describe_architecture(config), tensors, shapes)
+}
+
+/// Each `(name, shape)` must be a tensor of `tensors` with that shape; the error names the file,
+/// the tensor and the architecture (`what`) that implied the shape.
+pub(crate) fn check_shapes(
+    path: &Path,
+    what: &str,
+    tensors: &HashMap<String, Tensor>,
+    shapes: impl IntoIterator<Item = (String, Vec<usize>)>,
+) -> Result<()> {
+    for (name, expected) in shapes {
+        let Some(t) = tensors.get(&name) else {
+            return Err(Error::format(
+                path,
+                format!("tensor `{name}` is missing; the architecture ({what}) needs it"),
+            ));
+        };
+        if t.dims() != expected.as_slice() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{name}` has shape {:?}, but the architecture ({what}) needs {:?}",
+                    t.dims(),
+                    expected
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

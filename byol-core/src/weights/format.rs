@@ -29,6 +29,7 @@ pub enum WeightsFormat {
 
 /// Sniffs the format of `path`.
 pub fn detect_format(path: &Path) -> Result<WeightsFormat> {
+    crate::io::check_regular_file(path)?;
     let mut head = [0u8; 9];
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut n = 0;
@@ -68,30 +69,61 @@ pub fn read_weights(path: &Path, device: &Device) -> Result<SafetensorsFile> {
 const NESTED_KEYS: [&str; 3] = ["state_dict", "model", "model_state_dict"];
 
 fn read_torch(path: &Path, device: &Device) -> Result<SafetensorsFile> {
-    let read = |key: Option<&str>| {
-        candle_core::pickle::read_all_with_key(path, key)
+    use candle_core::pickle::PthTensors;
+    let open = |key: Option<&str>| {
+        PthTensors::new(path, key)
             .map_err(|e| Error::format(path, format!("cannot read the PyTorch file: {e}")))
     };
-    let mut tensors = read(None)?;
+    let mut pth = open(None)?;
     for key in NESTED_KEYS {
-        if !tensors.is_empty() {
+        if !pth.tensor_infos().is_empty() {
             break;
         }
         // A missing key is simply not this layout.
-        tensors = read(Some(key)).unwrap_or_default();
+        if let Ok(nested) = open(Some(key)) {
+            pth = nested;
+        }
     }
-    if tensors.is_empty() {
+    if pth.tensor_infos().is_empty() {
         return Err(Error::format(
             path,
             format!("no tensors at the top level nor under {NESTED_KEYS:?}"),
         ));
     }
-    let mut out = HashMap::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
-        let t = t
+    // PyTorch stores storages uncompressed: a tensor needing more bytes than the whole file is a
+    // lie of its pickle, refused before candle allocates for it.
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let mut names: Vec<&String> = pth.tensor_infos().keys().collect();
+    names.sort();
+    let mut out = HashMap::with_capacity(names.len());
+    for name in names {
+        let info = &pth.tensor_infos()[name];
+        let what = format!("tensor `{name}` (storage `{}`)", info.path);
+        // candle's start offset is in bytes; the element count may overflow.
+        let need = info
+            .layout
+            .dims()
+            .iter()
+            .try_fold(info.dtype.size_in_bytes() as u64, |acc, &d| {
+                acc.checked_mul(d as u64)
+            })
+            .and_then(|n| n.checked_add(info.layout.start_offset() as u64))
+            .unwrap_or(u64::MAX);
+        if need > file_len {
+            return Err(Error::format(
+                path,
+                format!("{what} needs {need} bytes, more than the file's {file_len}"),
+            ));
+        }
+        let t = pth
+            .get(name)
+            .map_err(|e| Error::format(path, format!("{what} cannot be read: {e}")))?
+            .ok_or_else(|| Error::format(path, format!("{what} disappeared while reading")))?
             .to_device(device)
-            .map_err(|e| Error::tensor(&name, e.to_string()))?;
+            .map_err(|e| Error::tensor(name, e.to_string()))?;
+        let name = name.strip_prefix("module.").unwrap_or(name).to_string();
         out.insert(name, t);
     }
     Ok(SafetensorsFile {
