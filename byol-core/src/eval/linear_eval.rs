@@ -17,7 +17,10 @@ use crate::eval::cache::{cached_features, CacheKey, CacheStatus};
 use crate::eval::features::{extract, Extractor, LabelledFeatures};
 use crate::eval::knn::{knn_scores, KnnOptions};
 use crate::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
-use crate::eval::report::{ClassificationMetrics, ClassificationReport, SplitSizes, WeightsInfo};
+use crate::eval::report::{
+    hyperparameters, ClassificationMetrics, ClassificationReport, KnnChoice, LogisticChoice,
+    SgdChoice, SplitSizes, WeightsInfo,
+};
 use crate::eval::sgd_probe::{sgd_probe, SgdProbeData, SgdProbeOptions};
 use crate::io::sha256_file;
 use crate::nn::ResNetConfig;
@@ -253,13 +256,13 @@ impl EvalSetup {
         let scores = result.model.predict_scores(f.test.features.view())?;
         let metrics = ClassificationMetrics::from_scores(&scores, &f.test.labels, p.classes)?;
         let val = ((f.train.labels.len() as f64 * opts.val_fraction).round() as usize).max(1);
-        let hyper = BTreeMap::from([
-            ("lambda".into(), json!(result.best_lambda)),
-            ("lambda_grid".into(), json!(opts.grid)),
-            ("standardize".into(), json!(opts.logistic.standardize)),
-            ("path_patience".into(), json!(opts.logistic.path_patience)),
-            ("val_fraction".into(), json!(opts.val_fraction)),
-        ]);
+        let hyper = hyperparameters(&LogisticChoice {
+            lambda: result.best_lambda,
+            lambda_grid: &opts.grid,
+            standardize: opts.logistic.standardize,
+            path_patience: opts.logistic.path_patience,
+            val_fraction: opts.val_fraction,
+        })?;
         self.report(
             &p,
             Outcome {
@@ -291,13 +294,11 @@ impl EvalSetup {
             opts,
         )?;
         let metrics = ClassificationMetrics::from_scores(&scores, &f.test.labels, p.classes)?;
-        let hyper = BTreeMap::from([
-            ("k".into(), json!(opts.k)),
-            (
-                "temperature".into(),
-                json!((f64::from(opts.temperature) * 1e6).round() / 1e6),
-            ),
-        ]);
+        let hyper = hyperparameters(&KnnChoice {
+            k: opts.k,
+            // f32 → f64 without the binary noise (0.07, not 0.07000000029802322).
+            temperature: (f64::from(opts.temperature) * 1e6).round() / 1e6,
+        })?;
         self.report(
             &p,
             Outcome {
@@ -347,16 +348,16 @@ impl EvalSetup {
             &result.test_labels,
             p.classes,
         )?;
-        let hyper = BTreeMap::from([
-            ("lr".into(), json!(result.best_lr)),
-            ("lr_grid".into(), json!(opts.learning_rates)),
-            ("val_top1_per_lr".into(), json!(result.candidates)),
-            ("epochs".into(), json!(opts.epochs)),
-            ("batch_size".into(), json!(opts.batch_size)),
-            ("momentum".into(), json!(opts.sgd.momentum)),
-            ("nesterov".into(), json!(opts.sgd.nesterov)),
-            ("weight_decay".into(), json!(opts.sgd.weight_decay)),
-        ]);
+        let hyper = hyperparameters(&SgdChoice {
+            lr: result.best_lr,
+            lr_grid: &opts.learning_rates,
+            val_top1_per_lr: &result.candidates,
+            epochs: opts.epochs,
+            batch_size: opts.batch_size,
+            momentum: opts.sgd.momentum,
+            nesterov: opts.sgd.nesterov,
+            weight_decay: opts.sgd.weight_decay,
+        })?;
         self.report(
             &p,
             Outcome {

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::metrics;
+use crate::eval::sgd_probe::LrCandidate;
 use crate::io::write_atomic;
 use crate::{Error, Result};
 
@@ -21,6 +22,49 @@ pub struct WeightsInfo {
     pub sha256: Option<String>,
     /// e.g. `resnet18 small-stem 1ch base 16`.
     pub architecture: Option<String>,
+}
+
+/// What the logistic protocol chose and from what: `hyperparameters` of its report.
+#[derive(Debug, Serialize)]
+pub struct LogisticChoice<'a> {
+    pub lambda: f64,
+    pub lambda_grid: &'a [f64],
+    pub standardize: bool,
+    pub path_patience: Option<usize>,
+    pub val_fraction: f64,
+}
+
+/// The kNN protocol's settings: `hyperparameters` of its report.
+#[derive(Debug, Serialize)]
+pub struct KnnChoice {
+    pub k: usize,
+    pub temperature: f64,
+}
+
+/// What the SGD protocol chose and from what: `hyperparameters` of its report.
+#[derive(Debug, Serialize)]
+pub struct SgdChoice<'a> {
+    pub lr: f64,
+    pub lr_grid: &'a [f64],
+    pub val_top1_per_lr: &'a [LrCandidate],
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+}
+
+/// A protocol's choice as the report's `hyperparameters` map (the field names are its keys).
+pub fn hyperparameters<T: Serialize>(choice: &T) -> Result<BTreeMap<String, serde_json::Value>> {
+    match serde_json::to_value(choice) {
+        Ok(serde_json::Value::Object(map)) => Ok(map.into_iter().collect()),
+        Ok(other) => Err(Error::Input(format!(
+            "hyper-parameters must serialise to a map, not {other}"
+        ))),
+        Err(e) => Err(Error::Input(format!(
+            "cannot serialise the hyper-parameters: {e}"
+        ))),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
