@@ -10,7 +10,6 @@ use byol_core::config::TrainConfig;
 use byol_core::data::augment::{AugmentConfig, AugmentSet, EvalTransform, TwoViewAugmenter};
 use byol_core::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
 use byol_core::device::parse_device;
-use byol_core::eval::features::Extractor;
 use byol_core::eval::knn::KnnOptions;
 use byol_core::eval::linear_protocol::LinearProtocolOptions;
 use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
@@ -451,12 +450,12 @@ fn main() -> Result<()> {
         options.logistic.standardize = true;
         options.logistic.path_patience = Some(PROBE_PATH_PATIENCE);
         let mut extractors = vec![
-            ("raw pixels", Extractor::Pixels),
-            ("random-init encoder", Extractor::Encoder(random.encoder())),
-            ("BYOL online encoder", Extractor::Encoder(&online.encoder)),
+            ("raw pixels", None),
+            ("random-init encoder", Some(random.encoder())),
+            ("BYOL online encoder", Some(&online.encoder)),
         ];
         if let Some(target) = state.model.target_encoder() {
-            extractors.push(("BYOL target encoder", Extractor::Encoder(target)));
+            extractors.push(("BYOL target encoder", Some(target)));
         }
         let rows = compare_linear(&extractors, &probe_data, &options, &device)?;
         println!(

@@ -17,18 +17,11 @@ pub struct LabelledFeatures {
     pub labels: Vec<usize>,
 }
 
-/// How to turn images into feature rows.
-pub enum Extractor<'a> {
-    /// Pooled features of a frozen encoder.
-    Encoder(&'a ResNet),
-    /// The transformed pixels themselves (the raw-pixel baseline).
-    Pixels,
-}
-
-/// Runs `extractor` over every sample of `dataset` through `transform` (one view, `view_shape`
+/// Runs `encoder` (pooled features of the frozen encoder; `None`: the transformed pixels
+/// themselves, the raw-pixel baseline) over every sample of `dataset` through `transform` (one view, `view_shape`
 /// = (channels, height, width)), in batches of `batch_size`, with `workers` loader threads.
 pub fn extract(
-    extractor: &Extractor,
+    encoder: Option<&ResNet>,
     dataset: Arc<dyn Dataset>,
     transform: Arc<dyn Transform>,
     view_shape: (usize, usize, usize),
@@ -55,12 +48,12 @@ pub fn extract(
         let batch = batch?;
         let n = batch.len();
         let pixels = &batch.view(0)[..n * view_len];
-        match extractor {
-            Extractor::Pixels => {
+        match encoder {
+            None => {
                 data.extend_from_slice(pixels);
                 cols = view_len;
             }
-            Extractor::Encoder(encoder) => {
+            Some(encoder) => {
                 let x = Tensor::from_slice(pixels, (n, c, h, w), device)?;
                 let f = encoder.forward_t(&x, false)?;
                 cols = f.dim(1)?;

@@ -14,7 +14,7 @@ use crate::data::augment::{AugmentConfig, EvalTransform};
 use crate::data::pipeline::OneViewAugmenter;
 use crate::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
 use crate::eval::cache::{cached_features, CacheKey, CacheStatus};
-use crate::eval::features::{extract, Extractor, LabelledFeatures};
+use crate::eval::features::{extract, LabelledFeatures};
 use crate::eval::knn::{knn_scores, KnnOptions};
 use crate::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
 use crate::eval::report::{
@@ -23,7 +23,7 @@ use crate::eval::report::{
 };
 use crate::eval::sgd_probe::{sgd_probe, SgdProbeData, SgdProbeOptions};
 use crate::io::sha256_file;
-use crate::nn::ResNetConfig;
+use crate::nn::{ResNet, ResNetConfig};
 use crate::weights::{describe_architecture, load_encoder, LoadedEncoder, Weights};
 use crate::{Error, Result};
 
@@ -68,11 +68,9 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn extractor(&self) -> Extractor<'_> {
-        match &self.encoder {
-            Some(e) => Extractor::Encoder(&e.encoder),
-            None => Extractor::Pixels,
-        }
+    /// The encoder features are extracted with (`None`: raw pixels).
+    fn extractor(&self) -> Option<&ResNet> {
+        self.encoder.as_ref().map(|e| &e.encoder)
     }
 }
 
@@ -184,7 +182,7 @@ impl EvalSetup {
             let path = self.cache_path(split);
             let (features, status) = cached_features(&path, &key, || {
                 extract(
-                    &p.extractor(),
+                    p.extractor(),
                     Arc::clone(set),
                     transform.clone(),
                     p.view_shape,

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::data::loader::Transform;
 use crate::data::Dataset;
-use crate::eval::features::{extract, Extractor, LabelledFeatures};
+use crate::eval::features::{extract, LabelledFeatures};
 use crate::eval::knn::{knn_classify, KnnOptions};
 use crate::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
 use crate::nn::ResNet;
@@ -38,12 +38,12 @@ pub struct ProbeData {
 impl ProbeData {
     fn features(
         &self,
-        extractor: &Extractor,
+        encoder: Option<&ResNet>,
         dataset: &Arc<dyn Dataset>,
         device: &Device,
     ) -> Result<LabelledFeatures> {
         extract(
-            extractor,
+            encoder,
             Arc::clone(dataset),
             Arc::clone(&self.transform),
             self.view_shape,
@@ -62,9 +62,8 @@ pub fn knn_top1(
     options: &KnnOptions,
     device: &Device,
 ) -> Result<f64> {
-    let extractor = Extractor::Encoder(encoder);
-    let train = data.features(&extractor, &data.train, device)?;
-    let test = data.features(&extractor, &data.test, device)?;
+    let train = data.features(Some(encoder), &data.train, device)?;
+    let test = data.features(Some(encoder), &data.test, device)?;
     let result = knn_classify(
         train.features.view(),
         &train.labels,
@@ -76,10 +75,10 @@ pub fn knn_top1(
     Ok(result.top1)
 }
 
-/// Fits the logistic protocol (λ chosen on a validation split of train) on each extractor's
-/// features and reports test accuracy.
+/// Fits the logistic protocol (λ chosen on a validation split of train) on the features of each
+/// named encoder (`None`: raw pixels) and reports test accuracy.
 pub fn compare_linear(
-    extractors: &[(&str, Extractor)],
+    extractors: &[(&str, Option<&ResNet>)],
     data: &ProbeData,
     options: &LinearProtocolOptions,
     device: &Device,
@@ -88,8 +87,8 @@ pub fn compare_linear(
     let mut rows = Vec::with_capacity(extractors.len());
     for (name, extractor) in extractors {
         let start = std::time::Instant::now();
-        let train = data.features(extractor, &data.train, device)?;
-        let test = data.features(extractor, &data.test, device)?;
+        let train = data.features(*extractor, &data.train, device)?;
+        let test = data.features(*extractor, &data.test, device)?;
         let result = linear_protocol(
             train.features.view(),
             &train.labels,

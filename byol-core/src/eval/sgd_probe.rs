@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Module, ModuleT, Tensor};
 
 use crate::data::loader::{Loader, LoaderConfig, Transform};
 use crate::data::{Dataset, Subset};
-use crate::eval::features::{extract, Extractor, LabelledFeatures};
+use crate::eval::features::{extract, LabelledFeatures};
 use crate::eval::metrics;
 use crate::eval::split::train_val_split;
 use crate::nn::layers::Linear;
@@ -172,10 +172,9 @@ pub fn sgd_probe(
     for &i in &val_idx {
         held_out[i] = true;
     }
-    let encoder = Extractor::Encoder(data.encoder);
     let eval_features = |set: Arc<dyn Dataset>| {
         extract(
-            &encoder,
+            Some(data.encoder),
             set,
             Arc::clone(&data.eval_transform),
             data.view_shape,

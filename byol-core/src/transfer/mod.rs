@@ -26,7 +26,7 @@ use candle_core::Device;
 
 use crate::data::augment::{AugmentConfig, EvalTransform};
 use crate::data::Dataset;
-use crate::eval::features::{extract, Extractor, LabelledFeatures};
+use crate::eval::features::{extract, LabelledFeatures};
 use crate::io::sha256_file;
 use crate::nn::{ResNet, ResNetConfig, VarStore};
 use crate::weights::{load_encoder, Weights};
@@ -152,14 +152,10 @@ pub fn frozen_features(
 ) -> Result<LabelledFeatures> {
     let channels = encoder.map_or(3, |e| e.config().in_channels);
     let transform = Arc::new(opts.eval_transform(channels)?);
-    let extractor = match encoder {
-        Some(e) => Extractor::Encoder(e),
-        None => Extractor::Pixels,
-    };
     let n = dataset.len();
     let s = opts.image_size;
     let out = extract(
-        &extractor,
+        encoder,
         dataset,
         transform,
         (channels, s, s),
