@@ -329,3 +329,28 @@ fn mostly_corrupt_data_stops_once_more_than_half_was_corrupt() {
     }
     assert_eq!(loader.skipped(), 3);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_loop_in_an_image_folder_lists_each_image_once() {
+    use byol_core::data::image_folder::ImageFolder;
+    use byol_tests::fixtures::write_jpeg;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for class in ["a", "b"] {
+        for i in 0..4 {
+            write_jpeg(&root.join(format!("{class}/{i}.jpg")), 2, 2, [i * 40; 3]);
+        }
+    }
+    // a/self → a (a loop), b/up → the root (a loop through both classes), b/sub/back → b.
+    std::os::unix::fs::symlink(root.join("a"), root.join("a/self")).unwrap();
+    std::os::unix::fs::symlink(root, root.join("b/up")).unwrap();
+    std::fs::create_dir_all(root.join("b/sub")).unwrap();
+    std::os::unix::fs::symlink(root.join("b"), root.join("b/sub/back")).unwrap();
+    let ds = ImageFolder::open(root).unwrap();
+    assert_eq!(ds.len(), 8, "images listed more than once");
+    // b/up leads to the root, whose class a was not listed from inside b: a's images there
+    // would be counted as class b. Each file is listed once, under its own class.
+    let labels: Vec<usize> = (0..8).map(|i| ds.label(i).unwrap()).collect();
+    assert_eq!(labels, [0, 0, 0, 0, 1, 1, 1, 1]);
+}
