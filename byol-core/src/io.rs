@@ -107,7 +107,42 @@ pub fn write_safetensors(
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(tensors, Some(meta))
         .map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
+    let bytes = canonical_header(&bytes).map_err(|e| Error::format(path, e))?;
     write_atomic(path, &bytes)
+}
+
+/// `bytes` (a serialised safetensors file) with its JSON header's keys sorted, `__metadata__`'s
+/// included: safetensors writes the metadata in `HashMap` order, which differs from run to run,
+/// so identical tensors and metadata would give files with different SHA-256 (and feature caches
+/// keyed by it would miss). Tensor data and offsets are unchanged.
+fn canonical_header(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .filter(|n| 8 + n <= bytes.len())
+        .ok_or("serialised file without a header")?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(bytes[8..8 + n].trim_ascii_end())
+            .map_err(|e| format!("serialised header is not a JSON object: {e}"))?;
+    let sorted = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => {
+            serde_json::to_value(m.into_iter().collect::<BTreeMap<_, _>>())
+        }
+        other => Ok(other),
+    };
+    let header = header
+        .into_iter()
+        .map(|(k, v)| Ok((k, sorted(v)?)))
+        .collect::<std::result::Result<BTreeMap<_, _>, serde_json::Error>>()
+        .and_then(|h| serde_json::to_vec(&h))
+        .map_err(|e| e.to_string())?;
+    let mut header = header;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`.

@@ -19,6 +19,8 @@ pub mod reference;
 
 pub use error::{Error, Result};
 pub use options::HubOptions;
-pub use publish::{publish, PublishOptions, Published};
+pub use publish::{check_publish_target, publish, PublishOptions, Published};
 pub use pull::{download, resolve_weights};
-pub use reference::{HubRef, WeightsRef, DEFAULT_HUB_FILE};
+pub use reference::{
+    check_file_path, check_repo_id, check_revision, HubRef, WeightsRef, DEFAULT_HUB_FILE,
+};

@@ -15,7 +15,7 @@ use byol_core::io::{SafetensorsFile, ENCODER_CONFIG_KEY};
 use byol_core::nn::ResNetConfig;
 
 use crate::card::{config_json, model_card, CardInfo, Report};
-use crate::options::describe;
+use crate::reference::{check_repo_id, check_revision};
 use crate::{Error, HubOptions, Result};
 
 /// What to publish and where.
@@ -219,22 +219,34 @@ pub fn prepare(out_dir: &Path, opts: &PublishOptions) -> Result<Vec<RepoFile>> {
     Ok(files)
 }
 
+/// Checks a repository to publish to (`owner/name` by the Hub's rules, see
+/// [`check_repo_id`]) and a branch, without the network: for flags checked before a run starts.
+pub fn check_publish_target(repo: &str, revision: Option<&str>) -> Result<()> {
+    check_repo_id(repo).map_err(|why| Error::config("repo", why))?;
+    if !repo.contains('/') {
+        return Err(Error::config(
+            "repo",
+            format!("`{repo}` has no owner: publish to `owner/name`"),
+        ));
+    }
+    if let Some(r) = revision {
+        check_revision(r).map_err(|why| Error::config("revision", why))?;
+    }
+    Ok(())
+}
+
 /// Creates `opts.repo` if needed and uploads [`prepare`]'s files in one commit.
 pub fn publish(out_dir: &Path, opts: &PublishOptions, hub: &HubOptions) -> Result<Published> {
+    check_publish_target(&opts.repo, opts.revision.as_deref())?;
     let what = format!("hf://{}", opts.repo);
     let (owner, name) = opts
         .repo
         .split_once('/')
-        .filter(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
         .ok_or_else(|| Error::config("repo", format!("`{}` is not owner/name", opts.repo)))?;
     if hub.offline {
-        return Err(Error::hub(
-            &what,
-            "HF_HUB_OFFLINE is set: publishing needs the network",
-        ));
+        return Err(hub.error(&what, "HF_HUB_OFFLINE is set: publishing needs the network"));
     }
     let files = prepare(out_dir, opts)?;
-    let endpoint = hub.endpoint_display();
     let client = hub.client(&what)?;
     client
         .create_repository()
@@ -244,9 +256,9 @@ pub fn publish(out_dir: &Path, opts: &PublishOptions, hub: &HubOptions) -> Resul
         .exist_ok(true)
         .send()
         .map_err(|e| {
-            Error::hub(
+            hub.error(
                 &what,
-                format!("cannot create the repository: {}", describe(&e, &endpoint)),
+                format!("cannot create the repository: {}", hub.describe(&e)),
             )
         })?;
     let names: Vec<String> = files.iter().map(|f| f.path_in_repo.clone()).collect();
@@ -265,7 +277,7 @@ pub fn publish(out_dir: &Path, opts: &PublishOptions, hub: &HubOptions) -> Resul
         )
         .maybe_revision(opts.revision.clone())
         .send()
-        .map_err(|e| Error::hub(&what, format!("upload failed: {}", describe(&e, &endpoint))))?;
+        .map_err(|e| hub.error(&what, format!("upload failed: {}", hub.describe(&e))))?;
     Ok(Published {
         repo: opts.repo.clone(),
         commit: info.commit_oid,

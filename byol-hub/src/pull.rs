@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use hf_hub::HFError;
 
-use crate::options::describe;
 use crate::reference::{HubRef, WeightsRef};
 use crate::{Error, HubOptions, Result};
 
@@ -14,12 +13,22 @@ use crate::{Error, HubOptions, Result};
 /// repository, the revision or the file is missing (two metadata calls tell which).
 pub fn download(reference: &HubRef, opts: &HubOptions) -> Result<PathBuf> {
     let what = reference.to_string();
-    let endpoint = opts.endpoint_display();
     let client = opts.client(&what)?;
     let (owner, name) = reference
         .repo
         .split_once('/')
-        .ok_or_else(|| Error::hub(&what, "the repository is not `owner/name`"))?;
+        .ok_or_else(|| opts.error(&what, "the repository is not `owner/name`"))?;
+    if !opts.offline {
+        let escape = |s: &str| s.replace('%', "%25").replace('#', "%23");
+        let url = format!(
+            "{}/{}/resolve/{}/{}",
+            opts.endpoint_display().trim_end_matches('/'),
+            reference.repo,
+            escape(reference.revision()).replace('/', "%2F"),
+            escape(reference.file())
+        );
+        opts.probe(&what, &url)?;
+    }
     let repo = client.model(owner, name);
     let result = repo
         .download_file()
@@ -30,7 +39,7 @@ pub fn download(reference: &HubRef, opts: &HubOptions) -> Result<PathBuf> {
     match result {
         Ok(path) => Ok(path),
         Err(HFError::LocalEntryNotFound { .. }) | Err(HFError::CacheNotEnabled) if opts.offline => {
-            Err(Error::hub(
+            Err(opts.error(
                 &what,
                 format!(
                     "HF_HUB_OFFLINE is set and `{}` at revision `{}` is not in the cache ({}): \
@@ -44,13 +53,10 @@ pub fn download(reference: &HubRef, opts: &HubOptions) -> Result<PathBuf> {
         Err(HFError::EntryNotFound { .. }) => {
             // The resolve call answers 404 for a missing repo, revision or file alike.
             let message = match repo.exists().send() {
-                Ok(false) => describe(
-                    &HFError::RepoNotFound {
-                        repo_id: reference.repo.clone(),
-                        context: None,
-                    },
-                    &endpoint,
-                ),
+                Ok(false) => opts.describe(&HFError::RepoNotFound {
+                    repo_id: reference.repo.clone(),
+                    context: None,
+                }),
                 Ok(true) => match repo.revision_exists().revision(reference.revision()).send() {
                     Ok(false) => format!(
                         "revision `{}` not found in `{}`",
@@ -64,11 +70,11 @@ pub fn download(reference: &HubRef, opts: &HubOptions) -> Result<PathBuf> {
                         reference.revision()
                     ),
                 },
-                Err(e) => describe(&e, &endpoint),
+                Err(e) => opts.describe(&e),
             };
-            Err(Error::hub(&what, message))
+            Err(opts.error(&what, message))
         }
-        Err(e) => Err(Error::hub(&what, describe(&e, &endpoint))),
+        Err(e) => Err(opts.error(&what, opts.describe(&e))),
     }
 }
 
@@ -88,6 +94,6 @@ pub fn resolve_weights(value: &str) -> Result<PathBuf> {
                 .map_err(|e| Error::config("weights", e.to_string()))?;
             Ok(path)
         }
-        WeightsRef::Hub(r) => download(&r, &HubOptions::from_env()),
+        WeightsRef::Hub(r) => download(&r, &HubOptions::from_env()?),
     }
 }

@@ -198,7 +198,8 @@ fn publish(out_dir: &std::path::Path, repo: &str, hub: &HubArgs) -> Result<()> {
         license: hub.license.clone(),
         ..byol_hub::PublishOptions::new(repo)
     };
-    let done = byol_hub::publish(out_dir, &opts, &byol_hub::HubOptions::from_env())
+    let hub_options = byol_hub::HubOptions::from_env()?;
+    let done = byol_hub::publish(out_dir, &opts, &hub_options)
         .with_context(|| format!("publishing {} to {repo}", out_dir.display()))?;
     println!(
         "published {} files to {} (commit {})",
@@ -311,6 +312,13 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(Command::Publish { out_dir, repo, hub }) = &args.command {
         return publish(out_dir, repo, hub);
+    }
+    // Checked before anything is read or written: a bad repository id or Hub setting must not
+    // surface only after the training it was meant to publish.
+    if let Some(repo) = &args.push_to_hub {
+        byol_hub::check_publish_target(repo, args.hub.revision.as_deref())
+            .with_context(|| format!("--push-to-hub {repo}"))?;
+        byol_hub::HubOptions::from_env().context("--push-to-hub")?;
     }
     let config = build_config(&args)?;
     if config.knn_every > 0 && (args.knn_bank == 0 || args.knn_queries == 0) {

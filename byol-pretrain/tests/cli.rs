@@ -249,3 +249,33 @@ fn a_refused_run_leaves_the_existing_config_alone() {
         );
     }
 }
+
+#[test]
+fn a_bad_push_to_hub_repo_fails_before_step_one_and_writes_nothing() {
+    let (dir, data) = mnist_like(16, 8, 4, 5);
+    for (repo, extra) in [
+        ("not a repo", None),
+        ("../../etc", None),
+        ("owner/name", Some("..")),
+    ] {
+        let out = dir.path().join("out");
+        let mut args = vec!["--push-to-hub", repo];
+        if let Some(rev) = extra {
+            args.extend(["--revision", rev]);
+        }
+        let start = Instant::now();
+        let o = command(&data, &out, "50", &args).output().unwrap();
+        assert!(!o.status.success(), "{repo}: {}", text(&o));
+        let t = text(&o);
+        assert!(t.contains("--push-to-hub"), "{repo}: {t}");
+        assert!(
+            t.contains(repo) || extra.is_some_and(|r| t.contains(&format!("revision `{r}`"))),
+            "{repo}: {t}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{repo}: not at once"
+        );
+        assert!(!out.exists(), "{repo}: {} was created", out.display());
+    }
+}

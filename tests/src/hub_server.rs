@@ -400,3 +400,55 @@ fn handle(req: &Request, state: &Mutex<State>) -> Response {
         ),
     }
 }
+
+/// A server that accepts connections and never answers (holds them open): the base URL.
+pub fn silent_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+/// A server that answers every request with `status`, `headers` and a JSON `body`: the base URL.
+pub fn canned_server(status: u16, headers: Vec<(String, String)>, body: Value) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut headers = headers.clone();
+            headers.push(("Content-Type".into(), "application/json".into()));
+            let resp = Response {
+                status,
+                headers,
+                body: serde_json::to_vec(&body).unwrap_or_default(),
+            };
+            std::thread::spawn(move || {
+                let mut reader = match stream.try_clone() {
+                    Ok(s) => BufReader::new(s),
+                    Err(_) => return,
+                };
+                let mut out = stream;
+                while let Ok(Some(req)) = read_request(&mut reader) {
+                    let mut head = format!("HTTP/1.1 {} Error\r\n", resp.status);
+                    for (k, v) in &resp.headers {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str(&format!("Content-Length: {}\r\n\r\n", resp.body.len()));
+                    if out.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    if req.method != "HEAD" && out.write_all(&resp.body).is_err() {
+                        return;
+                    }
+                    let _ = out.flush();
+                }
+            });
+        }
+    });
+    url
+}

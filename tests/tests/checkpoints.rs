@@ -306,3 +306,42 @@ fn training_changes_online_and_target_and_reports_a_finite_loss() {
     let expected = ((target_before * 0.5).unwrap() + (after * 0.5).unwrap()).unwrap();
     assert!(relative_error(&target_after, &expected) < 1e-6);
 }
+
+#[test]
+fn identical_tensors_and_metadata_give_byte_identical_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = || {
+        vec![
+            (
+                "b.weight".to_string(),
+                candle_core::Tensor::arange(0f32, 6., &Device::Cpu).unwrap(),
+            ),
+            (
+                "a.count".to_string(),
+                candle_core::Tensor::new(&[3i64], &Device::Cpu).unwrap(),
+            ),
+        ]
+    };
+    let metadata: BTreeMap<String, String> = (0..12)
+        .map(|i| (format!("key.{i}"), format!("value {i}")))
+        .collect();
+    let mut files = Vec::new();
+    for n in 0..4 {
+        let path = dir.path().join(format!("{n}.safetensors"));
+        write_safetensors(&path, tensors(), metadata.clone()).unwrap();
+        files.push(std::fs::read(&path).unwrap());
+        // Still an ordinary safetensors file.
+        let back = SafetensorsFile::read(&path, &Device::Cpu).unwrap();
+        assert_eq!(back.metadata["key.7"], "value 7");
+        assert_eq!(back.metadata["format"], "pt");
+        assert_eq!(back.tensors["b.weight"].dims(), [6]);
+    }
+    assert!(files.windows(2).all(|w| w[0] == w[1]), "files differ");
+    // Encoders too: the same model saved twice.
+    let model = tiny_byol(3);
+    let [a, b] = ["e1", "e2"].map(|n| dir.path().join(format!("{n}.safetensors")));
+    for p in [&a, &b] {
+        save_encoder(p, &model, BTreeMap::new()).unwrap();
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}

@@ -273,3 +273,84 @@ fn consumer_may_stop_early_and_bad_configs_are_rejected() {
     };
     assert!(Loader::new(Toy::new(4), two_views(), bad).is_err());
 }
+
+#[test]
+fn an_all_corrupt_image_folder_stops_with_a_clear_error() {
+    use byol_core::data::image_folder::ImageFolder;
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..10 {
+        let p = dir.path().join(format!("cls/{i}.jpg"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, format!("text file {i}, not a JPEG")).unwrap();
+    }
+    let ds = Arc::new(ImageFolder::open(dir.path()).unwrap());
+    for (batch, workers) in [(4, 2), (2, 1), (16, 3)] {
+        let cfg = LoaderConfig {
+            drop_last: false,
+            ..config(batch, workers)
+        };
+        let loader = Loader::new(ds.clone(), two_views(), cfg).unwrap();
+        let start = std::time::Instant::now();
+        // Never an endless run of empty batches: the first epoch ends in an error.
+        let results: Vec<_> = loader.epoch(0).unwrap().collect();
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+        assert_eq!(results.len(), 1, "batch {batch}");
+        let err = results.into_iter().next().unwrap().unwrap_err().to_string();
+        assert!(err.contains("corrupt") && err.contains(".jpg"), "{err}");
+        assert!(loader.skipped() <= 10, "{}", loader.skipped());
+    }
+}
+
+#[test]
+fn mostly_corrupt_data_stops_once_more_than_half_was_corrupt() {
+    // 40 samples, 30 corrupt: stops within the first epoch, having read at most 32 + a batch.
+    let ds = Arc::new(Toy {
+        n: 40,
+        corrupt: (10..40).collect(),
+        classes: vec!["a".into(), "b".into()],
+    });
+    let loader = Loader::new(ds, two_views(), config(4, 2)).unwrap();
+    let err = loader
+        .epoch(0)
+        .unwrap()
+        .find_map(|b| b.err())
+        .expect("an error");
+    assert!(err.to_string().contains("more than half"), "{err}");
+    // A few corrupt files are only skipped (the policy test above); an epoch of only empty
+    // batches is an error of its own.
+    let one_bad = Arc::new(Toy {
+        n: 40,
+        corrupt: vec![3],
+        classes: vec!["a".into(), "b".into()],
+    });
+    let loader = Loader::new(one_bad, two_views(), config(4, 2)).unwrap();
+    for epoch in 0..3 {
+        assert_eq!(collect(&loader, epoch).len(), 10);
+    }
+    assert_eq!(loader.skipped(), 3);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_loop_in_an_image_folder_lists_each_image_once() {
+    use byol_core::data::image_folder::ImageFolder;
+    use byol_tests::fixtures::write_jpeg;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for class in ["a", "b"] {
+        for i in 0..4 {
+            write_jpeg(&root.join(format!("{class}/{i}.jpg")), 2, 2, [i * 40; 3]);
+        }
+    }
+    // a/self → a (a loop), b/up → the root (a loop through both classes), b/sub/back → b.
+    std::os::unix::fs::symlink(root.join("a"), root.join("a/self")).unwrap();
+    std::os::unix::fs::symlink(root, root.join("b/up")).unwrap();
+    std::fs::create_dir_all(root.join("b/sub")).unwrap();
+    std::os::unix::fs::symlink(root.join("b"), root.join("b/sub/back")).unwrap();
+    let ds = ImageFolder::open(root).unwrap();
+    assert_eq!(ds.len(), 8, "images listed more than once");
+    // b/up leads to the root, whose class a was not listed from inside b: a's images there
+    // would be counted as class b. Each file is listed once, under its own class.
+    let labels: Vec<usize> = (0..8).map(|i| ds.label(i).unwrap()).collect();
+    assert_eq!(labels, [0, 0, 0, 0, 1, 1, 1, 1]);
+}

@@ -3,9 +3,10 @@
 //! tensors, the offline mode, the token and the error paths.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use byol_hub::{download, publish, HubOptions, PublishOptions};
-use byol_tests::hub_server::HubServer;
+use byol_tests::hub_server::{canned_server, silent_server, HubServer};
 use byol_tests::{assert_same_tensors, save_tiny_encoder};
 use candle_core::Device;
 use serde_json::json;
@@ -57,6 +58,7 @@ fn publish_then_pull_offline_token_and_errors_on_loopback() {
         cache_dir: Some(cache.path().to_path_buf()),
         offline: false,
         retries: Some(1),
+        ..HubOptions::default()
     };
 
     // Publish: one commit with every file, byte for byte.
@@ -226,4 +228,107 @@ fn publish_then_pull_offline_token_and_errors_on_loopback() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no such file"), "{err}");
+}
+
+fn hub_ref(s: &str) -> byol_hub::HubRef {
+    match s.parse().unwrap() {
+        byol_hub::WeightsRef::Hub(h) => h,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Options for the hostile servers below: an explicit token (the environment's, which the test
+/// above sets, is not used), a fresh cache.
+fn hostile(endpoint: &str, token: &str) -> HubOptions {
+    HubOptions {
+        endpoint: Some(endpoint.to_string()),
+        cache_dir: Some(tempfile::tempdir().unwrap().keep()),
+        token: Some(token.to_string()),
+        ..HubOptions::default()
+    }
+}
+
+#[test]
+fn a_server_that_never_answers_times_out_naming_the_endpoint() {
+    let url = silent_server();
+    let run = tempfile::tempdir().unwrap();
+    run_dir(run.path());
+    // As HF_HUB_ETAG_TIMEOUT=1 and HF_HUB_DOWNLOAD_TIMEOUT=1 set them; default retries.
+    let one = byol_hub::options::parse_timeout("HF_HUB_DOWNLOAD_TIMEOUT", "1").unwrap();
+    let hub = HubOptions {
+        etag_timeout: Some(one),
+        download_timeout: Some(one),
+        ..hostile(&url, "hf_silentTOKENabcdefghijklmn")
+    };
+    let start = Instant::now();
+    let err = download(&hub_ref("hf://byol-rs/tiny"), &hub)
+        .unwrap_err()
+        .to_string();
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(20), "pull took {took:?}: {err}");
+    assert!(
+        err.contains(&url) && err.contains("hf://byol-rs/tiny"),
+        "{err}"
+    );
+    assert!(err.contains("HF_HUB_DOWNLOAD_TIMEOUT"), "{err}");
+    let start = Instant::now();
+    let err = publish(run.path(), &PublishOptions::new("byol-rs/tiny"), &hub)
+        .unwrap_err()
+        .to_string();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "publish took {took:?}: {err}"
+    );
+    assert!(err.contains(&url), "{err}");
+}
+
+#[test]
+fn a_reflected_token_is_redacted_and_a_rejected_token_is_called_rejected() {
+    let run = tempfile::tempdir().unwrap();
+    run_dir(run.path());
+    // Hub-shaped and not: the exact value is replaced either way.
+    for token in ["hf_reflectedSECRETabcdefghij", "plain-s3cret-Value"] {
+        let reflect = vec![(
+            "x-error-message".to_string(),
+            format!("token {token} is not valid here"),
+        )];
+        let url = canned_server(
+            500,
+            reflect.clone(),
+            json!({ "error": format!("internal: Bearer {token}") }),
+        );
+        let hub = HubOptions {
+            retries: Some(0),
+            ..hostile(&url, token)
+        };
+        let errs = [
+            download(&hub_ref("hf://byol-rs/tiny"), &hub)
+                .unwrap_err()
+                .to_string(),
+            publish(run.path(), &PublishOptions::new("byol-rs/tiny"), &hub)
+                .unwrap_err()
+                .to_string(),
+        ];
+        for err in errs {
+            assert!(!err.contains(token), "token printed: {err}");
+            assert!(err.contains("hf_***"), "{err}");
+        }
+
+        let url = canned_server(401, reflect, json!({ "error": format!("bad {token}") }));
+        let hub = hostile(&url, token);
+        for err in [
+            download(&hub_ref("hf://byol-rs/tiny"), &hub)
+                .unwrap_err()
+                .to_string(),
+            publish(run.path(), &PublishOptions::new("byol-rs/tiny"), &hub)
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(!err.contains(token), "token printed: {err}");
+            assert!(err.contains("token was rejected"), "{err}");
+            assert!(!err.contains("set HF_TOKEN"), "{err}");
+            assert!(err.contains(&url), "{err}");
+        }
+    }
 }

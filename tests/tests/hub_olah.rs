@@ -128,6 +128,7 @@ fn pull_from_olah_mirror_gives_identical_tensors() {
         cache_dir: Some(tmp.path().join("cache")),
         offline: false,
         retries: Some(1),
+        ..HubOptions::default()
     };
     let pulled = download(&hub_ref("hf://byol-rs/tiny-olah"), &hub).unwrap();
     assert_same_tensors(&pulled, &run.join("encoder.safetensors"));

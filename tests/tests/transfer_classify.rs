@@ -154,3 +154,27 @@ fn suite_runs_what_it_finds_next_to_the_papers_numbers() -> R {
     assert_eq!(json["reports"].as_array().map(Vec::len), Some(2));
     Ok(())
 }
+
+#[test]
+fn finetune_skips_a_corrupt_image_like_every_other_tool() -> R {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("cifar10");
+    // A val split of its own: evaluation sets stay strict (every image must be read).
+    folder_dataset(&root, 4, true);
+    write(
+        &root.join("train/bee/zz-corrupt.jpg"),
+        b"a text file named .jpg",
+    );
+    let mut o = options(Weights::File(write_tiny_encoder(dir.path(), 2)));
+    o.common.image_size = 16;
+    o.finetune = Some(FinetuneOptions {
+        steps: 6,
+        lrs: vec![0.01],
+        weight_decays: vec![0.0],
+        momentum: 0.9,
+    });
+    let report = run_classify(&root, &o)?;
+    assert!((0.0..=1.0).contains(&report.value));
+    assert!(report.extra["final_loss"].is_finite());
+    Ok(())
+}

@@ -2,8 +2,10 @@
 
 use crate::data::Image;
 use crate::{Error, Result};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// One decoded example: the image and its class index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,22 +58,68 @@ pub fn is_corrupt(err: &Error) -> bool {
     matches!(err, Error::Format { .. })
 }
 
-/// `dataset.get(index)` under `policy`: a corrupt file gives `Ok(None)` after a warning and
-/// one increment of `skipped`.
-pub fn get_or_skip(
-    dataset: &dyn Dataset,
-    index: usize,
-    policy: CorruptPolicy,
-    skipped: &AtomicUsize,
-) -> Result<Option<Sample>> {
-    match dataset.get(index) {
-        Ok(sample) => Ok(Some(sample)),
-        Err(err) if policy == CorruptPolicy::Skip && is_corrupt(&err) => {
-            tracing::warn!("skipping corrupt sample {index}: {err}");
-            skipped.fetch_add(1, Ordering::Relaxed);
-            Ok(None)
+/// The corrupt files met so far, shared by a loader's workers: each is named once (a warning),
+/// later meetings are only counted; [`CorruptLog::get`] stops the run when more than half of
+/// the samples tried were corrupt.
+#[derive(Debug, Default)]
+pub struct CorruptLog {
+    tried: AtomicUsize,
+    skipped: AtomicUsize,
+    warned: Mutex<HashSet<usize>>,
+}
+
+impl CorruptLog {
+    /// Corrupt samples skipped so far (each meeting counts).
+    pub fn skipped(&self) -> usize {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Samples read so far.
+    pub fn tried(&self) -> usize {
+        self.tried.load(Ordering::Relaxed)
+    }
+
+    /// Distinct corrupt samples seen.
+    pub fn distinct(&self) -> usize {
+        self.warned.lock().map(|w| w.len()).unwrap_or(0)
+    }
+
+    /// `dataset.get(index)` under `policy`: a corrupt file gives `Ok(None)` (a warning naming
+    /// it the first time, a count after that), unless more than half of the samples tried so
+    /// far were corrupt once at least `min(dataset.len(), 32)` were tried: then an error, since
+    /// no useful batch will come out of this dataset.
+    pub fn get(
+        &self,
+        dataset: &dyn Dataset,
+        index: usize,
+        policy: CorruptPolicy,
+    ) -> Result<Option<Sample>> {
+        let tried = self.tried.fetch_add(1, Ordering::Relaxed) + 1;
+        match dataset.get(index) {
+            Ok(sample) => Ok(Some(sample)),
+            Err(err) if policy == CorruptPolicy::Skip && is_corrupt(&err) => {
+                let skipped = self.skipped.fetch_add(1, Ordering::Relaxed) + 1;
+                let first = self
+                    .warned
+                    .lock()
+                    .map(|mut w| w.insert(index))
+                    .unwrap_or(true);
+                if first {
+                    tracing::warn!("skipping corrupt sample {index}: {err}");
+                } else {
+                    tracing::debug!("skipping corrupt sample {index} again");
+                }
+                if tried >= dataset.len().clamp(1, 32) && 2 * skipped > tried {
+                    return Err(Error::Input(format!(
+                        "{skipped} of the {tried} samples read were corrupt ({} distinct files; \
+                         the last: {err}): more than half, so the dataset or its path is wrong",
+                        self.distinct()
+                    )));
+                }
+                Ok(None)
+            }
+            Err(err) => Err(err),
         }
-        Err(err) => Err(err),
     }
 }
 

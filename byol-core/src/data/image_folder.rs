@@ -4,6 +4,7 @@ use crate::data::dataset::out_of_range;
 use crate::data::decode::{decode_file, ColorMode};
 use crate::data::{Dataset, Sample};
 use crate::{Error, Result};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// File extensions taken as images, compared case-insensitively.
@@ -29,9 +30,13 @@ impl ImageFolder {
             .filter(|n| !n.starts_with('.'))
             .collect::<Vec<_>>();
         let mut items = Vec::new();
+        // Shared by the classes, seeded with the root: a link back to the root or into
+        // another class is not walked again.
+        let mut visited =
+            HashSet::from([std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?]);
         for (label, class) in classes.iter().enumerate() {
             let mut files = Vec::new();
-            list_images(&root.join(class), &mut files)?;
+            list_images(&root.join(class), &mut files, &mut visited)?;
             items.extend(files.into_iter().map(|f| (f, label)));
         }
         if items.is_empty() {
@@ -110,7 +115,20 @@ pub fn is_image_file(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
-fn list_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// The images under `dir`, recursively, following symbolic links; a directory reached a second
+/// time (a link loop, or two links to one folder) is listed once: `visited` holds the
+/// canonical paths of the directories listed so far.
+fn list_images(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<PathBuf>) -> Result<()> {
+    let canonical = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if !visited.insert(canonical.clone()) {
+        tracing::warn!(
+            "{}: skipped, it leads to {} which was already listed (a symbolic link loop or a \
+             second link to one folder)",
+            dir.display(),
+            canonical.display()
+        );
+        return Ok(());
+    }
     for path in sorted_entries(dir)? {
         let hidden = path
             .file_name()
@@ -120,7 +138,7 @@ fn list_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             continue;
         }
         if path.is_dir() {
-            list_images(&path, out)?;
+            list_images(&path, out, visited)?;
         } else if is_image_file(&path) {
             out.push(path);
         }

@@ -13,13 +13,13 @@
 //! } // dropping a batch returns its buffers to the loader
 //! ```
 
-use crate::data::dataset::{get_or_skip, CorruptPolicy};
+use crate::data::dataset::{CorruptLog, CorruptPolicy};
 use crate::data::{Dataset, Sample};
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -210,7 +210,7 @@ pub struct Loader {
     transform: Arc<dyn Transform>,
     config: LoaderConfig,
     pool: Arc<Pool>,
-    skipped: Arc<AtomicUsize>,
+    corrupt: Arc<CorruptLog>,
 }
 
 impl Loader {
@@ -229,7 +229,7 @@ impl Loader {
             transform,
             config,
             pool,
-            skipped: Arc::new(AtomicUsize::new(0)),
+            corrupt: Arc::new(CorruptLog::default()),
         })
     }
 
@@ -267,7 +267,7 @@ impl Loader {
 
     /// Corrupt files skipped so far.
     pub fn skipped(&self) -> usize {
-        self.skipped.load(Ordering::Relaxed)
+        self.corrupt.skipped()
     }
 
     /// Buffers waiting for reuse (to check that batches come back).
@@ -301,7 +301,7 @@ impl Loader {
                 transform: Arc::clone(&self.transform),
                 config: c.clone(),
                 pool: Arc::clone(&self.pool),
-                skipped: Arc::clone(&self.skipped),
+                corrupt: Arc::clone(&self.corrupt),
                 cancel: Arc::clone(&cancel),
                 order: Arc::clone(&order),
                 epoch,
@@ -320,6 +320,7 @@ impl Loader {
                         cancel,
                         first_batch,
                         batches,
+                        Arc::clone(&self.corrupt),
                     ));
                     return Err(Error::Input(format!("cannot start a loader thread: {e}")));
                 }
@@ -331,6 +332,7 @@ impl Loader {
             cancel,
             first_batch,
             batches,
+            Arc::clone(&self.corrupt),
         ))
     }
 }
@@ -341,7 +343,7 @@ struct Job {
     transform: Arc<dyn Transform>,
     config: LoaderConfig,
     pool: Arc<Pool>,
-    skipped: Arc<AtomicUsize>,
+    corrupt: Arc<CorruptLog>,
     cancel: Arc<AtomicBool>,
     order: Arc<Vec<usize>>,
     epoch: usize,
@@ -382,7 +384,7 @@ impl Job {
         };
         for &index in &self.order[start..end] {
             let policy = c.on_corrupt;
-            let Some(sample) = get_or_skip(&*self.dataset, index, policy, &self.skipped)? else {
+            let Some(sample) = self.corrupt.get(&*self.dataset, index, policy)? else {
                 continue;
             };
             // Skipped samples leave no gap: the slot is the count written so far.
@@ -416,6 +418,10 @@ pub struct EpochIter {
     next: usize,
     batches: usize,
     done: bool,
+    /// Batches returned (an epoch of only empty batches is an error).
+    yielded: usize,
+    corrupt: Arc<CorruptLog>,
+    skipped_before: usize,
 }
 
 impl EpochIter {
@@ -425,7 +431,9 @@ impl EpochIter {
         cancel: Arc<AtomicBool>,
         first: usize,
         batches: usize,
+        corrupt: Arc<CorruptLog>,
     ) -> Self {
+        let skipped_before = corrupt.skipped();
         Self {
             receivers,
             handles,
@@ -434,6 +442,9 @@ impl EpochIter {
             next: first,
             batches,
             done: false,
+            yielded: 0,
+            corrupt,
+            skipped_before,
         }
     }
 }
@@ -455,11 +466,30 @@ impl Iterator for EpochIter {
             match item {
                 // All samples of this batch were corrupt and skipped.
                 Ok(batch) if batch.is_empty() => continue,
-                Ok(batch) => return Some(Ok(batch)),
+                Ok(batch) => {
+                    self.yielded += 1;
+                    return Some(Ok(batch));
+                }
                 Err(err) => {
                     self.done = true;
                     return Some(Err(err));
                 }
+            }
+        }
+        if !self.done {
+            self.done = true;
+            let skipped = self.corrupt.skipped() - self.skipped_before;
+            if skipped > 0 {
+                tracing::warn!(
+                    "{skipped} corrupt samples skipped in this epoch ({} distinct files so far, \
+                     each named once above)",
+                    self.corrupt.distinct()
+                );
+            }
+            if self.yielded == 0 && self.batches > self.first && skipped > 0 {
+                return Some(Err(Error::Input(format!(
+                    "no batch could be filled: all {skipped} samples of the epoch were corrupt"
+                ))));
             }
         }
         None

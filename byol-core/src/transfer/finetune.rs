@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::data::augment::{TwoViewAugmenter, ViewConfig};
+use crate::data::dataset::{CorruptLog, CorruptPolicy};
 use crate::data::Dataset;
 use crate::nn::layers::Linear;
 use crate::nn::{ResNet, VarPath, VarStore};
@@ -190,24 +191,36 @@ pub(crate) fn finetune_once(
     let view_len = augmenter.view_len();
     let mut rng = ChaCha8Rng::seed_from_u64(common.seed);
     let mut last_loss = f64::NAN;
+    let corrupt = CorruptLog::default();
     for step in 0..ft.steps {
-        let picks: Vec<usize> = (0..bs).map(|_| rng.random_range(0..train.len())).collect();
-        let batch = picks
-            .par_iter()
-            .map(|&i| {
-                let sample = train.get(i)?;
-                let mut out = vec![0f32; view_len];
-                augmenter.apply(
-                    &sample.image,
-                    common.seed,
-                    step as u64,
-                    i as u64,
-                    0,
-                    &mut out,
-                )?;
-                Ok((out, (i, sample.label as u32)))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Corrupt files are skipped as the loader skips them (named once, counted, an error when
+        // more than half of those read are corrupt); their slots are drawn again.
+        let mut picks: Vec<usize> = (0..bs).map(|_| rng.random_range(0..train.len())).collect();
+        let mut batch = Vec::with_capacity(bs);
+        while !picks.is_empty() {
+            let got = picks
+                .par_iter()
+                .map(|&i| {
+                    let Some(sample) = corrupt.get(train.as_ref(), i, CorruptPolicy::Skip)? else {
+                        return Ok(None);
+                    };
+                    let mut out = vec![0f32; view_len];
+                    augmenter.apply(
+                        &sample.image,
+                        common.seed,
+                        step as u64,
+                        i as u64,
+                        0,
+                        &mut out,
+                    )?;
+                    Ok(Some((out, (i, sample.label as u32))))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            batch.extend(got.into_iter().flatten());
+            picks = (batch.len()..bs)
+                .map(|_| rng.random_range(0..train.len()))
+                .collect();
+        }
         let (pixels, meta): (Vec<Vec<f32>>, Vec<(usize, u32)>) = batch.into_iter().unzip();
         let x = Tensor::from_vec(pixels.concat(), (bs, channels, s, s), &common.device)?;
         let (encoder, head) = &tuner.model;
