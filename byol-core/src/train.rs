@@ -368,6 +368,7 @@ pub fn pretrain(
         let mut model = Byol::new(&config.model, device, config.seed)?;
         if let Some(path) = init_weights {
             let file = crate::weights::read_weights(path, device)?;
+            crate::weights::check_values(path, &file.tensors)?;
             model
                 .init_encoder(&file.tensors)
                 .map_err(|e| Error::format(path, format!("as the initial encoder: {e}")))?;

@@ -454,3 +454,80 @@ fn mutated_files_give_errors_naming_them_never_panics() {
             .map_err(|e| e.to_string())
     });
 }
+
+/// Rewrites the safetensors file at `path` with tensor `name` passed through `edit`.
+fn edit_tensor(
+    path: &Path,
+    name: &str,
+    edit: impl FnOnce(&candle_core::Tensor) -> candle_core::Tensor,
+) {
+    let file = SafetensorsFile::read(path, &Device::Cpu).unwrap();
+    let mut tensors = file.tensors.clone();
+    let edited = edit(&tensors[name]);
+    tensors.insert(name.into(), edited);
+    let meta: BTreeMap<String, String> = file.metadata.clone().into_iter().collect();
+    write_safetensors(path, tensors.into_iter().collect(), meta).unwrap();
+}
+
+#[test]
+fn weights_with_non_finite_or_integer_values_are_refused_naming_the_tensor() {
+    use candle_core::DType;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("encoder.safetensors");
+    let name = "layer1.0.conv1.weight";
+
+    // A NaN (and an infinity) in one weight: today a chance-level report without a word.
+    for bad in [f32::NAN, f32::INFINITY] {
+        save_tiny_encoder(&path, 0);
+        edit_tensor(&path, name, |t| {
+            let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v[3] = bad;
+            candle_core::Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+        });
+        let message = load_encoder(&path, &Device::Cpu, None)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(message.contains("encoder.safetensors"), "{message}");
+        assert!(
+            message.contains(name) && message.contains("non-finite"),
+            "{message}"
+        );
+    }
+
+    // Integers where weights belong: refused, not truncated.
+    save_tiny_encoder(&path, 0);
+    edit_tensor(&path, name, |t| t.to_dtype(DType::I64).unwrap());
+    let message = load_encoder(&path, &Device::Cpu, None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        message.contains(name) && message.contains("I64"),
+        "{message}"
+    );
+
+    // Other float widths load, converted to f32 (the same values where exact).
+    for dtype in [DType::F16, DType::BF16, DType::F64] {
+        save_tiny_encoder(&path, 0);
+        let original = SafetensorsFile::read(&path, &Device::Cpu).unwrap().tensors[name].clone();
+        edit_tensor(&path, name, |t| t.to_dtype(dtype).unwrap());
+        let loaded = load_encoder(&path, &Device::Cpu, None).expect("converted");
+        let got = loaded.store.get(name).unwrap().var.as_tensor().clone();
+        assert_eq!(got.dtype(), DType::F32);
+        let expected = original
+            .to_dtype(dtype)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let diff = (got - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{dtype:?}");
+    }
+}

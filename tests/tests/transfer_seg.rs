@@ -104,5 +104,32 @@ fn segmentation_mask_of_wrong_size_and_absent_image_are_named() -> R {
         msg.contains(".png") && msg.contains("mask value 30"),
         "{msg}"
     );
+
+    // One bad mask among the training masks is found before step 1, whichever steps would draw
+    // it (a 1-step run draws 4 of 10 images): before, only the step that drew it stopped the run.
+    let dir = tempfile::tempdir()?;
+    let devkit = MiniVoc::default().write(dir.path());
+    let voc = devkit.join("VOC2012");
+    let train = std::fs::read_to_string(voc.join("ImageSets/Segmentation/train.txt"))?;
+    for (i, id) in train.lines().enumerate() {
+        let mut mask = vec![0u8; 24 * 20];
+        if i == 0 {
+            mask[7] = 42;
+        }
+        write(
+            &voc.join(format!("SegmentationClass/{id}.png")),
+            &png_bytes(24, 20, png::ColorType::Indexed, Some(voc_palette()), &mask),
+        );
+    }
+    let first = train.lines().next().unwrap_or_default();
+    for seed in 0..4 {
+        let mut o = options(Weights::None, 1);
+        o.common.seed = seed;
+        let msg = run_segmentation(&devkit, &o).unwrap_err().to_string();
+        assert!(
+            msg.contains(&format!("{first}.png")) && msg.contains("mask value 42"),
+            "seed {seed}: {msg}"
+        );
+    }
     Ok(())
 }

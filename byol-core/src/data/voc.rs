@@ -262,6 +262,15 @@ impl VocSegmentation {
         self.ids.get(index).map(String::as_str)
     }
 
+    /// The mask file of sample `index` (`SegmentationClass/<id>.png`).
+    pub fn mask_path(&self, index: usize) -> Result<PathBuf> {
+        let id = self
+            .ids
+            .get(index)
+            .ok_or_else(|| out_of_range(index, self.ids.len()))?;
+        Ok(self.dir.join("SegmentationClass").join(format!("{id}.png")))
+    }
+
     /// Image and mask of sample `index`; a mask of another size than its image is an error.
     pub fn get(&self, index: usize) -> Result<SegSample> {
         let id = self
@@ -272,7 +281,7 @@ impl VocSegmentation {
             &self.dir.join("JPEGImages").join(format!("{id}.jpg")),
             self.mode,
         )?;
-        let mask_path = self.dir.join("SegmentationClass").join(format!("{id}.png"));
+        let mask_path = self.mask_path(index)?;
         let mask = read_mask(&mask_path)?;
         if (mask.width, mask.height) != (image.width, image.height) {
             // Input, not Format: a mismatched pair is a dataset error, never skipped as corrupt.

@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::data::augment::{IMAGENET_MEAN, IMAGENET_STD};
-use crate::data::voc::{find_voc_dir, VocSegmentation, VOC_CLASSES};
+use crate::data::voc::{find_voc_dir, read_mask, VocSegmentation, VOC_CLASSES};
 use crate::data::Image;
 use crate::eval::metrics::{SegConfusion, IGNORE_LABEL};
 use crate::nn::layers::Conv2d;
@@ -383,10 +383,12 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
         Ok(FcnModel { encoder, head })
     })?;
 
-    let mask_path = |i: usize| {
-        dir.join("SegmentationClass")
-            .join(format!("{}.png", train.image_id(i).unwrap_or("?")))
-    };
+    // Every training mask is read once before step 1: a label outside the classes is a dataset
+    // error that would otherwise stop the run at whichever step first draws it.
+    (0..train.len()).into_par_iter().try_for_each(|i| {
+        let path = train.mask_path(i)?;
+        check_labels(&read_mask(&path)?, &path)
+    })?;
     let (s, bs) = (common.image_size, common.batch_size);
     let mut rng = ChaCha8Rng::seed_from_u64(common.seed);
     let mut losses = Vec::with_capacity(opts.steps);
@@ -399,7 +401,6 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
             .zip(&seeds)
             .map(|(&i, &seed)| {
                 let sample = train.get(i)?;
-                check_labels(&sample.mask, &mask_path(i))?;
                 let mut r = ChaCha8Rng::seed_from_u64(seed);
                 let p = train_placement(
                     &mut r,

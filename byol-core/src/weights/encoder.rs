@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::byol::Byol;
 use crate::io::{to_json, write_safetensors, ENCODER_CONFIG_KEY};
@@ -102,13 +102,14 @@ pub fn load_encoder(
         })?
     };
     check_key_shapes(path, &config, &file.tensors)?;
-    let mut store = VarStore::new(device, 0);
-    let encoder = ResNet::new(&mut store.root(), &config)?;
     let tensors: HashMap<String, Tensor> = file
         .tensors
         .into_iter()
         .filter(|(k, _)| !k.starts_with("fc."))
         .collect();
+    check_values(path, &tensors)?;
+    let mut store = VarStore::new(device, 0);
+    let encoder = ResNet::new(&mut store.root(), &config)?;
     store
         .load_under("", &tensors, false)
         .map_err(|e| Error::format(path, e.to_string()))?;
@@ -117,6 +118,50 @@ pub fn load_encoder(
         store,
         metadata: file.metadata,
     })
+}
+
+/// Every float tensor of an encoder file must be a float tensor of finite values: a NaN or an
+/// infinity (a diverged run) would give chance-level features without a word, and integers
+/// where weights belong would be truncated garbage. Other float widths (f16, bf16, f64) are
+/// converted to the model's f32 with a note. `num_batches_tracked` is an integer counter; `fc.*`
+/// (a classifier) is not loaded.
+pub fn check_values(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut converted = BTreeMap::new();
+    for name in names {
+        if name.ends_with("num_batches_tracked") || name.starts_with("fc.") {
+            continue;
+        }
+        let t = &tensors[name];
+        let dtype = t.dtype();
+        if !dtype.is_float() {
+            return Err(Error::format(
+                path,
+                format!("tensor `{name}` holds {dtype:?} integers where float weights belong"),
+            ));
+        }
+        if dtype != DType::F32 {
+            *converted.entry(format!("{dtype:?}")).or_insert(0usize) += 1;
+        }
+        // The values the model will hold: f64 beyond f32's range becomes an infinity here.
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{name}` holds a non-finite value ({bad}): weights of a diverged run?"
+                ),
+            ));
+        }
+    }
+    if !converted.is_empty() {
+        tracing::info!(
+            "{}: converted to f32 (tensors per dtype): {converted:?}",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The architecture (declared in metadata or given) must match the file's own tensors before

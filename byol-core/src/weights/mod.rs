@@ -8,6 +8,7 @@ pub mod format;
 
 pub use choice::Weights;
 pub use encoder::{
-    describe_architecture, load_encoder, save_encoder, save_encoder_from_store, LoadedEncoder,
+    check_values, describe_architecture, load_encoder, save_encoder, save_encoder_from_store,
+    LoadedEncoder,
 };
 pub use format::{detect_format, read_weights, WeightsFormat};
