@@ -186,7 +186,10 @@ impl TrainConfig {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let config: Self = toml::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?;
-        config.validate()?;
+        // The field at fault and the file it is in.
+        config
+            .validate()
+            .map_err(|e| Error::format(path, e.to_string()))?;
         Ok(config)
     }
 

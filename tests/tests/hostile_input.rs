@@ -448,8 +448,35 @@ fn mutated_files_give_errors_naming_them_never_panics() {
     fuzz("m-idx.gz", &gzip(&idx), count, idx_reader);
 
     let png = byol_tests::fixtures::png_bytes(3, 2, png::ColorType::Rgb, None, &[7; 18]);
-    fuzz("m.png", &png, count, |p| {
+    let image = |p: &Path| {
         decode_file(p, ColorMode::Rgb)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    fuzz("m.png", &png, count, image);
+
+    let jpeg = dir.path().join("valid.jpg");
+    byol_tests::fixtures::write_jpeg(&jpeg, 5, 4, [200, 30, 90]);
+    fuzz("m.jpg", &std::fs::read(&jpeg).unwrap(), count, image);
+
+    // Two CIFAR-10 records (label byte + 3072 pixels); the reader takes the directory.
+    let mut cifar = Vec::new();
+    for label in [3u8, 7] {
+        cifar.push(label);
+        cifar.extend((0..3072).map(|i| (i % 251) as u8));
+    }
+    fuzz("test_batch.bin", &cifar, count / 4, |p| {
+        byol_core::data::cifar::Cifar::cifar10(p.parent().unwrap(), byol_core::data::Split::Test)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+
+    // A config as byol-pretrain writes it: parse errors and out-of-range fields name the file.
+    let toml = byol_core::config::TrainConfig::fashion_mnist()
+        .to_toml()
+        .unwrap();
+    fuzz("m.toml", toml.as_bytes(), count, |p| {
+        byol_core::config::TrainConfig::from_toml_file(p)
             .map(|_| ())
             .map_err(|e| e.to_string())
     });
