@@ -131,3 +131,99 @@ fn bad_flags_name_what_is_wrong() {
     assert!(!o.status.success());
     assert!(text(&o).contains("weights"), "{}", text(&o));
 }
+
+/// Hostile files under a hard memory bound: the process runs under `prlimit --as` (1.5 GiB of
+/// address space), so a reader that inflated or expanded without a limit would be killed or fail
+/// to allocate instead of ending with an error naming the file.
+#[test]
+fn hostile_files_end_in_an_error_within_a_memory_bound() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("prlimit (util-linux) is not installed: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_mnist_like(&data, 20, 10, 3, 1);
+    // A pickle whose memo doubles 64 times (2^64 nodes from 400 bytes).
+    let mut memo_bomb = vec![0x80, 2, b']', b'q', 0];
+    for _ in 0..64 {
+        memo_bomb.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+    }
+    memo_bomb.push(b'.');
+    let bomb = dir.path().join("bomb.pkl");
+    std::fs::write(&bomb, &memo_bomb).unwrap();
+    // An IDX image file whose header claims 2^31 images of 28×28, gzipped: 60 000 × 784 is
+    // what Fashion-MNIST holds, this would inflate to 1.6 TB.
+    let idx_dir = dir.path().join("idx");
+    std::fs::create_dir_all(&idx_dir).unwrap();
+    for (name, dims) in [
+        ("train-images-idx3-ubyte", vec![1u32 << 31, 28, 28]),
+        ("train-labels-idx1-ubyte", vec![20]),
+        ("t10k-images-idx3-ubyte", vec![10, 28, 28]),
+        ("t10k-labels-idx1-ubyte", vec![10]),
+    ] {
+        let mut bytes = vec![0, 0, 8, dims.len() as u8];
+        for d in &dims {
+            bytes.extend_from_slice(&d.to_be_bytes());
+        }
+        bytes.extend(std::iter::repeat_n(0u8, 4096));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &bytes).unwrap();
+        std::fs::write(idx_dir.join(format!("{name}.gz")), gz.finish().unwrap()).unwrap();
+    }
+    let bin = env!("CARGO_BIN_EXE_byol-linear-eval");
+    let out_dir = dir.path().join("out");
+    let (data_s, out_s, bomb_s, idx_s) = (
+        data.to_str().unwrap(),
+        out_dir.to_str().unwrap(),
+        bomb.to_str().unwrap(),
+        idx_dir.to_str().unwrap(),
+    );
+    let cases: [(Vec<&str>, &str); 2] = [
+        (
+            [
+                vec!["logistic"],
+                common(data_s, out_s, bomb_s),
+                vec!["--arch", "resnet18"],
+            ]
+            .concat(),
+            "bomb.pkl",
+        ),
+        (
+            vec![
+                "logistic",
+                "--dataset",
+                "fashion-mnist",
+                "--data",
+                idx_s,
+                "--out",
+                out_s,
+                "--weights",
+                "none",
+            ],
+            "train-images-idx3-ubyte",
+        ),
+    ];
+    for (args, named) in cases {
+        let started = std::time::Instant::now();
+        let o = std::process::Command::new("prlimit")
+            .arg(format!("--as={}", 1536u64 << 20))
+            .arg("--")
+            .arg(bin)
+            .args(&args)
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{named}: {t}");
+        assert!(t.contains(named), "{named}: {t}");
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "{named}: {:?}",
+            started.elapsed()
+        );
+    }
+}
