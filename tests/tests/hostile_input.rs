@@ -558,3 +558,41 @@ fn weights_with_non_finite_or_integer_values_are_refused_naming_the_tensor() {
         assert_eq!(diff, 0.0, "{dtype:?}");
     }
 }
+
+#[test]
+fn pickle_bombs_inside_a_pytorch_zip_are_refused_before_candle_reads_them() {
+    // candle's parser (the `.pth` path) copies memo values whole and recurses over nesting: the
+    // same two bombs as above, as the `data.pkl` of a torch zip.
+    let mut memo_bomb = vec![0x80, 2, b']', b'q', 0];
+    for _ in 0..64 {
+        memo_bomb.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+    }
+    memo_bomb.push(b'.');
+    let depth = 1_000_000;
+    let mut deep = vec![0x80, 2];
+    deep.resize(deep.len() + depth, b']');
+    deep.resize(deep.len() + depth - 1, b'a');
+    deep.push(b'.');
+    let dir = tempfile::tempdir().unwrap();
+    for (name, pickle, says) in [
+        ("memo.pth", &memo_bomb, "memo bomb"),
+        ("deep.pth", &deep, "nested deeper"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, stored_zip(&[("archive/data.pkl", pickle)])).unwrap();
+        let start = std::time::Instant::now();
+        let message = byol_core::weights::read_weights(&path, &Device::Cpu)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            message.contains(name) && message.contains("data.pkl") && message.contains(says),
+            "{message}"
+        );
+        assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+    }
+    // A well-formed state dict still reads.
+    let path = dir.path().join("ok.pth");
+    std::fs::write(&path, pth([2, 3], &[0u8; 24])).unwrap();
+    byol_core::weights::read_weights(&path, &Device::Cpu).expect("a valid .pth reads");
+}

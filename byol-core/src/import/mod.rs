@@ -2,3 +2,4 @@
 
 pub mod deepmind;
 pub mod pickle;
+pub mod pickle_bounds;

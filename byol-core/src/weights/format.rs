@@ -68,8 +68,41 @@ pub fn read_weights(path: &Path, device: &Device) -> Result<SafetensorsFile> {
 /// Keys under which training scripts nest the state dict.
 const NESTED_KEYS: [&str; 3] = ["state_dict", "model", "model_state_dict"];
 
+/// The pickles of a PyTorch zip (`*/data.pkl`) within our reader's bounds: candle's parser, which
+/// reads them next, copies memoised values whole and recurses over nesting.
+fn check_torch_pickles(path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    // Not a zip: candle says so next.
+    let Ok(mut zip) = zip::ZipArchive::new(std::io::BufReader::new(file)) else {
+        return Ok(());
+    };
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| Error::format(path, format!("zip entry {i}: {e}")))?;
+        let name = entry
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| format!("entry {i}"));
+        if !name.ends_with("data.pkl") {
+            continue;
+        }
+        // Stored entries are no larger than the file; a claim beyond it is a lie.
+        let mut bytes = Vec::new();
+        (&mut entry)
+            .take(file_len)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::format(path, format!("{name}: {e}")))?;
+        crate::import::pickle_bounds::check_bounds(&bytes)
+            .map_err(|e| Error::format(path, format!("{name}: {e}")))?;
+    }
+    Ok(())
+}
+
 fn read_torch(path: &Path, device: &Device) -> Result<SafetensorsFile> {
     use candle_core::pickle::PthTensors;
+    check_torch_pickles(path)?;
     let open = |key: Option<&str>| {
         PthTensors::new(path, key)
             .map_err(|e| Error::format(path, format!("cannot read the PyTorch file: {e}")))
