@@ -194,7 +194,7 @@ impl TrainConfig {
     }
 
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(self).map_err(|e| Error::Input(format!("cannot write the config: {e}")))
+        toml::to_string(self).map_err(|e| Error::encode("the config", e))
     }
 
     /// Checks every field, naming the first one out of range.

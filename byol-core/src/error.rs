@@ -28,9 +28,20 @@ pub enum Error {
     #[error("invalid configuration `{field}`: {message}")]
     Config { field: String, message: String },
 
-    /// Input data (a batch, labels, features) is inconsistent with what was asked.
+    /// The inputs of a computation (a batch, labels, features, an image buffer) are
+    /// inconsistent with each other or with what was asked.
     #[error("invalid input: {0}")]
     Input(String),
+
+    /// A dataset's content cannot be used as it is (image and mask of different sizes, labels
+    /// outside the classes, train and test with different classes, mostly corrupt files). Never
+    /// skipped as a corrupt sample: the dataset itself needs fixing.
+    #[error("dataset: {0}")]
+    Dataset(String),
+
+    /// One of our own values (a config, a report, metrics, a plot) could not be encoded.
+    #[error("cannot encode {what}: {message}")]
+    Encode { what: String, message: String },
 
     /// Training diverged or produced a non-finite value.
     #[error("training diverged: {0}")]
@@ -63,6 +74,14 @@ impl Error {
         Error::Tensor {
             name: name.into(),
             message: message.into(),
+        }
+    }
+
+    /// An encoding failure of `what` (a config, a report, a plot).
+    pub fn encode(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Encode {
+            what: what.into(),
+            message: message.to_string(),
         }
     }
 

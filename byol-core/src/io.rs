@@ -176,7 +176,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// A value as JSON for the metadata of a file.
 pub fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Input(format!("cannot serialise config: {e}")))
+    serde_json::to_string(value).map_err(|e| Error::encode("a config as JSON", e))
 }
 
 /// Hex SHA-256 of a file, streamed.

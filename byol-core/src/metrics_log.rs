@@ -60,8 +60,7 @@ impl MetricsLog {
     }
 
     pub(crate) fn append(&mut self, entry: &StepLog) -> Result<()> {
-        let line = serde_json::to_string(entry)
-            .map_err(|e| Error::Input(format!("cannot log metrics: {e}")))?;
+        let line = serde_json::to_string(entry).map_err(|e| Error::encode("a metrics line", e))?;
         writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
     }
 }

@@ -28,7 +28,7 @@ fn ensure_font() {
 }
 
 fn plot_error(e: impl std::fmt::Display) -> Error {
-    Error::Input(format!("cannot draw the training plot: {e}"))
+    Error::encode("the training plot", e)
 }
 
 /// Draws the loss (left) and kNN top-1 (right, if any) of `logs` into `path` (PNG).

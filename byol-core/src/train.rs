@@ -218,8 +218,7 @@ fn resumed_config(
     let stored: TrainConfig = toml::from_str(stored)
         .map_err(|e| Error::format(path, format!("{TRAIN_CONFIG_KEY}: {e}")))?;
     let table = |c: &TrainConfig| {
-        toml::Table::try_from(c)
-            .map_err(|e| Error::Input(format!("cannot compare the configs: {e}")))
+        toml::Table::try_from(c).map_err(|e| Error::encode("a config to compare", e))
     };
     let (asked, kept) = (table(config)?, table(&stored)?);
     let changed: Vec<String> = RECIPE_KEYS

@@ -77,7 +77,7 @@ pub fn config_json(encoder: &ResNetConfig, recipe: Option<&Value>) -> Result<Str
         "pretrain": recipe.cloned().unwrap_or(Value::Null),
     });
     serde_json::to_string_pretty(&value)
-        .map_err(|e| Error::Core(byol_core::Error::Input(e.to_string())))
+        .map_err(|e| Error::Core(byol_core::Error::encode("the Hub config.json", e)))
 }
 
 /// A YAML scalar: JSON strings are valid YAML double-quoted scalars.

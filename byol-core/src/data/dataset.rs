@@ -110,7 +110,7 @@ impl CorruptLog {
                     tracing::debug!("skipping corrupt sample {index} again");
                 }
                 if tried >= dataset.len().clamp(1, 32) && 2 * skipped > tried {
-                    return Err(Error::Input(format!(
+                    return Err(Error::Dataset(format!(
                         "{skipped} of the {tried} samples read were corrupt ({} distinct files; \
                          the last: {err}): more than half, so the dataset or its path is wrong",
                         self.distinct()

@@ -487,7 +487,7 @@ impl Iterator for EpochIter {
                 );
             }
             if self.yielded == 0 && self.batches > self.first && skipped > 0 {
-                return Some(Err(Error::Input(format!(
+                return Some(Err(Error::Dataset(format!(
                     "no batch could be filled: all {skipped} samples of the epoch were corrupt"
                 ))));
             }

@@ -114,7 +114,7 @@ impl DatasetSource {
                     Error::Io { ref source, .. }
                         if source.kind() == std::io::ErrorKind::NotFound =>
                     {
-                        Error::Input(format!(
+                        Error::Dataset(format!(
                             "Fashion-MNIST not found in {} ({e}): install Debian's \
                              dataset-fashion-mnist or pass the IDX directory",
                             dir.display()

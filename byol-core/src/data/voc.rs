@@ -284,8 +284,8 @@ impl VocSegmentation {
         let mask_path = self.mask_path(index)?;
         let mask = read_mask(&mask_path)?;
         if (mask.width, mask.height) != (image.width, image.height) {
-            // Input, not Format: a mismatched pair is a dataset error, never skipped as corrupt.
-            return Err(Error::Input(format!(
+            // Dataset, not Format: a mismatched pair is never skipped as a corrupt sample.
+            return Err(Error::Dataset(format!(
                 "{}: mask is {}x{} but its image is {}x{}",
                 mask_path.display(),
                 mask.width,

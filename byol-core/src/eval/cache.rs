@@ -52,8 +52,7 @@ pub fn save_features(path: &Path, data: &LabelledFeatures, key: &CacheKey) -> Re
     let features = Tensor::from_slice(data.features.view().data(), (rows, cols), &Device::Cpu)?;
     let labels: Vec<i64> = data.labels.iter().map(|&l| l as i64).collect();
     let labels = Tensor::from_vec(labels, rows, &Device::Cpu)?;
-    let key_json = serde_json::to_string(key)
-        .map_err(|e| Error::Input(format!("cannot encode the cache key: {e}")))?;
+    let key_json = serde_json::to_string(key).map_err(|e| Error::encode("the cache key", e))?;
     let metadata = BTreeMap::from([(CACHE_KEY.to_owned(), key_json)]);
     write_safetensors(
         path,

@@ -114,7 +114,7 @@ impl EvalSetup {
             test = Arc::new(Subset::first(test, n));
         }
         if train.class_names() != test.class_names() {
-            return Err(Error::Input(format!(
+            return Err(Error::Dataset(format!(
                 "{}: train has {} classes and test {}, or they are named differently",
                 self.data.dir()?.display(),
                 train.num_classes(),

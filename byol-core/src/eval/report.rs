@@ -58,12 +58,11 @@ pub struct SgdChoice<'a> {
 pub fn hyperparameters<T: Serialize>(choice: &T) -> Result<BTreeMap<String, serde_json::Value>> {
     match serde_json::to_value(choice) {
         Ok(serde_json::Value::Object(map)) => Ok(map.into_iter().collect()),
-        Ok(other) => Err(Error::Input(format!(
-            "hyper-parameters must serialise to a map, not {other}"
-        ))),
-        Err(e) => Err(Error::Input(format!(
-            "cannot serialise the hyper-parameters: {e}"
-        ))),
+        Ok(other) => Err(Error::encode(
+            "the hyper-parameters",
+            format!("a map was expected, not {other}"),
+        )),
+        Err(e) => Err(Error::encode("the hyper-parameters", e)),
     }
 }
 
@@ -136,8 +135,8 @@ impl ClassificationMetrics {
 impl ClassificationReport {
     /// Writes the report as pretty JSON, atomically.
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::Input(format!("cannot encode the report: {e}")))?;
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| Error::encode("the report", e))?;
         write_atomic(path, text.as_bytes())
     }
 

@@ -134,7 +134,7 @@ pub fn read(path: &Path, device: &Device) -> Result<SafetensorsFile> {
     let mut metadata = BTreeMap::new();
     metadata.insert(
         ENCODER_CONFIG_KEY.to_string(),
-        serde_json::to_string(&config).map_err(|e| Error::Input(e.to_string()))?,
+        serde_json::to_string(&config).map_err(|e| Error::encode("the encoder config", e))?,
     );
     metadata.insert(IMPORT_KEY.into(), "deepmind-byol online encoder".into());
     if let Some(Value::Array(step)) = root.get("step") {

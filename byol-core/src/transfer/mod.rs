@@ -164,7 +164,7 @@ pub fn frozen_features(
         &opts.device,
     )?;
     if out.labels.len() != n {
-        return Err(Error::Input(format!(
+        return Err(Error::Dataset(format!(
             "{what}: {} of {n} images were read; the others were skipped as corrupt (see the warnings)",
             out.labels.len()
         )));

@@ -288,7 +288,7 @@ fn preflight(dir: &Path, ds: &VocSegmentation) -> Result<()> {
         let (iw, ih) = image_size(&image)?;
         let (mw, mh) = image_size(&mask)?;
         if (iw, ih) != (mw, mh) {
-            return Err(Error::Input(format!(
+            return Err(Error::Dataset(format!(
                 "{}: mask is {mw}x{mh} but its image is {iw}x{ih}",
                 mask.display()
             )));
@@ -304,8 +304,8 @@ fn check_labels(mask: &Image, path: &Path) -> Result<()> {
         .iter()
         .find(|&&v| v as u32 != IGNORE_LABEL && v as usize >= SEG_CLASSES)
     {
-        // Input, as for a mask of the wrong size: a dataset error, never skipped as corrupt.
-        Some(v) => Err(Error::Input(format!(
+        // Dataset, as for a mask of the wrong size: never skipped as a corrupt sample.
+        Some(v) => Err(Error::Dataset(format!(
             "{}: mask value {v} is neither a class (0..{SEG_CLASSES}) nor void (255)",
             path.display()
         ))),
@@ -472,7 +472,7 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
             }
             let truth: Vec<u32> = mask.data.iter().map(|&v| v as u32).collect();
             confusion.update(&truth, &full, IGNORE_LABEL).map_err(|e| {
-                Error::Input(format!(
+                Error::Dataset(format!(
                     "{}: {e}",
                     dir.join("SegmentationClass")
                         .join(format!("{}.png", val.image_id(chunk[j]).unwrap_or("?")))
