@@ -19,7 +19,9 @@ use crate::eval::metrics;
 use crate::eval::split::train_val_split;
 use crate::transfer::finetune::{finetune_once, grid_search, FinetuneOptions, GridChoice};
 use crate::transfer::paper::{paper_numbers, Metric};
-use crate::transfer::report::{hp, ClassScore, TransferReport};
+use crate::transfer::report::{
+    record, ClassScore, FinetuneChoice, LayoutChoice, LinearChoice, TransferReport,
+};
 use crate::transfer::{frozen_features, CommonOptions};
 use crate::{Error, Result};
 
@@ -126,7 +128,12 @@ fn base_report(dir: &Path, splits: &Splits, opts: &ClassifyOptions) -> Result<Tr
     }
     sizes.insert("test".to_string(), splits.test.len());
     let mut hyper = BTreeMap::new();
-    hp(&mut hyper, "layout", &splits.layout);
+    record(
+        &mut hyper,
+        &LayoutChoice {
+            layout: &splits.layout,
+        },
+    )?;
     Ok(TransferReport {
         task: "classify".into(),
         protocol: String::new(),
@@ -237,13 +244,14 @@ fn linear(dir: &Path, splits: &Splits, opts: &ClassifyOptions) -> Result<Transfe
     report.protocol = "linear (App. D.2): frozen features, multinomial L2 logistic regression \
                        (L-BFGS), L2 strength from the sweep chosen by validation top-1"
         .into();
-    hp(&mut report.hyperparameters, "lambda", best_lambda);
-    hp(
+    record(
         &mut report.hyperparameters,
-        "lambda_grid_size",
-        opts.lambda_grid.len(),
-    );
-    hp(&mut report.hyperparameters, "validation", validation);
+        &LinearChoice {
+            lambda: best_lambda,
+            lambda_grid_size: opts.lambda_grid.len(),
+            validation: &validation,
+        },
+    )?;
     report.value = value;
     report.paper = paper_numbers(&report.dataset).map(|p| p.linear);
     report.extra.insert(
@@ -289,22 +297,22 @@ fn finetune(
                        random crop + flip, lr × weight decay chosen on val, retrained on \
                        train+val"
         .into();
-    let h = &mut report.hyperparameters;
-    hp(h, "steps", ft.steps);
-    hp(h, "batch_size", opts.common.batch_size);
-    hp(h, "momentum", ft.momentum);
-    hp(h, "lr", lr);
-    hp(h, "weight_decay", wd);
-    hp(h, "grid", grid);
-    hp(
-        h,
-        "validation",
-        if has_val {
-            "val split"
-        } else {
-            "seeded carve-out of train"
+    record(
+        &mut report.hyperparameters,
+        &FinetuneChoice {
+            steps: ft.steps,
+            batch_size: opts.common.batch_size,
+            momentum: ft.momentum,
+            lr,
+            weight_decay: wd,
+            grid: &grid,
+            validation: if has_val {
+                "val split"
+            } else {
+                "seeded carve-out of train"
+            },
         },
-    );
+    )?;
     report.value = value;
     report.paper = paper_numbers(&report.dataset).and_then(|p| p.finetune);
     report.extra.insert(

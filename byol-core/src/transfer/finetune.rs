@@ -18,6 +18,7 @@ use crate::data::Dataset;
 use crate::nn::layers::Linear;
 use crate::nn::{ResNet, VarPath, VarStore};
 use crate::optim::{LrSchedule, Sgd, SgdConfig};
+use crate::transfer::report::GridPoint;
 use crate::transfer::{eval_augment, frozen_features, CommonOptions};
 use crate::{Error, Result};
 
@@ -98,8 +99,8 @@ impl<M> FineTuner<M> {
 pub(crate) struct GridChoice {
     pub lr: f64,
     pub weight_decay: f64,
-    /// Every point with its validation score: `{lr, weight_decay, val}` (the reports' `grid`).
-    pub grid: Vec<serde_json::Value>,
+    /// Every point with its validation score (the reports' `grid`).
+    pub grid: Vec<GridPoint>,
 }
 
 /// Runs `val_score(lr, weight_decay)` over `ft`'s grid and keeps the best (the first of ties).
@@ -113,7 +114,11 @@ pub(crate) fn grid_search(
         for &wd in &ft.weight_decays {
             let v = val_score(lr, wd)?;
             tracing::info!(lr, wd, val = v, "fine-tuning grid point");
-            grid.push(serde_json::json!({"lr": lr, "weight_decay": wd, "val": v}));
+            grid.push(GridPoint {
+                lr,
+                weight_decay: wd,
+                val: v,
+            });
             if best.is_none_or(|(b, _, _)| v > b) {
                 best = Some((v, lr, wd));
             }

@@ -146,10 +146,84 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// `key → value` for [`TransferReport::hyperparameters`].
-pub(crate) fn hp<T: Serialize>(map: &mut BTreeMap<String, serde_json::Value>, key: &str, value: T) {
-    map.insert(
-        key.to_string(),
-        serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
-    );
+/// Adds a protocol's typed choice to [`TransferReport::hyperparameters`] (its field names are
+/// the keys; `None` fields are left out).
+pub(crate) fn record<T: Serialize>(
+    map: &mut BTreeMap<String, serde_json::Value>,
+    choice: &T,
+) -> Result<()> {
+    map.extend(crate::eval::report::hyperparameters(choice)?);
+    Ok(())
+}
+
+/// One point of a fine-tuning grid and its validation score (the reports' `grid`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GridPoint {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub val: f64,
+}
+
+/// The folder layout a classification dataset was read with.
+#[derive(Debug, Serialize)]
+pub struct LayoutChoice<'a> {
+    pub layout: &'a str,
+}
+
+/// The linear protocol of `classify`: λ chosen by validation top-1.
+#[derive(Debug, Serialize)]
+pub struct LinearChoice<'a> {
+    pub lambda: f64,
+    pub lambda_grid_size: usize,
+    pub validation: &'a str,
+}
+
+/// Fine-tuning (`classify --finetune`, `voc --protocol finetune`): lr × weight decay chosen on
+/// validation, then retrained.
+#[derive(Debug, Serialize)]
+pub struct FinetuneChoice<'a> {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub momentum: f64,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub grid: &'a [GridPoint],
+    pub validation: &'a str,
+}
+
+/// The VOC07 frozen-feature protocols: per-class λ (logistic) or SVM cost, and how they were
+/// chosen.
+#[derive(Debug, Default, Serialize)]
+pub struct VocLinearChoice<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_fraction: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_grid_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_per_class: Option<BTreeMap<&'a str, f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub costs: Option<&'a [f64]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folds: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_per_class: Option<BTreeMap<&'a str, f64>>,
+    pub feature_dim: usize,
+}
+
+/// VOC2012 segmentation fine-tuning.
+#[derive(Debug, Serialize)]
+pub struct SegmentationChoice<'a> {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub lr_schedule: String,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub scale_range: [f64; 2],
+    pub crop_size: usize,
+    pub head: &'a str,
+    pub seed: u64,
 }

@@ -33,7 +33,7 @@ use crate::nn::{BatchNorm, ResNet, Role, VarPath};
 use crate::optim::SgdConfig;
 use crate::transfer::finetune::FineTuner;
 use crate::transfer::paper::PAPER_VOC_SEG_MIOU;
-use crate::transfer::report::{hp, ClassScore, TransferReport};
+use crate::transfer::report::{record, ClassScore, SegmentationChoice, TransferReport};
 use crate::transfer::CommonOptions;
 use crate::{Error, Result};
 
@@ -484,25 +484,22 @@ pub fn run_segmentation(root: &Path, opts: &SegOptions) -> Result<TransferReport
     let scores = confusion.scores()?;
 
     let mut hyper = BTreeMap::new();
-    hp(&mut hyper, "steps", opts.steps);
-    hp(&mut hyper, "batch_size", bs);
-    hp(&mut hyper, "lr", opts.lr);
-    hp(
+    record(
         &mut hyper,
-        "lr_schedule",
-        format!("{:?}", opts.schedule).to_lowercase(),
-    );
-    hp(&mut hyper, "momentum", opts.momentum);
-    hp(&mut hyper, "nesterov", opts.nesterov);
-    hp(&mut hyper, "weight_decay", opts.weight_decay);
-    hp(&mut hyper, "scale_range", opts.scale_range);
-    hp(&mut hyper, "crop_size", s);
-    hp(
-        &mut hyper,
-        "head",
-        "FCN (torchvision FCNHead) on layer3 ⊕ up(layer4), stride 16",
-    );
-    hp(&mut hyper, "seed", common.seed);
+        &SegmentationChoice {
+            steps: opts.steps,
+            batch_size: bs,
+            lr: opts.lr,
+            lr_schedule: format!("{:?}", opts.schedule).to_lowercase(),
+            momentum: opts.momentum,
+            nesterov: opts.nesterov,
+            weight_decay: opts.weight_decay,
+            scale_range: opts.scale_range,
+            crop_size: s,
+            head: "FCN (torchvision FCNHead) on layer3 ⊕ up(layer4), stride 16",
+            seed: common.seed,
+        },
+    )?;
     let mut splits = BTreeMap::new();
     splits.insert(opts.train_split.clone(), train.len());
     splits.insert(opts.val_split.clone(), n_val);

@@ -26,7 +26,9 @@ use crate::eval::svm::{voc07_svm, Voc07SvmOptions};
 use crate::eval::voc_logistic::voc_logistic_protocol;
 use crate::transfer::finetune::{finetune_once, grid_search, FinetuneOptions, GridChoice};
 use crate::transfer::paper::paper_numbers;
-use crate::transfer::report::{hp, ClassScore, TransferReport};
+use crate::transfer::report::{
+    record, ClassScore, FinetuneChoice, TransferReport, VocLinearChoice,
+};
 use crate::transfer::{frozen_features, CommonOptions};
 use crate::{Error, Result};
 
@@ -174,7 +176,10 @@ pub fn run_voc_classification(root: &Path, opts: &VocOptions) -> Result<Transfer
     )?;
     let (ytv, yte) = (target_matrix(&trainval), target_matrix(&test));
     let (xtv, xte) = (ftv.features.view(), fte.features.view());
-    let mut hyper = BTreeMap::new();
+    let mut choice = VocLinearChoice {
+        feature_dim: xtv.cols(),
+        ..Default::default()
+    };
     let mut splits = BTreeMap::new();
     splits.insert("trainval".to_string(), ytv.len() / 20);
     splits.insert("test".to_string(), yte.len() / 20);
@@ -185,7 +190,7 @@ pub fn run_voc_classification(root: &Path, opts: &VocOptions) -> Result<Transfer
             let va = rows_of(&trainval, &dir, "val", opts.source)?;
             splits.insert("train".to_string(), tr.len());
             splits.insert("val".to_string(), va.len());
-            hp(&mut hyper, "validation", "VOC2007 train → val lists");
+            choice.validation = Some("VOC2007 train → val lists".into());
             let (xtr, xva) = (xtv.gather(&tr)?, xtv.gather(&va)?);
             let all: Vec<usize> = (0..xtv.rows()).collect();
             let mut aps = Vec::with_capacity(20);
@@ -207,12 +212,11 @@ pub fn run_voc_classification(root: &Path, opts: &VocOptions) -> Result<Transfer
             (aps, lambdas)
         }
         VocProtocol::Logistic => {
-            hp(
-                &mut hyper,
-                "validation",
-                format!("seeded {} carve-out of trainval", opts.val_fraction),
-            );
-            hp(&mut hyper, "val_fraction", opts.val_fraction);
+            choice.validation = Some(format!(
+                "seeded {} carve-out of trainval",
+                opts.val_fraction
+            ));
+            choice.val_fraction = Some(opts.val_fraction);
             let r = voc_logistic_protocol(
                 xtv,
                 &ytv,
@@ -229,22 +233,22 @@ pub fn run_voc_classification(root: &Path, opts: &VocOptions) -> Result<Transfer
             (r.per_class_ap, r.best_lambdas)
         }
         VocProtocol::Svm => {
-            hp(&mut hyper, "costs", &opts.svm.costs);
-            hp(&mut hyper, "folds", opts.svm.folds);
+            choice.costs = Some(&opts.svm.costs);
+            choice.folds = Some(opts.svm.folds);
             let r = voc07_svm(xtv, &ytv, xte, &yte, 20, &opts.svm)?;
             (r.per_class_ap, r.chosen_costs)
         }
     };
-    let key = match opts.protocol {
-        VocProtocol::Logistic => {
-            hp(&mut hyper, "lambda_grid_size", opts.lambda_grid.len());
-            "lambda_per_class"
-        }
-        VocProtocol::Svm => "cost_per_class",
-    };
     let named: BTreeMap<&str, f64> = VOC_CLASSES.iter().copied().zip(chosen).collect();
-    hp(&mut hyper, key, named);
-    hp(&mut hyper, "feature_dim", xtv.cols());
+    match opts.protocol {
+        VocProtocol::Logistic => {
+            choice.lambda_grid_size = Some(opts.lambda_grid.len());
+            choice.lambda_per_class = Some(named);
+        }
+        VocProtocol::Svm => choice.cost_per_class = Some(named),
+    }
+    let mut hyper = BTreeMap::new();
+    record(&mut hyper, &choice)?;
     let map = per_class.iter().sum::<f64>() / per_class.len() as f64;
     Ok(TransferReport {
         task: opts.protocol.task().into(),
@@ -319,16 +323,15 @@ fn finetune_voc(
     let mut splits = BTreeMap::new();
     splits.insert("trainval".to_string(), trainval.len());
     splits.insert("test".to_string(), test.len());
-    let mut hyper = BTreeMap::new();
-    let (tr, va) = if has_train_val(&dir, opts.source) {
-        hp(&mut hyper, "validation", "VOC2007 train → val lists");
-        (
+    let (validation, (tr, va)) = if has_train_val(&dir, opts.source) {
+        let lists = (
             rows_of(&trainval, &dir, "train", opts.source)?,
             rows_of(&trainval, &dir, "val", opts.source)?,
-        )
+        );
+        ("VOC2007 train → val lists", lists)
     } else {
-        hp(&mut hyper, "validation", "seeded carve-out of trainval");
-        train_val_split(trainval.len(), opts.val_fraction, opts.common.seed)?
+        let carved = train_val_split(trainval.len(), opts.val_fraction, opts.common.seed)?;
+        ("seeded carve-out of trainval", carved)
     };
     splits.insert("train".to_string(), tr.len());
     splits.insert("val".to_string(), va.len());
@@ -349,12 +352,19 @@ fn finetune_voc(
     let test: Arc<dyn Dataset> = Arc::new(test);
     let (scores, _, loss) = finetune_once(&tv, &test, Some(&ytv), lr, wd, &opts.common, ft)?;
     let aps = per_class_ap(&scores, &yte, 20, true)?;
-    hp(&mut hyper, "steps", ft.steps);
-    hp(&mut hyper, "batch_size", opts.common.batch_size);
-    hp(&mut hyper, "momentum", ft.momentum);
-    hp(&mut hyper, "lr", lr);
-    hp(&mut hyper, "weight_decay", wd);
-    hp(&mut hyper, "grid", grid);
+    let mut hyper = BTreeMap::new();
+    record(
+        &mut hyper,
+        &FinetuneChoice {
+            steps: ft.steps,
+            batch_size: opts.common.batch_size,
+            momentum: ft.momentum,
+            lr,
+            weight_decay: wd,
+            grid: &grid,
+            validation,
+        },
+    )?;
     let mut extra = BTreeMap::new();
     extra.insert("final_loss".to_string(), loss);
     Ok(TransferReport {
