@@ -49,10 +49,21 @@ fn segmentation_fine_tunes_and_reports_miou() -> R {
         report.extra
     );
     assert_eq!((report.splits["train"], report.splits["val"]), (10, 5));
-    for key in ["steps", "lr", "lr_schedule", "scale_range", "crop_size", "head", "seed"] {
+    for key in [
+        "steps",
+        "lr",
+        "lr_schedule",
+        "scale_range",
+        "crop_size",
+        "head",
+        "seed",
+    ] {
         assert!(report.hyperparameters.contains_key(key), "{key}");
     }
-    assert_eq!(report.hyperparameters["scale_range"], serde_json::json!([0.5, 2.0]));
+    assert_eq!(
+        report.hyperparameters["scale_range"],
+        serde_json::json!([0.5, 2.0])
+    );
     let path = dir.path().join("seg.json");
     report.write(&path)?;
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
