@@ -148,14 +148,8 @@ fn hostile_files_end_in_an_error_within_a_memory_bound() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_mnist_like(&data, 20, 10, 3, 1);
-    // A pickle whose memo doubles 64 times (2^64 nodes from 400 bytes).
-    let mut memo_bomb = vec![0x80, 2, b']', b'q', 0];
-    for _ in 0..64 {
-        memo_bomb.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
-    }
-    memo_bomb.push(b'.');
     let bomb = dir.path().join("bomb.pkl");
-    std::fs::write(&bomb, &memo_bomb).unwrap();
+    std::fs::write(&bomb, byol_tests::fixtures::pickle_memo_bomb()).unwrap();
     // An IDX image file whose header claims 2^31 images of 28×28, gzipped: 60 000 × 784 is
     // what Fashion-MNIST holds, this would inflate to 1.6 TB.
     let idx_dir = dir.path().join("idx");

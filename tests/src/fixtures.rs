@@ -279,3 +279,24 @@ impl MiniVoc {
         }
     }
 }
+
+/// A pickle whose memo doubles 64 times: a list in slot 0, then 64 × (GET 0, GET 0, TUPLE2,
+/// PUT 0), 2^64 nodes from 400 bytes.
+pub fn pickle_memo_bomb() -> Vec<u8> {
+    let mut bytes = vec![0x80, 2, b']', b'q', 0];
+    for _ in 0..64 {
+        bytes.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+    }
+    bytes.push(b'.');
+    bytes
+}
+
+/// A pickle of `depth` nested lists: EMPTY_LIST `depth` times, then APPEND each into the one
+/// below (a recursive drop or parse of it overflows the stack).
+pub fn pickle_nested_lists(depth: usize) -> Vec<u8> {
+    let mut bytes = vec![0x80, 2];
+    bytes.resize(bytes.len() + depth, b']');
+    bytes.resize(bytes.len() + depth - 1, b'a');
+    bytes.push(b'.');
+    bytes
+}

@@ -9,6 +9,7 @@ use byol_core::checkpoint::{load_training_state, save_training_state};
 use byol_core::io::{write_safetensors, SafetensorsFile, ENCODER_CONFIG_KEY, MODEL_CONFIG_KEY};
 use byol_core::optim::{Lars, LarsConfig};
 use byol_core::weights::load_encoder;
+use byol_tests::fixtures::{pickle_memo_bomb, pickle_nested_lists};
 use byol_tests::{save_tiny_encoder, tiny_byol};
 use candle_core::Device;
 
@@ -162,13 +163,9 @@ fn huge_png_header_is_refused_before_decoding() {
 #[test]
 fn deeply_nested_pickle_is_an_error_not_a_stack_overflow() {
     use byol_core::import::pickle;
-    // EMPTY_LIST a million times, then APPEND each into the one below: a million-deep list whose
-    // recursive drop used to overflow the stack and abort the whole test binary.
-    let depth = 1_000_000;
-    let mut bytes = vec![0x80, 2];
-    bytes.resize(bytes.len() + depth, b']');
-    bytes.resize(bytes.len() + depth - 1, b'a');
-    bytes.push(b'.');
+    // A million-deep list whose recursive drop used to overflow the stack and abort the whole
+    // test binary.
+    let bytes = pickle_nested_lists(1_000_000);
     let message = pickle::read(&bytes).unwrap_err().to_string();
     assert!(message.contains("nested deeper"), "{message}");
 
@@ -189,13 +186,7 @@ fn deeply_nested_pickle_is_an_error_not_a_stack_overflow() {
 #[test]
 fn pickle_memo_bomb_is_an_error_not_unbounded_memory() {
     use byol_core::import::pickle;
-    // A list in memo slot 0, then 64 times: GET 0, GET 0, TUPLE2, PUT 0. Each round doubles
-    // what slot 0 holds: 2^64 nodes from 400 bytes.
-    let mut bytes = vec![0x80, 2, b']', b'q', 0];
-    for _ in 0..64 {
-        bytes.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
-    }
-    bytes.push(b'.');
+    let bytes = pickle_memo_bomb();
     let start = std::time::Instant::now();
     let message = pickle::read(&bytes).unwrap_err().to_string();
     assert!(message.contains("memo bomb"), "{message}");
@@ -563,16 +554,7 @@ fn weights_with_non_finite_or_integer_values_are_refused_naming_the_tensor() {
 fn pickle_bombs_inside_a_pytorch_zip_are_refused_before_candle_reads_them() {
     // candle's parser (the `.pth` path) copies memo values whole and recurses over nesting: the
     // same two bombs as above, as the `data.pkl` of a torch zip.
-    let mut memo_bomb = vec![0x80, 2, b']', b'q', 0];
-    for _ in 0..64 {
-        memo_bomb.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
-    }
-    memo_bomb.push(b'.');
-    let depth = 1_000_000;
-    let mut deep = vec![0x80, 2];
-    deep.resize(deep.len() + depth, b']');
-    deep.resize(deep.len() + depth - 1, b'a');
-    deep.push(b'.');
+    let (memo_bomb, deep) = (pickle_memo_bomb(), pickle_nested_lists(1_000_000));
     let dir = tempfile::tempdir().unwrap();
     for (name, pickle, says) in [
         ("memo.pth", &memo_bomb, "memo bomb"),

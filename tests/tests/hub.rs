@@ -287,6 +287,17 @@ fn a_server_that_never_answers_times_out_naming_the_endpoint() {
 fn a_reflected_token_is_redacted_and_a_rejected_token_is_called_rejected() {
     let run = tempfile::tempdir().unwrap();
     run_dir(run.path());
+    // The errors of a pull and of a publish against the same server.
+    let errors = |hub: &HubOptions| {
+        [
+            download(&hub_ref("hf://byol-rs/tiny"), hub)
+                .unwrap_err()
+                .to_string(),
+            publish(run.path(), &PublishOptions::new("byol-rs/tiny"), hub)
+                .unwrap_err()
+                .to_string(),
+        ]
+    };
     // Hub-shaped and not: the exact value is replaced either way.
     for token in ["hf_reflectedSECRETabcdefghij", "plain-s3cret-Value"] {
         let reflect = vec![(
@@ -302,29 +313,14 @@ fn a_reflected_token_is_redacted_and_a_rejected_token_is_called_rejected() {
             retries: Some(0),
             ..hostile(&url, token)
         };
-        let errs = [
-            download(&hub_ref("hf://byol-rs/tiny"), &hub)
-                .unwrap_err()
-                .to_string(),
-            publish(run.path(), &PublishOptions::new("byol-rs/tiny"), &hub)
-                .unwrap_err()
-                .to_string(),
-        ];
-        for err in errs {
+        for err in errors(&hub) {
             assert!(!err.contains(token), "token printed: {err}");
             assert!(err.contains("hf_***"), "{err}");
         }
 
         let url = canned_server(401, reflect, json!({ "error": format!("bad {token}") }));
         let hub = hostile(&url, token);
-        for err in [
-            download(&hub_ref("hf://byol-rs/tiny"), &hub)
-                .unwrap_err()
-                .to_string(),
-            publish(run.path(), &PublishOptions::new("byol-rs/tiny"), &hub)
-                .unwrap_err()
-                .to_string(),
-        ] {
+        for err in errors(&hub) {
             assert!(!err.contains(token), "token printed: {err}");
             assert!(err.contains("token was rejected"), "{err}");
             assert!(!err.contains("set HF_TOKEN"), "{err}");

@@ -58,6 +58,20 @@ impl Scan<'_> {
         self.stack.push(LEAF);
         Ok(())
     }
+    /// The memo slot argument of a GET/PUT opcode: 1 byte (`h`, `q`), 4 bytes (`j`, `r`) or a
+    /// decimal line (`g`, `p`).
+    fn memo_key(&mut self, op: u8) -> R<u64> {
+        match op {
+            b'h' | b'q' => self.uint(1),
+            b'j' | b'r' => self.uint(4),
+            _ => {
+                let k = self.line()?;
+                k.trim()
+                    .parse()
+                    .map_err(|_| PickleError(format!("memo slot `{k}` is not a number")))
+            }
+        }
+    }
     /// A newline-terminated argument (text opcodes).
     fn line(&mut self) -> R<String> {
         let rest = &self.data[self.pos..];
@@ -263,36 +277,12 @@ pub fn check_bounds(data: &[u8]) -> R<()> {
                 let pid = s.pop()?;
                 s.push_built(&[pid])?;
             }
-            b'h' => {
-                let k = s.uint(1)?;
+            b'h' | b'j' | b'g' => {
+                let k = s.memo_key(op)?;
                 s.get(k)?
             }
-            b'j' => {
-                let k = s.uint(4)?;
-                s.get(k)?
-            }
-            b'g' => {
-                let k = s.line()?;
-                let k = k
-                    .trim()
-                    .parse()
-                    .map_err(|_| PickleError(format!("GET of `{k}`, not a memo slot")))?;
-                s.get(k)?
-            }
-            b'q' => {
-                let k = s.uint(1)?;
-                s.put(k)?
-            }
-            b'r' => {
-                let k = s.uint(4)?;
-                s.put(k)?
-            }
-            b'p' => {
-                let k = s.line()?;
-                let k = k
-                    .trim()
-                    .parse()
-                    .map_err(|_| PickleError(format!("PUT of `{k}`, not a memo slot")))?;
+            b'q' | b'r' | b'p' => {
+                let k = s.memo_key(op)?;
                 s.put(k)?
             }
             0x94 => {

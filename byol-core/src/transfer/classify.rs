@@ -17,11 +17,9 @@ use crate::eval::logistic::{
 use crate::eval::matrix::OwnedFeatures;
 use crate::eval::metrics;
 use crate::eval::split::train_val_split;
-use crate::transfer::finetune::{finetune_once, grid_search, FinetuneOptions, GridChoice};
+use crate::transfer::finetune::{finetune_once, grid_search, FinetuneOptions};
 use crate::transfer::paper::{paper_numbers, Metric};
-use crate::transfer::report::{
-    record, ClassScore, FinetuneChoice, LayoutChoice, LinearChoice, TransferReport,
-};
+use crate::transfer::report::{record, ClassScore, LayoutChoice, LinearChoice, TransferReport};
 use crate::transfer::{frozen_features, CommonOptions};
 use crate::{Error, Result};
 
@@ -276,11 +274,7 @@ fn finetune(
     let classes = splits.train.num_classes();
     let (sel_train, sel_val, has_val) =
         selection_split(splits, opts.val_fraction, opts.common.seed)?;
-    let GridChoice {
-        lr,
-        weight_decay: wd,
-        grid,
-    } = grid_search(ft, |lr, wd| {
+    let choice = grid_search(ft, |lr, wd| {
         let (scores, labels, _) =
             finetune_once(&sel_train, &sel_val, None, lr, wd, &opts.common, ft)?;
         Ok(score(&scores, &labels, classes, metric)?.0)
@@ -290,28 +284,28 @@ fn finetune(
         Some(v) => Arc::new(Concat::new(vec![Arc::clone(&splits.train), Arc::clone(v)])?),
         None => Arc::clone(&splits.train),
     };
-    let (scores, labels, loss) =
-        finetune_once(&final_train, &splits.test, None, lr, wd, &opts.common, ft)?;
+    let (scores, labels, loss) = finetune_once(
+        &final_train,
+        &splits.test,
+        None,
+        choice.lr,
+        choice.weight_decay,
+        &opts.common,
+        ft,
+    )?;
     let (value, per_class) = score(&scores, &labels, classes, metric)?;
     report.protocol = "fine-tuned (App. D.3): encoder + linear head, SGD Nesterov, cosine lr, \
                        random crop + flip, lr × weight decay chosen on val, retrained on \
                        train+val"
         .into();
+    let validation = if has_val {
+        "val split"
+    } else {
+        "seeded carve-out of train"
+    };
     record(
         &mut report.hyperparameters,
-        &FinetuneChoice {
-            steps: ft.steps,
-            batch_size: opts.common.batch_size,
-            momentum: ft.momentum,
-            lr,
-            weight_decay: wd,
-            grid: &grid,
-            validation: if has_val {
-                "val split"
-            } else {
-                "seeded carve-out of train"
-            },
-        },
+        &choice.report(ft, opts.common.batch_size, validation),
     )?;
     report.value = value;
     report.paper = paper_numbers(&report.dataset).and_then(|p| p.finetune);

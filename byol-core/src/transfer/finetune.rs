@@ -18,7 +18,7 @@ use crate::data::Dataset;
 use crate::nn::layers::Linear;
 use crate::nn::{ResNet, VarPath, VarStore};
 use crate::optim::{LrSchedule, Sgd, SgdConfig};
-use crate::transfer::report::GridPoint;
+use crate::transfer::report::{FinetuneChoice, GridPoint};
 use crate::transfer::{eval_augment, frozen_features, CommonOptions};
 use crate::{Error, Result};
 
@@ -101,6 +101,26 @@ pub(crate) struct GridChoice {
     pub weight_decay: f64,
     /// Every point with its validation score (the reports' `grid`).
     pub grid: Vec<GridPoint>,
+}
+
+impl GridChoice {
+    /// What a fine-tuning report records: the chosen point, its grid and the fixed settings.
+    pub(crate) fn report<'a>(
+        &'a self,
+        ft: &FinetuneOptions,
+        batch_size: usize,
+        validation: &'a str,
+    ) -> FinetuneChoice<'a> {
+        FinetuneChoice {
+            steps: ft.steps,
+            batch_size,
+            momentum: ft.momentum,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            grid: &self.grid,
+            validation,
+        }
+    }
 }
 
 /// Runs `val_score(lr, weight_decay)` over `ft`'s grid and keeps the best (the first of ties).

@@ -24,11 +24,9 @@ use crate::eval::metrics::voc07_ap_11point;
 use crate::eval::split::train_val_split;
 use crate::eval::svm::{voc07_svm, Voc07SvmOptions};
 use crate::eval::voc_logistic::voc_logistic_protocol;
-use crate::transfer::finetune::{finetune_once, grid_search, FinetuneOptions, GridChoice};
+use crate::transfer::finetune::{finetune_once, grid_search, FinetuneOptions};
 use crate::transfer::paper::paper_numbers;
-use crate::transfer::report::{
-    record, ClassScore, FinetuneChoice, TransferReport, VocLinearChoice,
-};
+use crate::transfer::report::{record, ClassScore, TransferReport, VocLinearChoice};
 use crate::transfer::{frozen_features, CommonOptions};
 use crate::{Error, Result};
 
@@ -340,30 +338,26 @@ fn finetune_voc(
     let sel_val: Arc<dyn Dataset> = Arc::new(Subset::new(Arc::clone(&tv), va.clone())?);
     let (ytr, yva) = (rows_of_targets(&ytv, &tr), rows_of_targets(&ytv, &va));
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let GridChoice {
-        lr,
-        weight_decay: wd,
-        grid,
-    } = grid_search(ft, |lr, wd| {
+    let choice = grid_search(ft, |lr, wd| {
         let (scores, _, _) =
             finetune_once(&sel_train, &sel_val, Some(&ytr), lr, wd, &opts.common, ft)?;
         Ok(mean(&per_class_ap(&scores, &yva, 20, true)?))
     })?;
     let test: Arc<dyn Dataset> = Arc::new(test);
-    let (scores, _, loss) = finetune_once(&tv, &test, Some(&ytv), lr, wd, &opts.common, ft)?;
+    let (scores, _, loss) = finetune_once(
+        &tv,
+        &test,
+        Some(&ytv),
+        choice.lr,
+        choice.weight_decay,
+        &opts.common,
+        ft,
+    )?;
     let aps = per_class_ap(&scores, &yte, 20, true)?;
     let mut hyper = BTreeMap::new();
     record(
         &mut hyper,
-        &FinetuneChoice {
-            steps: ft.steps,
-            batch_size: opts.common.batch_size,
-            momentum: ft.momentum,
-            lr,
-            weight_decay: wd,
-            grid: &grid,
-            validation,
-        },
+        &choice.report(ft, opts.common.batch_size, validation),
     )?;
     let mut extra = BTreeMap::new();
     extra.insert("final_loss".to_string(), loss);
