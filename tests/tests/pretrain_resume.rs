@@ -81,6 +81,22 @@ fn run<'a>(out_dir: &'a std::path::Path, resume: bool, stop: &'a AtomicBool) -> 
     }
 }
 
+/// One `pretrain` on the generated data, without monitor or observer.
+fn train(
+    config: &TrainConfig,
+    out_dir: &std::path::Path,
+    resume: bool,
+    stop: &AtomicBool,
+) -> Result<byol_core::train::RunSummary> {
+    pretrain(
+        config,
+        &data(),
+        &run(out_dir, resume, stop),
+        None,
+        &mut Silent,
+    )
+}
+
 fn losses(dir: &std::path::Path) -> Vec<(u64, f64)> {
     read_metrics(&dir.join(METRICS_FILE))
         .unwrap()
@@ -93,14 +109,7 @@ fn losses(dir: &std::path::Path) -> Vec<(u64, f64)> {
 fn a_killed_run_resumes_with_identical_losses() {
     let no_stop = AtomicBool::new(false);
     let full = tempfile::tempdir().unwrap();
-    let summary = pretrain(
-        &config(),
-        &data(),
-        &run(full.path(), false, &no_stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap();
+    let summary = train(&config(), full.path(), false, &no_stop).unwrap();
     // 18 images, batch 4, last partial batch dropped: 4 steps per epoch, 8 in all.
     assert_eq!((summary.steps_done, summary.total_steps), (8, 8));
     let reference = losses(full.path());
@@ -116,14 +125,7 @@ fn a_killed_run_resumes_with_identical_losses() {
     let killed = tempfile::tempdir().unwrap();
     let mut stopped = config();
     stopped.max_steps = Some(5);
-    pretrain(
-        &stopped,
-        &data(),
-        &run(killed.path(), false, &no_stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap();
+    train(&stopped, killed.path(), false, &no_stop).unwrap();
     let newest = latest_state(killed.path()).unwrap().unwrap();
     assert!(
         newest.ends_with("state-000000005.safetensors"),
@@ -131,14 +133,7 @@ fn a_killed_run_resumes_with_identical_losses() {
     );
     std::fs::remove_file(&newest).unwrap();
 
-    let resumed = pretrain(
-        &config(),
-        &data(),
-        &run(killed.path(), true, &no_stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap();
+    let resumed = train(&config(), killed.path(), true, &no_stop).unwrap();
     assert_eq!(resumed.steps_done, 8);
     assert_eq!(
         losses(killed.path()),
@@ -151,14 +146,7 @@ fn a_killed_run_resumes_with_identical_losses() {
 fn a_stop_request_saves_and_a_bad_config_is_refused() {
     let stop = AtomicBool::new(true);
     let dir = tempfile::tempdir().unwrap();
-    let summary = pretrain(
-        &config(),
-        &data(),
-        &run(dir.path(), false, &stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap();
+    let summary = train(&config(), dir.path(), false, &stop).unwrap();
     assert!(summary.interrupted);
     assert_eq!(summary.steps_done, 0);
     assert!(
@@ -168,14 +156,7 @@ fn a_stop_request_saves_and_a_bad_config_is_refused() {
 
     // A fresh run into a directory that holds checkpoints is refused rather than mixed in.
     let no_stop = AtomicBool::new(false);
-    let err = pretrain(
-        &config(),
-        &data(),
-        &run(dir.path(), false, &no_stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap_err();
+    let err = train(&config(), dir.path(), false, &no_stop).unwrap_err();
     assert!(
         matches!(err, Error::Config { ref field, .. } if field == "resume"),
         "{err}"
@@ -183,14 +164,7 @@ fn a_stop_request_saves_and_a_bad_config_is_refused() {
 
     let mut bad = config();
     bad.batch_size = 64;
-    let err = pretrain(
-        &bad,
-        &data(),
-        &run(dir.path(), false, &stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap_err();
+    let err = train(&bad, dir.path(), false, &stop).unwrap_err();
     assert!(
         matches!(err, Error::Config { ref field, .. } if field == "batch_size"),
         "{err}"
@@ -198,14 +172,7 @@ fn a_stop_request_saves_and_a_bad_config_is_refused() {
 
     let mut grey = config();
     grey.model.encoder.in_channels = 1;
-    let err = pretrain(
-        &grey,
-        &data(),
-        &run(dir.path(), false, &stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap_err();
+    let err = train(&grey, dir.path(), false, &stop).unwrap_err();
     assert!(err.to_string().contains("in_channels"), "{err}");
 }
 
@@ -215,14 +182,7 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = config();
     first.max_steps = Some(3);
-    pretrain(
-        &first,
-        &data(),
-        &run(dir.path(), false, &no_stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap();
+    train(&first, dir.path(), false, &no_stop).unwrap();
     let good = latest_state(dir.path()).unwrap().unwrap();
     let good_bytes = std::fs::read(&good).unwrap();
 
@@ -331,14 +291,7 @@ fn a_shortened_schedule_ends_the_run_and_shrinks_the_warm_up() {
     let dir = tempfile::tempdir().unwrap();
     let stop = AtomicBool::new(false);
     c.schedule_steps = Some(6);
-    let summary = pretrain(
-        &c,
-        &data(),
-        &run(dir.path(), false, &stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap();
+    let summary = train(&c, dir.path(), false, &stop).unwrap();
     assert_eq!((summary.steps_done, summary.total_steps), (6, 6));
     let logs = read_metrics(&dir.path().join(METRICS_FILE)).unwrap();
     assert_eq!(logs.len(), 6);
@@ -349,26 +302,13 @@ fn a_shortened_schedule_ends_the_run_and_shrinks_the_warm_up() {
 
     // A resume asking another schedule length is refused, naming the setting.
     c.schedule_steps = Some(8);
-    let Err(err) = pretrain(
-        &c,
-        &data(),
-        &run(dir.path(), true, &stop),
-        None,
-        &mut Silent,
-    ) else {
+    let Err(err) = train(&c, dir.path(), true, &stop) else {
         panic!("a resume with another schedule must be refused");
     };
     assert!(err.to_string().contains("schedule"), "{err}");
     // Without one, the stored schedule is kept: nothing is left to train.
     c.schedule_steps = None;
-    let resumed = pretrain(
-        &c,
-        &data(),
-        &run(dir.path(), true, &stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap();
+    let resumed = train(&c, dir.path(), true, &stop).unwrap();
     assert_eq!(resumed.steps_done, 6);
     assert_eq!(resumed.config.schedule_steps, Some(6));
 }
@@ -492,15 +432,9 @@ impl byol_core::train::Observer for Warnings {
 fn resume_refuses_an_empty_directory_and_changed_settings_and_skips_a_truncated_state() {
     let stop = AtomicBool::new(false);
     let dir = tempfile::tempdir().unwrap();
-    let err = pretrain(
-        &config(),
-        &data(),
-        &run(dir.path(), true, &stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = train(&config(), dir.path(), true, &stop)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("no checkpoint") && err.contains(&dir.path().display().to_string()),
         "{err}"
@@ -509,28 +443,15 @@ fn resume_refuses_an_empty_directory_and_changed_settings_and_skips_a_truncated_
 
     let mut six = config();
     six.max_steps = Some(6); // states at steps 3 and 6
-    pretrain(
-        &six,
-        &data(),
-        &run(dir.path(), false, &stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap();
+    train(&six, dir.path(), false, &stop).unwrap();
 
     // Another seed and batch size: refused, both listed; accepted when allowed.
     let mut other = six.clone();
     other.seed = 7;
     other.batch_size = 2;
-    let err = pretrain(
-        &other,
-        &data(),
-        &run(dir.path(), true, &stop),
-        None,
-        &mut Silent,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = train(&other, dir.path(), true, &stop)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("seed 0 → 7") && err.contains("batch_size 4 → 2"),
         "{err}"
