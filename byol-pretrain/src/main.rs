@@ -488,8 +488,8 @@ fn main() -> Result<()> {
             );
         }
         let report = serde_json::to_string_pretty(&rows)?;
-        std::fs::write(args.out.join("probe.json"), report)
-            .with_context(|| format!("cannot write {}/probe.json", args.out.display()))?;
+        // Atomic like every other file of the run directory: a kill mid-write leaves no half report.
+        byol_core::io::write_atomic(&args.out.join("probe.json"), report.as_bytes())?;
     }
     if let Some(repo) = &args.push_to_hub {
         publish(&args.out, repo, &args.hub)?;
