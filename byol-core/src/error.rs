@@ -47,6 +47,10 @@ pub enum Error {
     #[error("training diverged: {0}")]
     Diverged(String),
 
+    /// A collective call of a data-parallel job failed (a rank died, the engine refused).
+    #[error("data-parallel job: {0}")]
+    Distributed(String),
+
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -18,6 +18,7 @@ use crate::checkpoint::{load_training_state, save_training_state, TrainingState}
 use crate::config::TrainConfig;
 use crate::data::loader::{Loader, LoaderConfig, Transform};
 use crate::data::Dataset;
+use crate::distributed::DataParallel;
 use crate::metrics_log::{read_metrics, MetricsLog, StepLog, METRICS_FILE};
 use crate::optim::{Lars, LarsConfig, LrSchedule};
 use crate::plot::plot_training_curves;
@@ -138,6 +139,9 @@ pub struct RunControl<'a> {
     /// A resume may change recipe settings (learning rate, batch size, seed, ...) against the
     /// ones its state was trained with; otherwise that is an error listing them.
     pub allow_config_change: bool,
+    /// The ranks of a data-parallel job ([`DataParallel::single`] for one process): each trains
+    /// on its slice of every global batch; rank 0 alone writes files and runs the monitor.
+    pub parallel: &'a DataParallel,
 }
 
 /// Steps over which the step rate of a time-budgeted run is measured (after the first, slower
@@ -312,7 +316,10 @@ pub fn pretrain(
         stop,
         time_budget,
         allow_config_change,
+        parallel,
     } = *run;
+    let writer = parallel.is_writer();
+    let world = parallel.world_size();
     let started = Instant::now();
     config.validate()?;
     // The schedule length can still be fixed by a resumed state or a time budget.
@@ -326,8 +333,20 @@ pub fn pretrain(
             ),
         ));
     }
+    if config.batch_size < 2 * world {
+        return Err(Error::config(
+            "batch_size",
+            format!(
+                "{} is too small for {world} processes: each needs at least 2 images of every \
+                 global batch",
+                config.batch_size
+            ),
+        ));
+    }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    remove_orphan_temporaries(out_dir, observer)?;
+    if writer {
+        remove_orphan_temporaries(out_dir, observer)?;
+    }
     let (steps_per_epoch, epoch_steps) = step_counts(&config, data.dataset.len())?;
 
     let (mut model, mut optimizer, mut step) = if resume {
@@ -380,8 +399,11 @@ pub fn pretrain(
         });
         (model, optimizer, 0)
     };
+    model.set_data_parallel(parallel.clone());
     // Every check has passed: the run's configuration may now replace an older one.
-    write_config(out_dir, &config)?;
+    if writer {
+        write_config(out_dir, &config)?;
+    }
     let mut schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
     let end_of = |schedule: &LrSchedule, config: &TrainConfig| {
         config
@@ -396,7 +418,10 @@ pub fn pretrain(
     };
     // After calibration: (budget, start, first step) of the window the rate is re-measured over.
     let mut refit_window: Option<(Duration, Instant, u64)> = None;
-    let mut log = MetricsLog::open(&out_dir.join(METRICS_FILE), step)?;
+    let mut log = match writer {
+        true => Some(MetricsLog::open(&out_dir.join(METRICS_FILE), step)?),
+        false => None,
+    };
 
     let view_len = data.channels * config.image_size * config.image_size;
     let loader = Loader::new(
@@ -406,6 +431,8 @@ pub fn pretrain(
             workers: config.workers,
             seed: config.seed,
             drop_last: true,
+            rank: parallel.rank(),
+            world_size: world,
             ..LoaderConfig::new(config.batch_size, 2, view_len)
         },
     )?;
@@ -426,10 +453,14 @@ pub fn pretrain(
                 step: u64,
                 config: &TrainConfig,
                 observer: &mut dyn Observer| {
-        let path = save_checkpoint(out_dir, model, optimizer, step, config)?;
-        observer.on_checkpoint(&path);
-        Ok::<_, Error>(path)
+        if writer {
+            let path = save_checkpoint(out_dir, model, optimizer, step, config)?;
+            observer.on_checkpoint(&path);
+        }
+        Ok::<_, Error>(())
     };
+    // A schedule length found by rank 0's clock, applied by every rank at the next step.
+    let mut pending_refit: Option<(u64, f64)> = None;
 
     'epochs: while step < end_step {
         let epoch = (step / steps_per_epoch) as usize;
@@ -437,16 +468,39 @@ pub fn pretrain(
         let mut batches = loader.epoch_from(epoch, first)?;
         let mut tick = Instant::now();
         loop {
+            // What ends or reshapes the run is decided together: a stop request on any rank,
+            // and rank 0's clock (budget spent, a new schedule length).
+            let mut control = RunDecision {
+                stop: stop.load(Ordering::Relaxed),
+                // The budget ends the run like its last step (slower steps after calibration
+                // can leave a few of the schedule's last steps, whose learning rate is nearly 0).
+                budget_spent: time_budget.is_some_and(|b| started.elapsed() >= b),
+                refit: pending_refit.take(),
+            };
+            if world > 1 {
+                control = control.agreed(parallel)?;
+            }
+            if let Some((fits, rate)) = control.refit {
+                config.schedule_steps = Some(fits);
+                if writer {
+                    write_config(out_dir, &config)?;
+                }
+                schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
+                end_step = end_of(&schedule, &config);
+                observer.on_start(step, end_step);
+                tracing::info!(
+                    "{rate:.2} steps/s: the schedules span {} steps to fit the time budget",
+                    schedule.total_steps
+                );
+            }
             if step >= end_step {
                 break 'epochs;
             }
-            if stop.load(Ordering::Relaxed) {
+            if control.stop {
                 interrupted = true;
                 break 'epochs;
             }
-            // The budget ends the run like its last step (slower steps after calibration can
-            // leave a few of the schedule's last steps, whose learning rate is nearly 0).
-            if time_budget.is_some_and(|b| started.elapsed() >= b) {
+            if control.budget_spent {
                 break 'epochs;
             }
             let Some(batch) = batches.next() else { break };
@@ -473,17 +527,12 @@ pub fn pretrain(
             step += 1;
             last_loss = Some(out.loss);
             let current_length = schedule.total_steps;
-            // A new schedule length: recorded in the config (and every later checkpoint).
-            let mut refit = |fits: u64, rate: f64, config: &mut TrainConfig| {
-                config.schedule_steps = Some(fits);
-                write_config(out_dir, config)?;
-                schedule = lr_schedule(config, steps_per_epoch, epoch_steps);
-                end_step = end_of(&schedule, config);
-                observer.on_start(step, end_step);
-                tracing::info!(
-                    "{rate:.2} steps/s: the schedules span {} steps to fit the time budget",
-                    schedule.total_steps
-                );
+            // A new schedule length (recorded in the config and every later checkpoint) takes
+            // effect before the next step, on every rank at once.
+            let mut refit = |fits: u64, rate: f64, _: &mut TrainConfig| {
+                if writer {
+                    pending_refit = Some((fits, rate));
+                }
                 Ok::<_, Error>(())
             };
             if let Some((budget, mark)) = &mut calibration {
@@ -521,7 +570,8 @@ pub fn pretrain(
                 loss: out.loss,
                 lr,
                 tau,
-                images_per_sec: batch.len() as f64 / elapsed.max(1e-9),
+                // The whole job's images (every rank's slice of the global batch).
+                images_per_sec: (batch.len() * world) as f64 / elapsed.max(1e-9),
                 projection_std: out.projection_std,
                 knn_top1: None,
             };
@@ -532,7 +582,7 @@ pub fn pretrain(
                 ));
             }
             let epoch_done = step % steps_per_epoch == 0;
-            if let Some(m) = monitor.as_mut() {
+            if let Some(m) = monitor.as_mut().filter(|_| writer) {
                 let epochs_done = (step / steps_per_epoch) as usize;
                 if epoch_done
                     && config.knn_every > 0
@@ -541,7 +591,9 @@ pub fn pretrain(
                     entry.knn_top1 = Some(m(&model)?);
                 }
             }
-            log.append(&entry)?;
+            if let Some(log) = log.as_mut() {
+                log.append(&entry)?;
+            }
             observer.on_step(&entry);
             if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && step < end_step
             {
@@ -552,10 +604,12 @@ pub fn pretrain(
     save(&model, &optimizer, step, &config, observer)?;
     drop(log);
     // The plot is a convenience: failing to draw it must not fail a finished run.
-    let plotted = read_metrics(&out_dir.join(METRICS_FILE))
-        .and_then(|logs| plot_training_curves(&logs, &out_dir.join(PLOT_FILE)));
-    if let Err(e) = plotted {
-        observer.on_warning(&e.to_string());
+    if writer {
+        let plotted = read_metrics(&out_dir.join(METRICS_FILE))
+            .and_then(|logs| plot_training_curves(&logs, &out_dir.join(PLOT_FILE)));
+        if let Err(e) = plotted {
+            observer.on_warning(&e.to_string());
+        }
     }
     Ok(RunSummary {
         steps_done: step,
@@ -565,6 +619,39 @@ pub fn pretrain(
         interrupted,
         encoder_path: out_dir.join(ENCODER_FILE),
     })
+}
+
+/// What decides, before each step, whether and how the run goes on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RunDecision {
+    /// A stop request (SIGINT/SIGTERM).
+    stop: bool,
+    /// The time budget is spent.
+    budget_spent: bool,
+    /// A new schedule length and the step rate it was fitted to.
+    refit: Option<(u64, f64)>,
+}
+
+impl RunDecision {
+    /// The decision every rank takes: stop if any rank was asked to, the rest as rank 0 says
+    /// (one small all-reduce; only rank 0's clock counts, so the ranks never disagree).
+    fn agreed(self, parallel: &DataParallel) -> Result<Self> {
+        let rank0 = parallel.is_writer();
+        let mine = |v: f64| if rank0 { v } else { 0.0 };
+        let (fits, rate) = self.refit.unwrap_or((0, 0.0));
+        let mut v = [
+            f64::from(u8::from(self.stop)),
+            mine(f64::from(u8::from(self.budget_spent))),
+            mine(fits as f64),
+            mine(rate),
+        ];
+        parallel.collective.all_reduce_f64(&mut v)?;
+        Ok(Self {
+            stop: v[0] > 0.0,
+            budget_spent: v[1] > 0.0,
+            refit: (v[2] > 0.0).then_some((v[2] as u64, v[3])),
+        })
+    }
 }
 
 fn write_config(out_dir: &Path, config: &TrainConfig) -> Result<()> {

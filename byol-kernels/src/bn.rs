@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cross_replica::{channel_sum, ChannelSum};
 use crate::storage::slice;
 
 /// The batch statistics of one train-mode forward, for the running-average update.
@@ -18,7 +19,7 @@ pub struct BnStats {
     pub mean: Tensor,
     /// Per-channel biased batch variance, `[C]`.
     pub var: Tensor,
-    /// Values per channel (`N·H·W`).
+    /// Values per channel (`N·H·W`; over every process when the statistics are synchronised).
     pub count: usize,
 }
 
@@ -37,6 +38,8 @@ struct Saved {
     mean: Vec<f32>,
     var: Vec<f32>,
     inv_std: Vec<f32>,
+    /// Values per channel the statistics were taken over (all processes when synchronised).
+    count: usize,
 }
 
 /// What the fused op applies after `x·a + b`.
@@ -76,6 +79,8 @@ struct BnTrain {
     eps: f64,
     epilogue: Epilogue,
     saved: Arc<Mutex<Saved>>,
+    /// Synchronised BatchNorm: statistics and gradient sums reduced over the processes.
+    sync: Option<Arc<dyn ChannelSum>>,
 }
 
 fn check_vec(s: &CpuStorage, l: &Layout, c: usize, what: &str) -> candle_core::Result<Vec<f32>> {
@@ -114,6 +119,53 @@ fn channel_stats(x: &[f32], (n, c, s): (usize, usize, usize)) -> (Vec<f32>, Vec<
     stats.into_iter().unzip()
 }
 
+/// [`channel_stats`] over every process of `sync`: the sums, then the centred squares around
+/// the global mean, each reduced across processes (f64 throughout). Also returns the count.
+fn synced_channel_stats(
+    x: &[f32],
+    (n, c, s): (usize, usize, usize),
+    sync: &dyn ChannelSum,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
+    let planes = |ch: usize| (0..n).map(move |i| &x[(i * c + ch) * s..][..s]);
+    let mut sums: Vec<f64> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            planes(ch)
+                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                .sum()
+        })
+        .collect();
+    sums.push((n * s) as f64);
+    sync.sum(&mut sums)?;
+    let count = sums[c];
+    if count < 2.0 {
+        candle_core::bail!("synchronised BatchNorm needs more than one value per channel")
+    }
+    let mean: Vec<f64> = sums[..c].iter().map(|v| v / count).collect();
+    let mut squares: Vec<f64> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let m = mean[ch];
+            planes(ch)
+                .map(|p| {
+                    p.iter()
+                        .map(|&v| {
+                            let d = v as f64 - m;
+                            d * d
+                        })
+                        .sum::<f64>()
+                })
+                .sum()
+        })
+        .collect();
+    sync.sum(&mut squares)?;
+    Ok((
+        mean.iter().map(|&m| m as f32).collect(),
+        squares.iter().map(|&q| (q / count) as f32).collect(),
+        count as usize,
+    ))
+}
+
 impl BnTrain {
     /// The forward of every epilogue: statistics, then one pass writing the output.
     fn run(
@@ -124,8 +176,14 @@ impl BnTrain {
         beta: &[f32],
         residual: Option<&[f32]>,
     ) -> candle_core::Result<Vec<f32>> {
-        let (_, c, s) = dims;
-        let (mean, var) = channel_stats(x, dims);
+        let (n, c, s) = dims;
+        let (mean, var, count) = match &self.sync {
+            Some(sync) => synced_channel_stats(x, dims, sync.as_ref())?,
+            None => {
+                let (mean, var) = channel_stats(x, dims);
+                (mean, var, n * s)
+            }
+        };
         let inv_std: Vec<f32> = var
             .iter()
             .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
@@ -173,17 +231,21 @@ impl BnTrain {
         *self
             .saved
             .lock()
-            .map_err(|_| candle_core::Error::Msg("BatchNorm state poisoned".into()))? =
-            Saved { mean, var, inv_std };
+            .map_err(|_| candle_core::Error::Msg("BatchNorm state poisoned".into()))? = Saved {
+            mean,
+            var,
+            inv_std,
+            count,
+        };
         Ok(y)
     }
 
-    fn saved(&self) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    fn saved(&self) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
         let saved = self
             .saved
             .lock()
             .map_err(|_| candle_core::Error::Msg("BatchNorm state poisoned".into()))?;
-        Ok((saved.mean.clone(), saved.inv_std.clone()))
+        Ok((saved.mean.clone(), saved.inv_std.clone(), saved.count))
     }
 
     /// `(dx, [Σg·x̂, Σg])` of the normalisation for the gradient `g`; with `mask_by` (the
@@ -195,19 +257,25 @@ impl BnTrain {
         dy: &Tensor,
         mask_by: Option<&Tensor>,
     ) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>)> {
-        let (mean, inv_std) = self.saved()?;
+        let (mean, inv_std, count) = self.saved()?;
         let dims = ncs(x.dims())?;
         let c = dims.1;
         if dy.dims() != x.dims() || mean.len() != c || gamma.len() != c {
             candle_core::bail!("BatchNorm backward: shapes {:?} {:?}", x.dims(), dy.dims())
         }
         let dy = dy.contiguous()?;
+        let saved = SavedStats {
+            mean: &mean,
+            inv_std: &inv_std,
+            count,
+        };
+        let sync = self.sync.as_deref();
         let (dx, dgamma, dbeta) = with_f32(x, |x| {
             with_f32(&dy, |dy| match mask_by {
                 Some(y) => with_f32(y, |y| {
-                    Ok(bn_backward(x, dy, Some(y), dims, &mean, &inv_std, gamma))
+                    bn_backward(x, dy, Some(y), dims, &saved, gamma, sync)
                 }),
-                None => Ok(bn_backward(x, dy, None, dims, &mean, &inv_std, gamma)),
+                None => bn_backward(x, dy, None, dims, &saved, gamma, sync),
             })
         })?;
         Ok((Tensor::from_vec(dx, x.shape(), x.device())?, dgamma, dbeta))
@@ -226,18 +294,29 @@ fn with_f32<R>(
     }
 }
 
+/// The forward's statistics the backward needs.
+struct SavedStats<'a> {
+    mean: &'a [f32],
+    inv_std: &'a [f32],
+    /// Values per channel they were taken over (`m` below).
+    count: usize,
+}
+
 /// BatchNorm backward in two passes: per-channel `Σg` and `Σg·(x − μ)`, then
-/// `dx = γ·σ⁻¹·(g − Σg/m − x̂·Σg·x̂/m)`. Returns `(dx, dγ = Σg·x̂, dβ = Σg)`.
+/// `dx = γ·σ⁻¹·(g − Σg/m − x̂·Σg·x̂/m)`. Returns `(dx, dγ = Σg·x̂, dβ = Σg)`. With `sync` the
+/// two sums of the `dx` formula are reduced over the processes (synchronised BatchNorm); `dγ`
+/// and `dβ` stay this process's, as every parameter gradient before the gradient all-reduce.
 fn bn_backward(
     x: &[f32],
     dy: &[f32],
     mask_by: Option<&[f32]>,
     (n, c, s): (usize, usize, usize),
-    mean: &[f32],
-    inv_std: &[f32],
+    saved: &SavedStats,
     gamma: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let sums: Vec<(f32, f32)> = (0..c)
+    sync: Option<&dyn ChannelSum>,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let (mean, inv_std) = (saved.mean, saved.inv_std);
+    let sums64: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
             let m = mean[ch];
@@ -265,10 +344,19 @@ fn bn_backward(
                 sd += a as f64;
                 sdx += b as f64;
             }
-            (sd as f32, (sdx * inv_std[ch] as f64) as f32)
+            (sd, sdx * inv_std[ch] as f64)
         })
         .collect();
-    let cnt = (n * s) as f32;
+    let local: Vec<(f32, f32)> = sums64.iter().map(|&(a, b)| (a as f32, b as f32)).collect();
+    let sums = match sync {
+        Some(sync) => {
+            let mut flat: Vec<f64> = sums64.iter().flat_map(|&(a, b)| [a, b]).collect();
+            sync.sum(&mut flat)?;
+            flat.chunks(2).map(|p| (p[0] as f32, p[1] as f32)).collect()
+        }
+        None => local.clone(),
+    };
+    let cnt = saved.count as f32;
     // dx = k·g + p·x + q per channel, folding every constant.
     let coef: Vec<(f32, f32, f32)> = (0..c)
         .map(|ch| {
@@ -308,9 +396,9 @@ fn bn_backward(
             }
         }
     });
-    let dgamma = sums.iter().map(|s| s.1).collect();
-    let dbeta = sums.iter().map(|s| s.0).collect();
-    (dx, dgamma, dbeta)
+    let dgamma = local.iter().map(|s| s.1).collect();
+    let dbeta = local.iter().map(|s| s.0).collect();
+    Ok((dx, dgamma, dbeta))
 }
 
 impl CustomOp3 for BnTrain {
@@ -412,7 +500,9 @@ fn fused(
     epilogue: Epilogue,
 ) -> candle_core::Result<(Tensor, BnStats)> {
     let (n, c, s) = ncs(x.dims())?;
-    if n * s < 2 {
+    let sync = channel_sum();
+    // Synchronised statistics are checked over all processes (synced_channel_stats).
+    if n * s < 2 && sync.is_none() {
         candle_core::bail!(
             "BatchNorm in training mode needs more than one value per channel, got {x:?}"
         )
@@ -422,6 +512,7 @@ fn fused(
         eps,
         epilogue,
         saved: saved.clone(),
+        sync,
     };
     let y = x
         .contiguous()?
@@ -432,7 +523,7 @@ fn fused(
     let stats = BnStats {
         mean: Tensor::from_slice(&guard.mean, c, x.device())?,
         var: Tensor::from_slice(&guard.var, c, x.device())?,
-        count: n * s,
+        count: guard.count,
     };
     Ok((y, stats))
 }

@@ -14,6 +14,7 @@
 mod backend;
 mod bn;
 mod conv;
+mod cross_replica;
 mod geometry;
 pub mod onednn;
 mod scratch;
@@ -25,5 +26,6 @@ pub use backend::{
 };
 pub use bn::{batch_norm_add_relu_train, batch_norm_relu_train, batch_norm_train, BnStats};
 pub use conv::conv2d;
+pub use cross_replica::{channel_sum, with_channel_sum, ChannelSum};
 pub use geometry::Conv2dGeometry;
 pub use update::{ema, lars_update, LarsStep};

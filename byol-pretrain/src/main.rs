@@ -10,6 +10,7 @@ use byol_core::config::TrainConfig;
 use byol_core::data::augment::{AugmentConfig, AugmentSet, EvalTransform, TwoViewAugmenter};
 use byol_core::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
 use byol_core::device::parse_device;
+use byol_core::distributed::DataParallel;
 use byol_core::eval::knn::KnnOptions;
 use byol_core::eval::linear_protocol::LinearProtocolOptions;
 use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
@@ -147,6 +148,11 @@ struct Args {
     /// Run the kNN monitor every N epochs (0: never).
     #[arg(long)]
     knn_every: Option<usize>,
+    /// Under mpirun/srun with several processes: normalise each BatchNorm with this process's
+    /// slice of the batch instead of the statistics of the whole global batch (the paper's
+    /// cross-replica BatchNorm, the default).
+    #[arg(long)]
+    no_sync_batch_norm: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,7 +326,23 @@ fn main() -> Result<()> {
             .with_context(|| format!("--push-to-hub {repo}"))?;
         byol_hub::HubOptions::from_env().context("--push-to-hub")?;
     }
-    let config = build_config(&args)?;
+    // Under mpirun/srun: this process is one rank of a data-parallel job.
+    let group = byol_mpi::Group::join(!args.no_sync_batch_norm)?;
+    let result = train_and_probe(&args, &group.parallel);
+    if let Err(e) = &result {
+        if group.parallel.world_size() > 1 {
+            // The other ranks would wait in their next collective: end the job now.
+            eprintln!("rank {}: error: {e:#}", group.parallel.rank());
+            group.abort_job(1);
+        }
+    }
+    result
+}
+
+/// Pretraining (as one rank of `parallel`), then the optional probe and publish on rank 0.
+fn train_and_probe(args: &Args, parallel: &DataParallel) -> Result<()> {
+    let writer = parallel.is_writer();
+    let config = build_config(args)?;
     if config.knn_every > 0 && (args.knn_bank == 0 || args.knn_queries == 0) {
         bail!(
             "--knn-bank {} / --knn-queries {}: the kNN monitor needs at least one image in each \
@@ -329,7 +351,13 @@ fn main() -> Result<()> {
             args.knn_queries
         );
     }
-    let device = parse_device(&args.device)?;
+    let device = match args.device.as_str() {
+        // One GPU per process: each rank takes the device of its rank on its node.
+        "cuda" if parallel.world_size() > 1 => {
+            parse_device(&format!("cuda:{}", byol_mpi::local_rank()))?
+        }
+        name => parse_device(name)?,
+    };
     let source = DatasetSource::new(args.dataset, args.data.clone());
     let mut train: Arc<dyn Dataset> = source.open(Split::Train)?;
     if let Some(n) = args.train_subset {
@@ -342,8 +370,13 @@ fn main() -> Result<()> {
         transform: Arc::new(TwoViewAugmenter::new(augment.clone())?),
         channels,
     };
-    // Held until the process ends: a second run into the same directory fails at once.
-    let _lock = RunLock::acquire(&args.out)?;
+    // Held until the process ends: a second run into the same directory fails at once (rank 0
+    // holds it for the job).
+    let _lock = if writer {
+        Some(RunLock::acquire(&args.out)?)
+    } else {
+        None
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -363,7 +396,11 @@ fn main() -> Result<()> {
         None => None,
     };
 
-    let bar = ProgressBar::new(0).with_style(
+    let bar = match writer {
+        true => ProgressBar::new(0),
+        false => ProgressBar::hidden(),
+    };
+    let bar = bar.with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .context("progress template")?,
     );
@@ -392,6 +429,7 @@ fn main() -> Result<()> {
         stop: &stop,
         time_budget,
         allow_config_change: args.allow_config_change,
+        parallel,
     };
     // The kNN monitor on held-out data (datasets with a test split).
     let monitor_data = match source.open(Split::Test) {
@@ -420,6 +458,9 @@ fn main() -> Result<()> {
     };
     let summary = pretrain(&config, &data, &run, monitor, &mut progress)?;
     progress.bar.finish();
+    if !writer {
+        return Ok(());
+    }
     if summary.interrupted {
         println!(
             "interrupted at step {}/{}: checkpoint saved; continue with --resume",

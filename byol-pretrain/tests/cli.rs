@@ -279,3 +279,223 @@ fn a_bad_push_to_hub_repo_fails_before_step_one_and_writes_nothing() {
         assert!(!out.exists(), "{repo}: {} was created", out.display());
     }
 }
+
+/// `mpirun -np 2` of the binary (built with `--features mpi`): the CI's data-parallel checks.
+#[cfg(feature = "mpi")]
+mod mpi {
+    use super::*;
+    use byol_core::checkpoint::load_training_state;
+    use candle_core::Device;
+
+    /// `command` under `mpirun -np <ranks>`, one thread per rank (2 cores in CI).
+    fn under_mpirun(ranks: usize, inner: Command) -> Command {
+        let mut c = Command::new("mpirun");
+        c.args(["--allow-run-as-root", "--oversubscribe", "-np"])
+            .arg(ranks.to_string())
+            .args(["-x", "RAYON_NUM_THREADS=1", "-x", "RUST_LOG=warn"])
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn newest_state(dir: &Path) -> byol_core::checkpoint::TrainingState {
+        let path = latest_state(dir).unwrap().expect("a training state");
+        load_training_state(&path, &Device::Cpu).unwrap()
+    }
+
+    /// The largest relative difference over every float tensor of two runs' final states.
+    fn state_difference(a: &Path, b: &Path) -> f64 {
+        let (a, b) = (newest_state(a), newest_state(b));
+        assert_eq!(a.step, b.step);
+        let all = |s: &byol_core::checkpoint::TrainingState| {
+            let mut v = s.model.online_store().tensors_under("");
+            v.extend(s.model.target_store().unwrap().tensors_under(""));
+            v
+        };
+        all(&a)
+            .iter()
+            .zip(all(&b))
+            .filter(|(x, _)| x.1.dtype().is_float())
+            .map(|(x, y)| {
+                let e = byol_tests::relative_error(&x.1, &y.1);
+                if e > 1e-5 {
+                    let d = (&x.1 - &y.1)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let m =
+                        y.1.abs()
+                            .unwrap()
+                            .max_all()
+                            .unwrap()
+                            .to_scalar::<f32>()
+                            .unwrap();
+                    eprintln!("DEBUG {} {e:e} maxdiff {d:e} maxabs {m:e}", x.0);
+                }
+                e
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// `extra` in one process and under `mpirun -np 2`, into `<dir>/one-<tag>` and `two-<tag>`.
+    fn one_and_two(data: &Path, dir: &Path, tag: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        let (one, two) = (
+            dir.join(format!("one-{tag}")),
+            dir.join(format!("two-{tag}")),
+        );
+        let o = command(data, &one, "1", extra)
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let o = under_mpirun(2, command(data, &two, "1", extra))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        (one, two)
+    }
+
+    fn loss_difference(a: &Path, b: &Path) -> f64 {
+        let (a, b) = (losses(a), losses(b));
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x.1 - y.1).abs() / x.1.abs())
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn two_mpi_ranks_train_as_one_process() {
+        // 64 images, global batch 8.
+        let (dir, data) = mnist_like(64, 16, 4, 5);
+        // One step: bit-identical (the split batch, the synchronised BatchNorm statistics and
+        // the summed gradients are the single-process ones).
+        let (one, two) = one_and_two(&data, dir.path(), "1", &["--max-steps", "1"]);
+        // (The reported loss is the mean of the two halves' means: last-bit rounding.)
+        assert!(loss_difference(&one, &two) < 1e-6);
+        assert_eq!(state_difference(&one, &two), 0.0);
+        // A few steps: the f32 rounding of partial sums grows step by step (measured: 2e-7
+        // after 2 steps, 4e-6 after 3, 1.5e-5 after 5).
+        let (one, two) = one_and_two(&data, dir.path(), "3", &["--max-steps", "3"]);
+        assert!(loss_difference(&one, &two) < 1e-5);
+        let diff = state_difference(&one, &two);
+        assert!(diff < 1e-5, "final states differ by {diff:e}");
+        // Without synchronised BatchNorm each rank normalises its half: another first loss.
+        let extra = ["--max-steps", "1", "--no-sync-batch-norm"];
+        let (one, apart) = one_and_two(&data, dir.path(), "apart", &extra);
+        let gap = loss_difference(&one, &apart);
+        assert!(gap > 1e-4, "first losses differ by only {gap:e}");
+    }
+
+    #[test]
+    fn a_two_rank_run_stopped_by_sigterm_resumes_in_one_process_on_the_same_curve() {
+        let (dir, data) = mnist_like(64, 16, 4, 7);
+        let whole = dir.path().join("whole");
+        let o = command(&data, &whole, "1", &[])
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let reference = losses(&whole);
+        assert_eq!(reference.len(), 8);
+        // mpirun passes SIGTERM on to the ranks: they agree to stop and rank 0 checkpoints.
+        let split = dir.path().join("split");
+        let mut child = under_mpirun(2, command(&data, &split, "1", &[]))
+            .spawn()
+            .unwrap();
+        wait_for_state(&split, 4, &mut child);
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        finish(child);
+        let stopped = newest_state(&split).step;
+        assert!((4..8).contains(&stopped), "stopped at {stopped}");
+        let o = command(&data, &split, "1", &["--resume"])
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let resumed = losses(&split);
+        assert_eq!(resumed.len(), 8);
+        for (x, y) in reference.iter().zip(&resumed) {
+            let rel = (x.1 - y.1).abs() / x.1.abs();
+            assert!(rel < 1e-4, "step {}: {} vs {} ({rel:e})", x.0, x.1, y.1);
+        }
+    }
+
+    /// The pid of the process of MPI rank `rank` whose command line names `out`.
+    fn rank_pid(rank: usize, out: &Path) -> Option<u32> {
+        let want_rank = format!("OMPI_COMM_WORLD_RANK={rank}");
+        let want_out = out.to_string_lossy().into_owned();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            let has =
+                |bytes: &[u8], s: &str| bytes.split(|&b| b == 0).any(|part| part == s.as_bytes());
+            let is_ours = String::from_utf8_lossy(&cmdline).contains("byol-pretrain");
+            if is_ours && has(&cmdline, &want_out) && has(&environ, &want_rank) {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_killed_rank_ends_the_job_with_an_error_and_the_checkpoint_stays_resumable() {
+        let (dir, data) = mnist_like(64, 16, 4, 6);
+        let out = dir.path().join("run");
+        let mut child = under_mpirun(2, command(&data, &out, "50", &[]))
+            .spawn()
+            .unwrap();
+        wait_for_state(&out, 2, &mut child);
+        let pid = rank_pid(1, &out).expect("rank 1's process");
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let killed = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "the job still runs 30 s after a rank died"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let o = finish(child);
+        assert!(!o.status.success(), "a job that lost a rank must fail");
+        let all = text(&o);
+        assert!(
+            all.contains("rank 1") || all.contains("signal 9") || all.contains("Killed"),
+            "{all}"
+        );
+        // The newest checkpoint reads back and the run resumes from it, here in one process,
+        // until SIGINT stops it cleanly two checkpoints later.
+        let state = newest_state(&out);
+        assert!(state.step >= 2);
+        let mut child = command(&data, &out, "50", &["--resume"]).spawn().unwrap();
+        wait_for_state(&out, state.step + 2, &mut child);
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let o = finish(child);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(losses(&out).len() as u64 >= state.step + 2);
+    }
+}

@@ -3,6 +3,7 @@
 pub mod eval_common;
 pub mod fixtures;
 pub mod hub_server;
+pub mod thread_group;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

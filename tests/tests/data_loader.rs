@@ -4,7 +4,6 @@
 use byol_core::data::loader::{Batch, Loader, LoaderConfig, SampleCtx, Transform};
 use byol_core::data::{CorruptPolicy, Dataset, Image, Sample};
 use byol_core::{Error, Result};
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -132,28 +131,50 @@ fn an_epoch_started_mid_way_yields_the_same_remaining_batches() {
 }
 
 #[test]
-fn shards_are_disjoint_and_cover_the_epoch() {
+fn ranks_take_contiguous_slices_of_the_single_process_batches() {
+    // Every rank's batch b, concatenated in rank order, is the single-process batch b: the
+    // same images with the same augmentations (the data side of a data-parallel run).
     let ds = Toy::new(103);
-    let world = 4;
-    let mut seen = HashSet::new();
-    for rank in 0..world {
-        let cfg = LoaderConfig {
-            rank,
-            world_size: world,
-            drop_last: false,
-            ..config(4, 2)
-        };
-        let loader = Loader::new(ds.clone(), two_views(), cfg).unwrap();
-        // 25 samples per rank: six batches of 4 and one of 1.
-        assert_eq!(loader.num_batches(), 7);
-        let idx: Vec<usize> = collect(&loader, 3).into_iter().flat_map(|b| b.0).collect();
-        assert_eq!(idx.len(), 25);
-        for i in idx {
-            assert!(seen.insert(i), "index {i} on two ranks");
+    let single = collect(
+        &Loader::new(
+            ds.clone(),
+            two_views(),
+            LoaderConfig {
+                drop_last: false,
+                ..config(8, 2)
+            },
+        )
+        .unwrap(),
+        3,
+    );
+    assert_eq!(single.len(), 13);
+    let world = 3;
+    let per_rank: Vec<_> = (0..world)
+        .map(|rank| {
+            let cfg = LoaderConfig {
+                rank,
+                world_size: world,
+                drop_last: false,
+                ..config(8, 2)
+            };
+            let loader = Loader::new(ds.clone(), two_views(), cfg).unwrap();
+            assert_eq!(loader.num_batches(), 13);
+            collect(&loader, 3)
+        })
+        .collect();
+    for (b, whole) in single.iter().enumerate() {
+        let mut joined: Content = Default::default();
+        for rank in &per_rank {
+            joined.0.extend(rank[b].0.iter().copied());
+            joined.1.extend(rank[b].1.iter().copied());
+            joined.2.extend(rank[b].2.iter().copied());
+            joined.3.extend(rank[b].3.iter().copied());
         }
+        assert_eq!(&joined, whole, "batch {b}");
     }
-    // 103 = 4 * 25 + 3: three samples of this epoch's order sit out.
-    assert_eq!(seen.len(), 100);
+    // 8 = 3 + 3 + 2; the last batch (7 images) splits 3 + 2 + 2.
+    assert_eq!(per_rank[2][0].0.len(), 2);
+    assert_eq!(per_rank[0][12].0.len(), 3);
 }
 
 #[test]

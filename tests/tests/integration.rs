@@ -4,6 +4,7 @@
 
 mod checkpoints;
 mod data_loader;
+mod data_parallel;
 mod data_readers;
 mod eval_knn;
 mod eval_logistic;

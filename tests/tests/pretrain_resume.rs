@@ -7,6 +7,7 @@ use std::sync::Arc;
 use byol_core::config::TrainConfig;
 use byol_core::data::augment::{AugmentConfig, TwoViewAugmenter};
 use byol_core::data::{Dataset, Image, Sample};
+use byol_core::distributed::DataParallel;
 use byol_core::metrics_log::{read_metrics, METRICS_FILE};
 use byol_core::train::{latest_state, pretrain, RunControl, Silent, TrainData};
 use byol_core::{Error, Result};
@@ -42,7 +43,7 @@ impl Dataset for Stripes {
     }
 }
 
-fn config() -> TrainConfig {
+pub(crate) fn config() -> TrainConfig {
     TrainConfig {
         model: tiny_byol_config(),
         image_size: 16,
@@ -57,13 +58,18 @@ fn config() -> TrainConfig {
     }
 }
 
-fn data() -> TrainData {
+/// `n` generated stripe images of two classes.
+pub(crate) fn stripes(n: usize) -> Arc<dyn Dataset> {
+    Arc::new(Stripes {
+        n,
+        classes: vec!["a".into(), "b".into()],
+    })
+}
+
+pub(crate) fn data() -> TrainData {
     let augment = AugmentConfig::small_image(16);
     TrainData {
-        dataset: Arc::new(Stripes {
-            n: 18,
-            classes: vec!["a".into(), "b".into()],
-        }),
+        dataset: stripes(18),
         transform: Arc::new(TwoViewAugmenter::new(augment).unwrap()),
         channels: 3,
     }
@@ -78,6 +84,7 @@ fn run<'a>(out_dir: &'a std::path::Path, resume: bool, stop: &'a AtomicBool) -> 
         stop,
         time_budget: None,
         allow_config_change: false,
+        parallel: DataParallel::single_process(),
     }
 }
 
@@ -97,7 +104,7 @@ fn train(
     )
 }
 
-fn losses(dir: &std::path::Path) -> Vec<(u64, f64)> {
+pub(crate) fn losses(dir: &std::path::Path) -> Vec<(u64, f64)> {
     read_metrics(&dir.join(METRICS_FILE))
         .unwrap()
         .iter()
@@ -191,6 +198,7 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     exploding.base_lr = 1e30;
     let allowed = RunControl {
         allow_config_change: true,
+        parallel: DataParallel::single_process(),
         ..run(dir.path(), true, &no_stop)
     };
     let err = pretrain(&exploding, &data(), &allowed, None, &mut Silent).unwrap_err();
@@ -483,6 +491,7 @@ fn resume_refuses_an_empty_directory_and_changed_settings_and_skips_a_truncated_
 
     let allowed = RunControl {
         allow_config_change: true,
+        parallel: DataParallel::single_process(),
         ..run(dir.path(), true, &stop)
     };
     let mut eight = other.clone();

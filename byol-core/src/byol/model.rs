@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ema::ema_update;
 use super::loss::symmetric_loss;
+use crate::distributed::gradients::all_reduce_gradients;
+use crate::distributed::sync_bn::with_sync_batch_norm;
+use crate::distributed::DataParallel;
 use crate::nn::{Mlp, MlpConfig, ResNet, ResNetConfig, VarStore};
 use crate::optim::Lars;
 use crate::{Error, Result};
@@ -105,6 +108,8 @@ pub struct Byol {
     predictor: Option<Mlp>,
     target_store: Option<VarStore>,
     target: Option<Network>,
+    /// The ranks this model trains with (one process unless set).
+    parallel: DataParallel,
 }
 
 impl Byol {
@@ -147,7 +152,15 @@ impl Byol {
             predictor,
             target_store,
             target,
+            parallel: DataParallel::single(),
         })
+    }
+
+    /// Trains as one rank of `parallel`: each [`Byol::train_step`] then sees this rank's slice
+    /// of the global batch, sums the gradients over the ranks and (when synchronised) reduces
+    /// every BatchNorm's statistics across them.
+    pub fn set_data_parallel(&mut self, parallel: DataParallel) {
+        self.parallel = parallel;
     }
 
     /// Starts the encoder from pretrained weights in torchvision naming (`fc.*` ignored): the
@@ -225,7 +238,9 @@ impl Byol {
     }
 
     /// One optimisation step: loss, backward, LARS at `lr` (times `lr_scale(name)`), then the EMA
-    /// of the target at `tau`. A non-finite loss stops before any tensor changes.
+    /// of the target at `tau`. A non-finite loss stops before any tensor changes. In a
+    /// data-parallel run the views are this rank's slice of the global batch; the loss and the
+    /// collapse statistic reported are those of the global batch, on every rank.
     pub fn train_step(
         &mut self,
         view1: &Tensor,
@@ -235,21 +250,43 @@ impl Byol {
         tau: f64,
         lr_scale: &dyn Fn(&str) -> f64,
     ) -> Result<StepOutput> {
-        let (loss_t, projection) = self.loss(view1, view2)?;
-        let loss = loss_t
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        if !loss.is_finite() {
-            return Err(Error::Diverged(format!("the BYOL loss is {loss}")));
-        }
-        let grads = loss_t.backward()?;
-        optimizer.step(&self.online_store, &grads, lr, lr_scale)?;
-        if let Some(target) = &self.target_store {
-            ema_update(target, &self.online_store, tau)?;
-        }
-        Ok(StepOutput {
-            loss,
-            projection_std: projection_std(&projection)?,
+        let parallel = self.parallel.clone();
+        with_sync_batch_norm(&parallel, || {
+            let (loss_t, projection) = self.loss(view1, view2)?;
+            let loss = loss_t
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            let spread = projection_std(&projection)?;
+            let (loss, spread, share) = if parallel.world_size() == 1 {
+                (loss, spread, 1.0)
+            } else {
+                // Batch-weighted means over the ranks; a NaN anywhere reaches every rank, so
+                // all of them stop together.
+                let n = view1.dim(0)? as f64;
+                let mut head = [n, loss * n, spread * n];
+                parallel.collective.all_reduce_f64(&mut head)?;
+                (head[1] / head[0], head[2] / head[0], n / head[0])
+            };
+            if !loss.is_finite() {
+                return Err(Error::Diverged(format!("the BYOL loss is {loss}")));
+            }
+            // Each rank back-propagates its share of the global batch mean, so every gradient
+            // (those that synchronised BatchNorm sums across ranks included) is already
+            // weighted, and the parameter gradients add up to the single-process ones.
+            let mut grads = if parallel.world_size() == 1 {
+                loss_t.backward()?
+            } else {
+                loss_t.affine(share, 0.0)?.backward()?
+            };
+            all_reduce_gradients(&self.online_store, &mut grads, parallel.collective.as_ref())?;
+            optimizer.step(&self.online_store, &grads, lr, lr_scale)?;
+            if let Some(target) = &self.target_store {
+                ema_update(target, &self.online_store, tau)?;
+            }
+            Ok(StepOutput {
+                loss,
+                projection_std: spread,
+            })
         })
     }
 }

@@ -15,6 +15,7 @@
 
 use crate::data::dataset::{CorruptLog, CorruptPolicy};
 use crate::data::{Dataset, Sample};
+use crate::distributed::shard::rank_range;
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -70,7 +71,10 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Leave out the last, partial batch.
     pub drop_last: bool,
-    /// This process's shard (0..world_size).
+    /// This process's rank (0..world_size) in a data-parallel job: `batch_size` is the global
+    /// batch, of which each rank takes its contiguous slice
+    /// ([`crate::distributed::shard::rank_range`]), so the ranks' batches together are the
+    /// single-process batch, with the same images and augmentations.
     pub rank: usize,
     pub world_size: usize,
     pub on_corrupt: CorruptPolicy,
@@ -237,27 +241,20 @@ impl Loader {
         &self.config
     }
 
-    /// This rank's dataset indices for `epoch`, in order: the (seed, epoch) permutation,
-    /// cut to a multiple of `world_size` so every rank gets as many, then every
-    /// `world_size`-th entry from `rank`.
+    /// The dataset indices of `epoch`, in order: the (seed, epoch) permutation (the same on
+    /// every rank; each takes its slice of every batch).
     pub fn epoch_indices(&self, epoch: usize) -> Vec<usize> {
         let c = &self.config;
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if c.shuffle {
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(c.seed, epoch as u64)));
         }
-        let per_rank = order.len() / c.world_size;
-        order.truncate(per_rank * c.world_size);
         order
-            .into_iter()
-            .skip(c.rank)
-            .step_by(c.world_size)
-            .collect()
     }
 
-    /// Batches per epoch on this rank.
+    /// Batches per epoch (global batches: every rank sees as many).
     pub fn num_batches(&self) -> usize {
-        let n = self.dataset.len() / self.config.world_size;
+        let n = self.dataset.len();
         if self.config.drop_last {
             n / self.config.batch_size
         } else {
@@ -368,10 +365,14 @@ impl Job {
         let c = &self.config;
         let start = b * c.batch_size;
         let end = (start + c.batch_size).min(self.order.len());
+        // This rank's slice of the global batch (all of it in a single process).
+        let mine = rank_range(end - start, c.rank, c.world_size);
+        let (start, end) = (start + mine.start, start + mine.end);
+        let capacity = rank_range(c.batch_size, 0, c.world_size).len();
         let mut buffers = self.pool.take();
         buffers.views.resize_with(c.views, Vec::new);
         for v in &mut buffers.views {
-            v.resize(c.batch_size * c.view_len, 0.0);
+            v.resize(capacity * c.view_len, 0.0);
         }
         buffers.labels.clear();
         buffers.indices.clear();

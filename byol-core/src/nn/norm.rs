@@ -7,6 +7,7 @@
 use candle_core::{DType, ModuleT, Tensor, Var};
 
 use super::var_store::{Role, VarPath};
+use crate::distributed::sync_bn::{cross_replica_count, cross_replica_sum};
 use crate::Result;
 
 /// PyTorch's default BatchNorm momentum (Haiku decay 0.9).
@@ -131,14 +132,27 @@ impl ModuleT for BatchNorm {
         let (centred, var) = if train {
             let reduce: &[usize] = if rank == 2 { &[0] } else { &[0, 2, 3] };
             let n = xs.elem_count() / xs.dim(1)?;
-            if n < 2 {
+            if n < 2 && byol_kernels::channel_sum().is_none() {
                 candle_core::bail!(
                     "BatchNorm in training mode needs more than one value per channel, got {xs:?}"
                 )
             }
-            let mean = xs.mean_keepdim(reduce)?;
-            let centred = xs.broadcast_sub(&mean)?;
-            let var = centred.sqr()?.mean_keepdim(reduce)?;
+            let (mean, centred, var, n) = match byol_kernels::channel_sum() {
+                // Synchronised BatchNorm: sums over every rank, differentiably.
+                Some(sum) => {
+                    let total = cross_replica_count(n, &sum)? as f64;
+                    let mean = (cross_replica_sum(&xs.sum_keepdim(reduce)?, &sum)? / total)?;
+                    let centred = xs.broadcast_sub(&mean)?;
+                    let squares = cross_replica_sum(&centred.sqr()?.sum_keepdim(reduce)?, &sum)?;
+                    (mean, centred, (squares / total)?, total as usize)
+                }
+                None => {
+                    let mean = xs.mean_keepdim(reduce)?;
+                    let centred = xs.broadcast_sub(&mean)?;
+                    let var = centred.sqr()?.mean_keepdim(reduce)?;
+                    (mean, centred, var, n)
+                }
+            };
             self.update_running_stats(
                 &mean.flatten_all()?.detach(),
                 &var.flatten_all()?.detach(),

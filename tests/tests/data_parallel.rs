@@ -1,0 +1,207 @@
+//! Data-parallel pretraining: N ranks (threads of this test, through the in-process
+//! collective of `byol_tests::thread_group`) must train exactly as one process at the same
+//! global batch. The MPI engine is tested through `mpirun` in byol-pretrain's CLI tests.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use byol_core::checkpoint::load_training_state;
+use byol_core::config::TrainConfig;
+use byol_core::distributed::{Collective, DataParallel};
+use byol_core::train::{latest_state, pretrain, RunControl, Silent};
+use byol_kernels::{with_backend, Backend};
+use byol_tests::thread_group::thread_group;
+use candle_core::Device;
+
+use crate::pretrain_resume::{config, data, losses};
+
+/// 24 images, global batch 8: 3 steps an epoch, 6 in all.
+fn recipe() -> TrainConfig {
+    TrainConfig {
+        batch_size: 8,
+        checkpoint_every: 0,
+        ..config()
+    }
+}
+
+fn control<'a>(
+    out_dir: &'a Path,
+    resume: bool,
+    stop: &'a AtomicBool,
+    parallel: &'a DataParallel,
+) -> RunControl<'a> {
+    RunControl {
+        out_dir,
+        device: &Device::Cpu,
+        resume,
+        init_weights: None,
+        stop,
+        time_budget: None,
+        allow_config_change: false,
+        parallel,
+    }
+}
+
+/// Trains `config` into `out` as `world` ranks (threads); rank 0 writes.
+fn train_ranks(
+    config: &TrainConfig,
+    out: &Path,
+    world: usize,
+    sync_batch_norm: bool,
+    resume: bool,
+) {
+    let backend = byol_kernels::backend();
+    train_ranks_on(backend, config, out, world, sync_batch_norm, resume)
+}
+
+/// [`train_ranks`] with every rank on the kernels `backend`.
+fn train_ranks_on(
+    backend: Backend,
+    config: &TrainConfig,
+    out: &Path,
+    world: usize,
+    sync_batch_norm: bool,
+    resume: bool,
+) {
+    let ranks = thread_group(world);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
+                scope.spawn(move || {
+                    let parallel = DataParallel {
+                        collective: Arc::new(rank) as Arc<dyn Collective>,
+                        sync_batch_norm,
+                    };
+                    let stop = AtomicBool::new(false);
+                    let mut data = data();
+                    data.dataset = crate::pretrain_resume::stripes(24);
+                    with_backend(backend, || {
+                        let run = control(out, resume, &stop, &parallel);
+                        pretrain(config, &data, &run, None, &mut Silent).expect("a rank trains")
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("a rank thread");
+        }
+    });
+}
+
+/// The largest relative difference between the tensors of the newest states of two runs.
+fn state_difference(a: &Path, b: &Path) -> f64 {
+    let load = |dir: &Path| {
+        let path = latest_state(dir).unwrap().expect("a state");
+        load_training_state(&path, &Device::Cpu).unwrap()
+    };
+    let (a, b) = (load(a), load(b));
+    assert_eq!(a.step, b.step);
+    let stores = |s: &byol_core::checkpoint::TrainingState| {
+        let mut all = s.model.online_store().tensors_under("");
+        all.extend(s.model.target_store().unwrap().tensors_under(""));
+        all
+    };
+    stores(&a)
+        .iter()
+        .zip(stores(&b))
+        .filter(|(x, _)| x.1.dtype().is_float())
+        .map(|(x, y)| {
+            assert_eq!(x.0, y.0);
+            byol_tests::relative_error(&x.1, &y.1)
+        })
+        .fold(0.0, f64::max)
+}
+
+fn loss_difference(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (losses(a), losses(b));
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            assert_eq!(x.0, y.0);
+            (x.1 - y.1).abs() / x.1.abs().max(1e-12)
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn two_ranks_with_synchronised_batch_norm_train_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two, three) = (
+        dir.path().join("one"),
+        dir.path().join("two"),
+        dir.path().join("three"),
+    );
+    train_ranks(&recipe(), &one, 1, true, false);
+    train_ranks(&recipe(), &two, 2, true, false);
+    // 8 = 3 + 3 + 2: uneven slices weigh their gradients by their share.
+    train_ranks(&recipe(), &three, 3, true, false);
+    assert_eq!(losses(&one).len(), 6);
+    // Three ranks round one more partial sum to f32: the BatchNorm shifts (β), whose gradient
+    // Σdy cancels to a small value, move by ~1e-4 of their (small) size; the rest by < 1e-5.
+    for (other, state_tolerance) in [(&two, 1e-5), (&three, 1e-3)] {
+        let (loss, state) = (loss_difference(&one, other), state_difference(&one, other));
+        assert!(loss < 1e-5, "{}: loss differs by {loss:e}", other.display());
+        assert!(
+            state < state_tolerance,
+            "{}: state differs by {state:e}",
+            other.display()
+        );
+    }
+    // Rank 0 alone wrote the run's files.
+    assert!(two.join("encoder.safetensors").exists() && two.join("config.toml").exists());
+}
+
+#[test]
+fn without_synchronised_batch_norm_the_ranks_normalise_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    train_ranks(&recipe(), &one, 1, true, false);
+    train_ranks(&recipe(), &two, 2, false, false);
+    // Per-rank statistics of 4 images instead of 8: another loss from the first step on.
+    let first = |d: &Path| losses(d)[0].1;
+    let gap = (first(&one) - first(&two)).abs() / first(&one);
+    assert!(gap > 1e-4, "the first losses differ by only {gap:e}");
+}
+
+#[test]
+fn a_two_rank_checkpoint_resumes_in_one_process_on_the_same_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    train_ranks(&recipe(), &whole, 1, true, false);
+    let first_half = TrainConfig {
+        max_steps: Some(4),
+        ..recipe()
+    };
+    train_ranks(&first_half, &split, 2, true, false);
+    assert_eq!(losses(&split).len(), 4);
+    train_ranks(&recipe(), &split, 1, true, true);
+    assert_eq!(losses(&split).len(), 6);
+    let (loss, state) = (
+        loss_difference(&whole, &split),
+        state_difference(&whole, &split),
+    );
+    assert!(loss < 1e-5, "loss differs by {loss:e}");
+    assert!(state < 1e-5, "state differs by {state:e}");
+}
+
+#[test]
+fn the_stock_path_synchronises_batch_norm_too() {
+    // The stock candle ops (the path CUDA takes) reduce through the cross-replica sum op, whose
+    // backward sums the gradients: two ranks again train as one process.
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let short = TrainConfig {
+        max_steps: Some(3),
+        ..recipe()
+    };
+    train_ranks_on(Backend::Stock, &short, &one, 1, true, false);
+    train_ranks_on(Backend::Stock, &short, &two, 2, true, false);
+    let (loss, state) = (loss_difference(&one, &two), state_difference(&one, &two));
+    assert!(loss < 1e-5, "loss differs by {loss:e}");
+    // Stock candle sums the batch in f32 (the fused kernels in f64): the BatchNorm shifts,
+    // whose gradients cancel to small values, move by a few 1e-5 of their size.
+    assert!(state < 1e-4, "state differs by {state:e}");
+}
