@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use byol_core::data::{DatasetKind, DatasetSource};
 use byol_core::device::parse_device;
+use byol_core::distributed::DataParallel;
 use byol_core::eval::cache::CacheStatus;
 use byol_core::eval::knn::KnnOptions;
 use byol_core::eval::linear_eval::EvalSetup;
@@ -140,7 +141,19 @@ struct Common {
 }
 
 impl Common {
-    fn setup(&self) -> Result<EvalSetup> {
+    /// The evaluation's setup. Under mpirun/srun every rank first takes its share of the
+    /// feature passes; rank 0 then gets the setup (reading the caches), the others `None`.
+    fn setup(&self, parallel: &DataParallel) -> Result<Option<EvalSetup>> {
+        let setup = self.setup_alone()?;
+        let setup = EvalSetup {
+            parallel: parallel.clone(),
+            ..setup
+        };
+        setup.share_feature_extraction()?;
+        Ok(parallel.is_writer().then_some(setup))
+    }
+
+    fn setup_alone(&self) -> Result<EvalSetup> {
         let (weights, arch) = match self.weights.as_str() {
             "none" => (Weights::None, None),
             value => {
@@ -161,6 +174,7 @@ impl Common {
             workers: self.workers,
             cache_dir: self.out.join("features"),
             device: parse_device(&self.device)?,
+            parallel: DataParallel::single(),
         })
     }
 
@@ -201,9 +215,26 @@ fn finish(report: &ClassificationReport, common: &Common) -> Result<()> {
 fn main() -> Result<()> {
     byol_core::allocator::keep_freed_memory();
     byol_core::logging::init_logging();
-    match Cli::parse().mode {
+    let cli = Cli::parse();
+    // Under mpirun/srun: the feature passes are shared by the job's ranks.
+    let group = byol_mpi::Group::join(true)?;
+    let result = evaluate(cli.mode, &group.parallel);
+    if let Err(e) = &result {
+        if group.parallel.world_size() > 1 {
+            eprintln!("rank {}: error: {e:#}", group.parallel.rank());
+            group.abort_job(1);
+        }
+    }
+    result
+}
+
+fn evaluate(mode: Mode, parallel: &DataParallel) -> Result<()> {
+    match mode {
         Mode::Features(common) => {
-            let f = common.setup()?.features()?;
+            let Some(setup) = common.setup(parallel)? else {
+                return Ok(());
+            };
+            let f = setup.features()?;
             for ((name, status), path) in ["train", "test"].iter().zip(f.status).zip(&f.paths) {
                 let how = match status {
                     CacheStatus::Hit => "up to date",
@@ -239,7 +270,10 @@ fn main() -> Result<()> {
             };
             opts.logistic.standardize = standardize;
             opts.logistic.path_patience = path_patience;
-            let report = common.setup()?.logistic(&opts)?;
+            let Some(setup) = common.setup(parallel)? else {
+                return Ok(());
+            };
+            let report = setup.logistic(&opts)?;
             finish(&report, &common)?;
         }
         Mode::Sgd {
@@ -261,7 +295,10 @@ fn main() -> Result<()> {
             let mut on_epoch = |epoch: usize, loss: f64| {
                 tracing::info!("epoch {}/{epochs}: head loss {loss:.4}", epoch + 1);
             };
-            let report = common.setup()?.sgd(&opts, &mut on_epoch)?;
+            if parallel.world_size() > 1 {
+                bail!("the sgd protocol runs in one process (its encoder passes are not shared)");
+            }
+            let report = common.setup_alone()?.sgd(&opts, &mut on_epoch)?;
             finish(&report, &common)?;
         }
         Mode::Knn {
@@ -274,7 +311,10 @@ fn main() -> Result<()> {
                 temperature,
                 ..KnnOptions::default()
             };
-            let report = common.setup()?.knn(&opts)?;
+            let Some(setup) = common.setup(parallel)? else {
+                return Ok(());
+            };
+            let report = setup.knn(&opts)?;
             finish(&report, &common)?;
         }
     }

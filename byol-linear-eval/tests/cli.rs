@@ -221,3 +221,46 @@ fn hostile_files_end_in_an_error_within_a_memory_bound() {
         );
     }
 }
+
+/// `mpirun -np 2 byol-linear-eval ...` (built with `--features mpi`): the ranks share the
+/// feature passes and rank 0 writes the cache one process writes, byte for byte.
+#[cfg(feature = "mpi")]
+#[test]
+fn two_mpi_ranks_write_the_feature_caches_of_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_mnist_like(&data, 70, 30, 3, 8);
+    let weights = dir.path().join("encoder.safetensors");
+    save_tiny_encoder(&weights, 4);
+    let (d, w) = (data.to_str().unwrap(), weights.to_str().unwrap());
+    let one = dir.path().join("one");
+    let mut args = vec!["features"];
+    args.extend(common(d, one.to_str().unwrap(), w));
+    let o = run(&args);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let two = dir.path().join("two");
+    let o = std::process::Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .args(["-x", "RAYON_NUM_THREADS=1"])
+        .arg(env!("CARGO_BIN_EXE_byol-linear-eval"))
+        .arg("features")
+        .args(common(d, two.to_str().unwrap(), w))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // Then rank 0 alone runs a protocol from those caches.
+    let mut args = vec!["knn"];
+    args.extend(common(d, two.to_str().unwrap(), w));
+    let o = run(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    for split in ["train", "test"] {
+        let name = format!("mnist-{split}-encoder.safetensors");
+        let a = std::fs::read(one.join("features").join(&name)).unwrap();
+        let b = std::fs::read(two.join("features").join(&name)).unwrap();
+        assert!(
+            a == b,
+            "{name}: the 2-rank cache differs from the 1-process one"
+        );
+    }
+}

@@ -205,3 +205,46 @@ fn the_stock_path_synchronises_batch_norm_too() {
     // whose gradients cancel to small values, move by a few 1e-5 of their size.
     assert!(state < 1e-4, "state differs by {state:e}");
 }
+
+#[test]
+fn two_ranks_write_the_feature_cache_one_process_writes() {
+    use byol_core::eval::cache::load_features;
+    use byol_core::weights::Weights;
+    let dir = tempfile::tempdir().unwrap();
+    // 70 / 20 images, batch 64: the last train batch (6 images) splits 3 + 3.
+    byol_tests::write_mnist_like(&dir.path().join("data"), 70, 20, 4, 3);
+    let weights = dir.path().join("encoder.safetensors");
+    byol_tests::save_tiny_encoder(&weights, 1);
+    let alone = crate::linear_eval::setup(dir.path(), Weights::File(weights.clone()));
+    let features = alone.features().unwrap();
+    let ranks = thread_group(2);
+    std::thread::scope(|scope| {
+        for rank in ranks {
+            let weights = weights.clone();
+            let root = dir.path();
+            scope.spawn(move || {
+                let setup = byol_core::eval::linear_eval::EvalSetup {
+                    cache_dir: root.join("shared"),
+                    parallel: DataParallel {
+                        collective: Arc::new(rank),
+                        sync_batch_norm: true,
+                    },
+                    ..crate::linear_eval::setup(root, Weights::File(weights))
+                };
+                setup.share_feature_extraction().unwrap();
+            });
+        }
+    });
+    for (split, path) in features.paths.iter().enumerate() {
+        let shared = dir.path().join("shared").join(path.file_name().unwrap());
+        let (a, key_a) = load_features(path).unwrap();
+        let (b, key_b) = load_features(&shared).unwrap();
+        assert_eq!(key_a, key_b, "split {split}");
+        assert_eq!(a.labels, b.labels, "split {split}");
+        assert_eq!(
+            a.features.view().data(),
+            b.features.view().data(),
+            "split {split}: the rows one process extracts, in its order"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use byol_core::data::{DatasetKind, DatasetSource};
+use byol_core::distributed::DataParallel;
 use byol_core::eval::cache::{cached_features, load_features, CacheKey, CacheStatus};
 use byol_core::eval::features::LabelledFeatures;
 use byol_core::eval::knn::KnnOptions;
@@ -21,7 +22,7 @@ use byol_core::Error;
 use byol_tests::{save_tiny_encoder, write_mnist_like};
 use candle_core::{Device, Tensor};
 
-fn setup(dir: &Path, weights: Weights) -> EvalSetup {
+pub(crate) fn setup(dir: &Path, weights: Weights) -> EvalSetup {
     setup_arch(dir, weights, None)
 }
 
@@ -37,6 +38,7 @@ fn setup_arch(dir: &Path, weights: Weights, arch: Option<ResNetConfig>) -> EvalS
         workers: 2,
         cache_dir: dir.join("features"),
         device: Device::Cpu,
+        parallel: DataParallel::single(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! ([`sync_bn`]), and every rank then applies the same LARS and EMA updates.
 
 pub mod collective;
+pub mod gather;
 pub mod gradients;
 pub mod shard;
 pub mod sync_bn;

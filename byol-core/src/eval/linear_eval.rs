@@ -13,8 +13,9 @@ use serde_json::json;
 use crate::data::augment::{AugmentConfig, EvalTransform};
 use crate::data::pipeline::OneViewAugmenter;
 use crate::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
-use crate::eval::cache::{cached_features, CacheKey, CacheStatus};
-use crate::eval::features::{extract, LabelledFeatures};
+use crate::distributed::DataParallel;
+use crate::eval::cache::{cached_features, load_features, save_features, CacheKey, CacheStatus};
+use crate::eval::features::{extract, extract_across, FeaturePass, LabelledFeatures};
 use crate::eval::knn::{knn_scores, KnnOptions};
 use crate::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
 use crate::eval::report::{
@@ -47,6 +48,9 @@ pub struct EvalSetup {
     /// Where feature caches live.
     pub cache_dir: PathBuf,
     pub device: Device,
+    /// The ranks of a data-parallel launch ([`DataParallel::single`] alone): they share the
+    /// feature passes of [`EvalSetup::share_feature_extraction`].
+    pub parallel: DataParallel,
 }
 
 /// Features of both splits and whether each came from the cache.
@@ -210,6 +214,44 @@ impl EvalSetup {
             status: [train_status, test_status],
             paths: [train_path, test_path],
         })
+    }
+
+    /// Under a data-parallel launch (mpirun/srun): every rank extracts its slice of each batch of
+    /// both splits and rank 0 writes the cache files one process would write; splits whose cache
+    /// rank 0 finds up to date are skipped by all. Afterwards rank 0 runs any protocol from the
+    /// caches. One process alone: nothing to share, nothing done.
+    pub fn share_feature_extraction(&self) -> Result<()> {
+        let group = self.parallel.collective.as_ref();
+        if group.world_size() == 1 {
+            return Ok(());
+        }
+        let p = self.prepare()?;
+        let transform = Arc::new(EvalTransform::new(p.augment.clone())?);
+        for (split, set) in [(Split::Train, &p.train), (Split::Test, &p.test)] {
+            let key = self.cache_key(&p, split, set.len())?;
+            let path = self.cache_path(split);
+            // Rank 0's view of the cache decides for all (the ranks may not share a disk).
+            let fresh = self.parallel.is_writer()
+                && matches!(load_features(&path), Ok((_, found)) if found == key);
+            let mut vote = [f64::from(u8::from(fresh))];
+            group.all_reduce_f64(&mut vote)?;
+            if vote[0] > 0.0 {
+                continue;
+            }
+            let pass = FeaturePass {
+                encoder: p.extractor(),
+                dataset: Arc::clone(set),
+                transform: transform.clone(),
+                view_shape: p.view_shape,
+                batch_size: self.batch_size,
+                workers: self.workers,
+                device: &self.device,
+            };
+            if let Some(all) = extract_across(&pass, group)? {
+                save_features(&path, &all, &key)?;
+            }
+        }
+        Ok(())
     }
 
     /// The `features` mode: computes (or finds up to date) the cached features of both splits.
