@@ -186,6 +186,14 @@ fn init_weights_names_a_missing_file_and_the_flag() {
         "{t}"
     );
     assert!(latest_state(&out).unwrap_or(None).is_none());
+
+    // --part chooses an encoder of the --init-weights checkpoint: alone it is refused.
+    let o = command(&data, &out, "1", &["--part", "target"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("--part") && t.contains("--init-weights"), "{t}");
 }
 
 #[test]

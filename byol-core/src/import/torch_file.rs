@@ -397,6 +397,10 @@ fn open_archive(
 fn gather(storage: &[u8], r: &TensorRef, big_endian: bool) -> Vec<u8> {
     let size = r.dtype.size();
     let count: usize = r.shape.iter().product();
+    if count == 0 {
+        // Nothing to read, wherever its offset points.
+        return Vec::new();
+    }
     let contiguous = {
         let mut expected = 1usize;
         r.shape.iter().zip(&r.stride).rev().all(|(&n, &s)| {

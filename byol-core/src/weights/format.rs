@@ -207,20 +207,30 @@ pub fn open_weights(path: &Path) -> Result<OpenedWeights> {
                     (k.clone(), entry)
                 })
                 .collect();
-            let top_level: Vec<(String, String)> = torch
+            // Every top-level entry with a name; a state dict at the top level is summed up,
+            // not listed tensor by tensor.
+            let entries: Vec<(String, &Value)> = torch
                 .root
                 .as_mapping()
                 .unwrap_or(&[])
                 .iter()
                 .filter_map(|(k, v)| match k {
-                    Value::Str(k) => Some((k.clone(), describe_value(v, &refs, k))),
-                    Value::Int(k) => {
-                        Some((k.to_string(), describe_value(v, &refs, &k.to_string())))
-                    }
+                    Value::Str(k) => Some((k.clone(), v)),
+                    Value::Int(k) => Some((k.to_string(), v)),
                     _ => None,
                 })
                 .collect();
-            let keys: Vec<String> = top_level.iter().map(|(k, _)| k.clone()).collect();
+            let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+            let top_tensors = keys.iter().filter(|k| refs.contains_key(*k)).count();
+            let mut top_level: Vec<(String, String)> = entries
+                .iter()
+                .filter(|(k, _)| !refs.contains_key(k))
+                .map(|(k, v)| (k.clone(), describe_value(v, &refs, k)))
+                .collect();
+            if top_tensors > 0 {
+                let line = format!("{top_tensors} at the top level (a state dict)");
+                top_level.insert(0, ("tensors".into(), line));
+            }
             let mut layout = detect(&tensors, &keys);
             // No ResNet: the state dict at the top level, or under the first nesting key that
             // holds tensors, as the tensors are.
@@ -484,9 +494,14 @@ fn describe_value(
         Value::Float(f) => f.to_string(),
         Value::Str(s) if s.chars().count() <= 40 => format!("{s:?}"),
         Value::Str(s) => format!("a string of {} characters", s.chars().count()),
-        Value::Dict(items) => with_tensors(format!("a dict of {} entries", items.len())),
+        Value::Dict(items) => with_tensors(format!(
+            "a dict of {} entr{}",
+            items.len(),
+            if items.len() == 1 { "y" } else { "ies" }
+        )),
         Value::List(items) | Value::Tuple(items) => {
-            with_tensors(format!("a list of {} items", items.len()))
+            let s = if items.len() == 1 { "" } else { "s" };
+            with_tensors(format!("a list of {} item{s}", items.len()))
         }
         Value::Global(Global::Record(name)) => format!("a reference to `{name}` (not resolved)"),
         Value::Record { class, .. } if refs.contains_key(key) => {

@@ -93,6 +93,8 @@ pub fn inspect_weights(path: &Path, part: Part) -> Result<Inspection> {
                 .tensors
                 .iter()
                 .filter_map(|(k, e)| at.torchvision_name(k).map(|tv| (tv, e.shape.clone())))
+                // A classifier `fc` is its own part.
+                .filter(|(tv, _)| !tv.starts_with("fc."))
                 .collect();
             tensors.sort();
             let declared = if at.prefix.is_empty() {
