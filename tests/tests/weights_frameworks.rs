@@ -323,8 +323,7 @@ fn hostile_checkpoints_are_refused_and_nothing_runs() {
             );
         }
         let msg = inspect_weights(&path, Part::Online)
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(msg.contains(global), "{msg}");
     }

@@ -41,12 +41,11 @@ fn load(path: &Path) -> Result<Value> {
     pickle::read(&bytes).map_err(|e| Error::format(path, format!("pickle refused: {e}")))
 }
 
+/// The entries of a pickled mapping.
+type Mapping<'v> = &'v [(Value, Value)];
+
 /// `(params, state)` of `part`: fields 0 and 2 of `experiment_state` (online), 1 and 3 (target).
-fn experiment<'v>(
-    root: &'v Value,
-    path: &Path,
-    part: Part,
-) -> Result<(&'v [(Value, Value)], &'v [(Value, Value)])> {
+fn experiment<'v>(root: &'v Value, path: &Path, part: Part) -> Result<(Mapping<'v>, Mapping<'v>)> {
     let fmt = |m: &str| Error::format(path, m.to_string());
     let state = root
         .get("experiment_state")
