@@ -397,7 +397,7 @@ fn our_training_state_gives_either_encoder_and_ambiguity_is_an_error() {
     let raw = SafetensorsFile::read(&state, &Device::Cpu).unwrap();
     for part in [Part::Online, Part::Target] {
         let loaded = load_encoder_part(&state, &Device::Cpu, None, part).unwrap();
-        assert_eq!(loaded.source.framework, Framework::ByolRs);
+        assert_eq!(loaded.source.framework, Framework::ByolRsState);
         assert_eq!(loaded.encoder.config(), &model.config().encoder);
         let name = "layer1.0.conv1.weight";
         let got = loaded.store.get(name).unwrap().var.as_tensor().clone();

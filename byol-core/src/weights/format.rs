@@ -344,7 +344,7 @@ fn training_state_layout(tensors: &BTreeMap<String, TensorEntry>) -> Layout {
         other.insert("lars".into(), lars);
     }
     Layout {
-        framework: Framework::ByolRs,
+        framework: Framework::ByolRsState,
         online: (count("online.encoder.") > 0)
             .then(|| encoder("online.encoder."))
             .into_iter()
@@ -393,9 +393,10 @@ impl OpenedWeights {
         let tensors: HashMap<String, Tensor> = match self.content {
             Content::Loaded(mut all, file_metadata) => {
                 match self.layout.framework {
-                    Framework::ByolRs if at.prefix.is_empty() => metadata = file_metadata,
-                    Framework::ByolRs => {
-                        // A training state: the encoder config is the model config's.
+                    // A top-level state dict: its metadata (our encoder config) is the encoder's.
+                    _ if at.prefix.is_empty() => metadata = file_metadata,
+                    Framework::ByolRsState => {
+                        // The encoder config is the model config's.
                         let json = file_metadata
                             .get(MODEL_CONFIG_KEY)
                             .cloned()
@@ -442,7 +443,10 @@ impl OpenedWeights {
             }
             Content::DeepMind => HashMap::new(),
         };
-        if self.layout.framework != Framework::ByolRs {
+        if !matches!(
+            self.layout.framework,
+            Framework::ByolRs | Framework::ByolRsState
+        ) {
             let from = if at.prefix.is_empty() {
                 "the top level".to_string()
             } else {

@@ -44,6 +44,8 @@ pub struct TensorEntry {
 pub enum Framework {
     /// Our encoder file (torchvision names, architecture in the metadata).
     ByolRs,
+    /// Our training state (`online.*`, `target.*`, model config in the metadata).
+    ByolRsState,
     /// A plain state dict with torchvision names (torchvision, timm, ours without metadata),
     /// possibly nested under `state_dict`/`model` and with DDP's `module.`.
     Torchvision,
@@ -64,6 +66,7 @@ impl Framework {
     pub fn describe(self) -> &'static str {
         match self {
             Framework::ByolRs => "byol-rs encoder",
+            Framework::ByolRsState => "byol-rs training state",
             Framework::Torchvision => "torchvision/timm state dict",
             Framework::DeepMind => "DeepMind BYOL (Haiku) checkpoint",
             Framework::SoloLearn => "solo-learn (PyTorch Lightning) checkpoint",
