@@ -250,7 +250,7 @@ const CODE_MODULES: [&str; 30] = [
     "asyncio",
     "_thread",
     "threading",
-    "urllib",
+    "urllib.request",
 ];
 
 /// Builtins that run code, import, open files or reach attributes (the steps of every pickle
