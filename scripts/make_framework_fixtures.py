@@ -4,7 +4,7 @@ tests/fixtures/frameworks/. Needs torch and torchvision only: the frameworks the
 installed; their classes are stood in for by empty classes registered under the real module names,
 so the pickles name exactly what the real checkpoints name.
 
-    "$(scripts/peer-python)" scripts/make_framework_fixtures.py
+    "$(scripts/peer-python)" scripts/make_framework_fixtures.py [--only FILE ...]
 
 Every file holds a narrow torchvision ResNet (every channel count / 32: stem 2 channels) whose
 BatchNorm statistics come from a few train-mode forwards on random input, and, where the framework
@@ -50,6 +50,8 @@ Layouts (the source each follows):
   and a pathlib path.
 - torchvision-legacy.pth: a plain torchvision state dict in torch.save's pre-1.6 format (not a
   zip: pickles then raw storages), as torchvision's original model-zoo files.
+- torch-module.pt: `torch.save(model)`, the module pickled whole (torchvision classes, their
+  attributes and parameters), which torch.load(weights_only=True) refuses.
 - hostile-*.ckpt: Lightning checkpoints with a valid `state_dict` whose other entries would run a
   shell command (`touch /tmp/byol-rs-pwned-by-checkpoint`) when unpickled by Python: a REDUCE of
   posix.system (how pickle names os.system on Linux) in `hyper_parameters`, of `os.system` (the
@@ -239,6 +241,15 @@ def lightning_extras(version, params, seed):
 
 # --- one file per framework -------------------------------------------------------------------
 
+ONLY = set()  # file names to (re)write; empty: all. The features are always recomputed.
+
+
+def save(obj, path, **kwargs):
+    """torch.save, unless `--only` names other files (torch.save writes a random serialization
+    id, so rewriting a fixture changes its bytes even when its content is the same)."""
+    if not ONLY or path.name in ONLY:
+        torch.save(obj, path, **kwargs)
+
 def solo_learn():
     online = seeded_resnet(1)
     target = momentum_copy(online, 1)
@@ -263,7 +274,7 @@ def solo_learn():
                        "optimizer": {"name": "lars", "batch_size": 128, "lr": 1.0}})
     ckpt = {"state_dict": state, **lightning_extras("2.0.2", list(online.parameters()), 1),
             "hparams_name": "cfg", "hyper_parameters": cfg, "hparams_type": DictConfig}
-    torch.save(ckpt, OUT / "solo-learn.ckpt")
+    save(ckpt, OUT / "solo-learn.ckpt")
     record("solo-learn", online, target)
 
 
@@ -284,7 +295,7 @@ def solo_learn_cifar_2021():
     hparams = AttributeDict(args=args, n_classes=10, cifar=True, zero_init_residual=False)
     ckpt = {"state_dict": state, **lightning_extras("1.4.9", list(online.parameters()), 2),
             "hyper_parameters": hparams}
-    torch.save(ckpt, OUT / "solo-learn-cifar-2021.ckpt")
+    save(ckpt, OUT / "solo-learn-cifar-2021.ckpt")
     record("solo-learn-cifar-2021", online, target)
 
 
@@ -317,7 +328,7 @@ def mmselfsup_0x():
         "state_dict": model.state_dict(),
         "optimizer": sgd_state(list(model.online_net.parameters()), 3),
     }
-    torch.save(ckpt, OUT / "mmselfsup-0.x.pth")
+    save(ckpt, OUT / "mmselfsup-0.x.pth")
     record("mmselfsup-0.x", online, target)
 
 
@@ -349,7 +360,7 @@ def mmselfsup_1x():
         "param_schedulers": [{"T_max": 190, "eta_min": 0.0, "begin": 10, "end": 200,
                               "last_step": 99, "by_epoch": True, "_get_value_called_within_step": False}],
     }
-    torch.save(ckpt, OUT / "mmselfsup-1.x.pth", pickle_protocol=4)
+    save(ckpt, OUT / "mmselfsup-1.x.pth", pickle_protocol=4)
     record("mmselfsup-1.x", online, target)
 
 
@@ -372,7 +383,7 @@ def lightly():
     state.update(sd(heads.projection_head, "projection_head_momentum."))
     ckpt = {"state_dict": state, **lightning_extras("1.9.5", list(backbone.parameters()), 5),
             "hyper_parameters": {"args": argparse.Namespace(lr=0.06, max_epochs=10, input_size=32)}}
-    torch.save(ckpt, OUT / "lightly.ckpt")
+    save(ckpt, OUT / "lightly.ckpt")
     record("lightly", resnet, target)
 
 
@@ -412,7 +423,7 @@ def vissl():
     }
     ckpt = {"phase_idx": 299, "iteration": 150000, "loss": loss_state, "iteration_num": 500,
             "train_phase_idx": 299, "classy_state_dict": classy}
-    torch.save(ckpt, OUT / "vissl.torch")
+    save(ckpt, OUT / "vissl.torch")
     record("vissl", online, target)
 
 
@@ -421,14 +432,21 @@ def lightning_plain():
     ckpt = {"state_dict": sd(resnet, "model."), **lightning_extras("2.1.0", list(resnet.parameters()), 7),
             "hyper_parameters": {"args": argparse.Namespace(lr=0.1),
                                  "data_dir": pathlib.PurePosixPath("/data/imagenet")}}
-    torch.save(ckpt, OUT / "lightning.ckpt")
+    save(ckpt, OUT / "lightning.ckpt")
     record("lightning", resnet)
 
 
 def torchvision_legacy():
     resnet = seeded_resnet(8)
-    torch.save(resnet.state_dict(), OUT / "torchvision-legacy.pth", _use_new_zipfile_serialization=False)
+    save(resnet.state_dict(), OUT / "torchvision-legacy.pth", _use_new_zipfile_serialization=False)
     record("torchvision-legacy", resnet)
+
+
+def torch_module():
+    """`torch.save(model)`: the module object pickled whole (classes, attributes, parameters)."""
+    resnet = seeded_resnet(10)
+    save(resnet, OUT / "torch-module.pt")
+    record("torch-module", resnet)
 
 
 # --- hostile checkpoints ------------------------------------------------------------------------
@@ -480,6 +498,9 @@ def hostile():
 
 
 if __name__ == "__main__":
+    # `--only NAME ...`: rewrite only these files (and features.safetensors).
+    if sys.argv[1:2] == ["--only"]:
+        ONLY.update(sys.argv[2:])
     OUT.mkdir(parents=True, exist_ok=True)
     INPUT = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(42))
     solo_learn()
@@ -490,7 +511,9 @@ if __name__ == "__main__":
     vissl()
     lightning_plain()
     torchvision_legacy()
-    hostile()
+    torch_module()
+    if not ONLY or any(n.startswith("hostile-") for n in ONLY):
+        hostile()
     save_file({"input": INPUT, **FEATURES}, str(OUT / "features.safetensors"))
     total = 0
     for f in sorted(OUT.iterdir()):

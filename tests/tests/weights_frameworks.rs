@@ -1,5 +1,6 @@
 //! Checkpoints of other BYOL frameworks (issue 19): solo-learn, mmselfsup 0.x and 1.x /
-//! mmpretrain, lightly, VISSL, PyTorch Lightning and torch.save's pre-1.6 format, each in the
+//! mmpretrain, lightly, VISSL, PyTorch Lightning, torch.save's pre-1.6 format and a pickled
+//! module, each in the
 //! framework's exact layout (committed fixtures of `scripts/make_framework_fixtures.py`, with
 //! torch's float64 features of their online and target encoders), read without running anything;
 //! hostile checkpoints that would run a shell command under `torch.load` are refused.
@@ -112,9 +113,11 @@ fn cases() -> Vec<Case> {
             "torchvision-legacy.pth",
             WeightsFormat::TorchLegacy,
             Framework::Torchvision,
-            r18,
+            r18.clone(),
             false,
         ),
+        // `torch.save(model)`: the parameters of the pickled module objects.
+        case("torch-module.pt", zip, Framework::Torchvision, r18, false),
     ]
 }
 

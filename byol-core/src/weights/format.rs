@@ -209,10 +209,12 @@ pub fn open_weights(path: &Path) -> Result<OpenedWeights> {
                 .collect();
             // Every top-level entry with a name; a state dict at the top level is summed up,
             // not listed tensor by tensor.
-            let entries: Vec<(String, &Value)> = torch
-                .root
-                .as_mapping()
-                .unwrap_or(&[])
+            // A pickled object (`torch.save(model)`) is one entry, not its attributes.
+            let mapping: &[(Value, Value)] = match &torch.root {
+                Value::Dict(items) => items,
+                _ => &[],
+            };
+            let entries: Vec<(String, &Value)> = mapping
                 .iter()
                 .filter_map(|(k, v)| match k {
                     Value::Str(k) => Some((k.clone(), v)),
@@ -230,6 +232,10 @@ pub fn open_weights(path: &Path) -> Result<OpenedWeights> {
             if top_tensors > 0 {
                 let line = format!("{top_tensors} at the top level (a state dict)");
                 top_level.insert(0, ("tensors".into(), line));
+            }
+            if !matches!(torch.root, Value::Dict(_)) {
+                let what = describe_value(&torch.root, &refs, "");
+                top_level.push(("object".into(), what));
             }
             let mut layout = detect(&tensors, &keys);
             // No ResNet: the state dict at the top level, or under the first nesting key that
@@ -479,11 +485,15 @@ fn describe_value(
     refs: &BTreeMap<String, std::result::Result<TensorRef, Unreadable>>,
     key: &str,
 ) -> String {
+    // `key` empty: the whole object.
     let prefix = format!("{key}.");
-    let tensors = refs
-        .range(prefix.clone()..)
-        .take_while(|(k, _)| k.starts_with(&prefix))
-        .count();
+    let tensors = if key.is_empty() {
+        refs.len()
+    } else {
+        refs.range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .count()
+    };
     let with_tensors = |s: String| {
         if tensors > 0 {
             format!("{s}, {tensors} tensor(s)")

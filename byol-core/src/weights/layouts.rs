@@ -425,10 +425,23 @@ pub fn detect(tensors: &BTreeMap<String, TensorEntry>, top_keys: &[String]) -> L
         }
     }
     let (framework, online, target, heads) = chosen.unwrap_or_else(|| {
-        let (target, online): (Vec<EncoderAt>, Vec<EncoderAt>) = encoders
-            .iter()
-            .cloned()
-            .partition(|e| is_target_path(&e.prefix));
+        // An encoder saved under several names is online if one of them is not a target's,
+        // a target if one of them is (named by that name), possibly both.
+        let named = |e: &EncoderAt, target: bool| -> Option<EncoderAt> {
+            let all: Vec<&String> = std::iter::once(&e.prefix).chain(&e.aliases).collect();
+            let name = all.iter().find(|p| is_target_path(p) == target)?;
+            Some(EncoderAt {
+                prefix: name.to_string(),
+                scheme: e.scheme,
+                aliases: all
+                    .iter()
+                    .filter(|p| *p != name)
+                    .map(|p| p.to_string())
+                    .collect(),
+            })
+        };
+        let online: Vec<EncoderAt> = encoders.iter().filter_map(|e| named(e, false)).collect();
+        let target: Vec<EncoderAt> = encoders.iter().filter_map(|e| named(e, true)).collect();
         let lightning = top_keys.iter().any(|k| {
             matches!(
                 k.as_str(),
@@ -467,7 +480,8 @@ pub fn detect(tensors: &BTreeMap<String, TensorEntry>, top_keys: &[String]) -> L
             };
             for name in tensors.keys() {
                 if let Some(tv) = alias.torchvision_name(name) {
-                    if claimed.insert(name.as_str()) && prefix == &e.prefix {
+                    claimed.insert(name.as_str());
+                    if prefix == &e.prefix {
                         if tv.starts_with("fc.") {
                             fc += 1;
                         } else {
