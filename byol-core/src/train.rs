@@ -126,8 +126,11 @@ pub struct RunControl<'a> {
     /// Continue from the newest checkpoint in `out_dir`.
     pub resume: bool,
     /// A fresh run starts its encoder from these weights (any format of
-    /// [`crate::weights::read_weights`]) instead of random init; ignored when resuming.
+    /// [`crate::weights::read_encoder_weights`]) instead of random init; ignored when resuming.
     pub init_weights: Option<&'a Path>,
+    /// Which encoder of `init_weights` (the online one by default, or the target one of a
+    /// checkpoint that has one) initialises both networks.
+    pub init_part: crate::weights::Part,
     /// Polled between steps: when set (by a SIGINT handler), the loop saves a checkpoint and
     /// returns with `interrupted`.
     pub stop: &'a AtomicBool,
@@ -313,6 +316,7 @@ pub fn pretrain(
         device,
         resume,
         init_weights,
+        init_part,
         stop,
         time_budget,
         allow_config_change,
@@ -385,12 +389,12 @@ pub fn pretrain(
         }
         let mut model = Byol::new(&config.model, device, config.seed)?;
         if let Some(path) = init_weights {
-            let file = crate::weights::read_weights(path, device)?;
+            let file = crate::weights::read_encoder_weights(path, device, init_part)?.file;
             crate::weights::check_values(path, &file.tensors)?;
             model
                 .init_encoder(&file.tensors)
                 .map_err(|e| Error::format(path, format!("as the initial encoder: {e}")))?;
-            tracing::info!("encoder initialised from {}", path.display());
+            tracing::info!("encoder initialised from {} ({init_part})", path.display());
         }
         let optimizer = Lars::new(LarsConfig {
             momentum: config.momentum,

@@ -1,5 +1,6 @@
 //! `byol-linear-eval`: frozen-encoder evaluation with the paper's protocols (features cache,
-//! logistic transfer protocol, SGD ImageNet protocol, kNN). The logic is `byol_core::eval`.
+//! logistic transfer protocol, SGD ImageNet protocol, kNN), and `inspect`, what a weights file
+//! holds. The logic is `byol_core::eval` and `byol_core::weights::inspect`.
 
 use std::path::PathBuf;
 
@@ -16,7 +17,7 @@ use byol_core::eval::report::ClassificationReport;
 use byol_core::eval::sgd_probe::{SgdProbeOptions, PAPER_LEARNING_RATES};
 use byol_core::nn::{ResNetConfig, Stem};
 use byol_core::optim::SgdConfig;
-use byol_core::weights::Weights;
+use byol_core::weights::{inspect_weights, Part, Weights};
 use clap::{Args, Parser, Subcommand};
 
 /// Reuses freed activation/gradient buffers instead of page-faulting fresh ones every step
@@ -34,6 +35,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Mode {
+    /// Say what a weights file holds (format, framework, parts, architecture, tensor shapes)
+    /// without running or loading anything.
+    Inspect {
+        /// A weights file of any supported format, or hf://owner/repo[@rev][/file].
+        #[arg(long)]
+        weights: String,
+        /// The encoder to describe: online or target.
+        #[arg(long, default_value = "online", value_parser = ["online", "target"])]
+        part: String,
+    },
     /// Compute (or check) the cached features of train and test.
     Features(Common),
     /// L2-regularised logistic regression, λ from a log grid on a held-out split (App. D.2).
@@ -89,22 +100,27 @@ enum Mode {
 #[derive(Debug, Args)]
 struct Common {
     /// Encoder weights: safetensors (ours or torchvision/timm names), a PyTorch .pth state dict,
-    /// an official DeepMind BYOL .pkl, or hf://owner/repo[@rev][/file]; `none` for raw pixels.
+    /// a solo-learn / mmselfsup / mmpretrain / lightly / VISSL / Lightning checkpoint, an
+    /// official DeepMind BYOL .pkl, or hf://owner/repo[@rev][/file]; `none` for raw pixels.
     #[arg(long)]
     weights: String,
+    /// Which encoder of a BYOL checkpoint: online, or target (the momentum encoder).
+    #[arg(long, default_value = "online", value_parser = ["online", "target"])]
+    part: String,
     /// fashion-mnist, mnist, cifar10, cifar100, image-folder or imagenet.
     #[arg(long, default_value = "fashion-mnist")]
     dataset: DatasetKind,
     /// Dataset directory (default for fashion-mnist: Debian's package directory).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Architecture of a weights file without our metadata, e.g. resnet50 (checked otherwise).
+    /// Architecture of a weights file without our metadata, e.g. resnet50 (checked otherwise;
+    /// inferred from the tensor shapes when not given, where they tell).
     #[arg(long)]
     arch: Option<String>,
     /// With --arch: width multiplier.
     #[arg(long, default_value_t = 1)]
     width: usize,
-    /// With --arch: imagenet, small or small-strided.
+    /// With --arch: imagenet, small, small-strided or small-padded.
     #[arg(long, default_value = "imagenet")]
     stem: String,
     /// With --arch: 1 or 3.
@@ -154,7 +170,11 @@ impl Common {
     }
 
     fn setup_alone(&self) -> Result<EvalSetup> {
+        let part: Part = self.part.parse()?;
         let (weights, arch) = match self.weights.as_str() {
+            "none" if part == Part::Target => {
+                anyhow::bail!("--part target needs a weights file, not `--weights none`")
+            }
             "none" => (Weights::None, None),
             value => {
                 // A local file, or an hf:// reference fetched into the Hub cache.
@@ -167,6 +187,7 @@ impl Common {
             data: DatasetSource::new(self.dataset, self.data.clone()),
             weights,
             arch,
+            part,
             image_size: self.image_size,
             train_subset: self.train_subset,
             test_subset: self.test_subset,
@@ -230,6 +251,16 @@ fn main() -> Result<()> {
 
 fn evaluate(mode: Mode, parallel: &DataParallel) -> Result<()> {
     match mode {
+        Mode::Inspect { weights, part } => {
+            let part: Part = part.parse()?;
+            let path = byol_hub::resolve_weights(&weights)
+                .with_context(|| format!("--weights {weights}"))?;
+            let inspection = inspect_weights(&path, part)?;
+            print!("{inspection}");
+            if let Err(why) = &inspection.encoder {
+                anyhow::bail!("--part {part}: {why}");
+            }
+        }
         Mode::Features(common) => {
             let Some(setup) = common.setup(parallel)? else {
                 return Ok(());

@@ -264,3 +264,141 @@ fn two_mpi_ranks_write_the_feature_caches_of_one_process() {
         );
     }
 }
+
+#[test]
+fn inspect_describes_a_framework_checkpoint_without_running_it() {
+    let solo = byol_tests::fixture("frameworks/solo-learn.ckpt");
+    let solo = solo.to_str().unwrap();
+    let o = run(&["inspect", "--weights", solo]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for expected in [
+        "torch.save zip archive",
+        "solo-learn (PyTorch Lightning) checkpoint",
+        "hyper_parameters: a `omegaconf.dictconfig.DictConfig` object, kept as data",
+        "online encoder",
+        "state_dict.backbone.",
+        "target encoder",
+        "state_dict.momentum_backbone.",
+        "predictor",
+        "classifier",
+        "encoder:      online (`state_dict.backbone.`)",
+        "resnet18 x1 Imagenet stem, 3 input channel(s), base 2 (inferred from the shapes)",
+        "tensors (120):",
+        "conv1.weight",
+        "[2, 3, 7, 7]",
+    ] {
+        assert!(t.contains(expected), "{expected}: {t}");
+    }
+    let o = run(&["inspect", "--weights", solo, "--part", "target"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("encoder:      target (`state_dict.momentum_backbone.`)"),
+        "{}",
+        text(&o)
+    );
+
+    // No target encoder: the parts are listed, then an error naming the file.
+    let plain = byol_tests::fixture("frameworks/lightning.ckpt");
+    let o = run(&[
+        "inspect",
+        "--weights",
+        plain.to_str().unwrap(),
+        "--part",
+        "target",
+    ]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("state_dict.model.") && t.contains("lightning.ckpt") && t.contains("no target"),
+        "{t}"
+    );
+
+    // A checkpoint that would run a shell command under torch.load: refused, nothing run.
+    let marker = Path::new("/tmp/byol-rs-pwned-by-checkpoint");
+    let _ = std::fs::remove_file(marker);
+    let hostile = byol_tests::fixture("frameworks/hostile-posix-system.ckpt");
+    let o = run(&["inspect", "--weights", hostile.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("refused global `posix.system`") && t.contains("hostile-posix-system.ckpt"),
+        "{t}"
+    );
+    assert!(!marker.exists());
+}
+
+/// `train/` and `test/` image folders of two classes of flat-coloured 32×32 RGB images.
+fn write_rgb_folders(root: &Path) {
+    for (split, n) in [("train", 6u8), ("test", 4)] {
+        for (class, rgb) in [("a", [200u8, 40, 40]), ("b", [30, 60, 220])] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let shade = [rgb[0], rgb[1].saturating_add(10 * i), rgb[2]];
+                byol_tests::fixtures::write_jpeg(&dir.join(format!("{i}.jpg")), 32, 32, shade);
+            }
+        }
+    }
+}
+
+#[test]
+fn both_parts_of_a_framework_checkpoint_evaluate_with_their_own_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("folders");
+    write_rgb_folders(&data);
+    let out = dir.path().join("out");
+    let weights = byol_tests::fixture("frameworks/mmselfsup-1.x.pth");
+    let (data, out, w) = (
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        weights.to_str().unwrap(),
+    );
+    let args = |mode: &'static str, part: &'static str| {
+        vec![
+            mode,
+            "--dataset",
+            "image-folder",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--weights",
+            w,
+            "--part",
+            part,
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+        ]
+    };
+    for part in ["online", "target"] {
+        let o = run(&args("features", part));
+        assert!(o.status.success(), "{}", text(&o));
+        // The target's features are not the online ones': each is computed once.
+        assert!(text(&o).contains("computed"), "{part}: {}", text(&o));
+    }
+    let o = run(&[args("knn", "target"), vec!["--k", "3"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&Path::new(out).join("knn.json"));
+    assert_eq!(r["weights"]["part"], "target");
+    assert!(r["weights"]["architecture"]
+        .as_str()
+        .unwrap()
+        .contains("resnet18"));
+
+    let o = run(&[
+        "knn",
+        "--dataset",
+        "image-folder",
+        "--data",
+        data,
+        "--weights",
+        "none",
+        "--part",
+        "target",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--part target"), "{}", text(&o));
+}

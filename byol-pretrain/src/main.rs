@@ -64,10 +64,15 @@ struct Args {
     #[arg(long, requires = "resume")]
     allow_config_change: bool,
     /// Start the encoder from these weights instead of random init: a local file (our
-    /// safetensors, a torchvision/timm state dict as safetensors or .pth, an official DeepMind
+    /// safetensors, a torchvision/timm state dict as safetensors or .pth, a solo-learn /
+    /// mmselfsup / mmpretrain / lightly / VISSL / Lightning checkpoint, an official DeepMind
     /// pickle) or hf://owner/repo[@rev][/file]. Its architecture must match the run's.
     #[arg(long, value_name = "WEIGHTS")]
     init_weights: Option<String>,
+    /// Which encoder of the --init-weights checkpoint initialises the run: online (default) or
+    /// target (its momentum encoder).
+    #[arg(long, requires = "init_weights", value_parser = ["online", "target"])]
+    part: Option<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -75,7 +80,7 @@ struct Args {
     depth: Option<usize>,
     #[arg(long)]
     width: Option<usize>,
-    /// imagenet, small or small-strided.
+    /// imagenet, small, small-strided or small-padded.
     #[arg(long)]
     stem: Option<String>,
     /// Stem channels before the width multiplier (64 in the paper).
@@ -426,6 +431,7 @@ fn train_and_probe(args: &Args, parallel: &DataParallel) -> Result<()> {
         device: &device,
         resume: args.resume,
         init_weights: init_weights.as_deref(),
+        init_part: args.part.as_deref().unwrap_or("online").parse()?,
         stop: &stop,
         time_budget,
         allow_config_change: args.allow_config_change,

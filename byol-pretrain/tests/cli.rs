@@ -186,6 +186,14 @@ fn init_weights_names_a_missing_file_and_the_flag() {
         "{t}"
     );
     assert!(latest_state(&out).unwrap_or(None).is_none());
+
+    // --part chooses an encoder of the --init-weights checkpoint: alone it is refused.
+    let o = command(&data, &out, "1", &["--part", "target"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("--part") && t.contains("--init-weights"), "{t}");
 }
 
 #[test]
@@ -397,19 +405,19 @@ mod mpi {
     fn a_two_rank_run_stopped_by_sigterm_resumes_in_one_process_on_the_same_curve() {
         let (dir, data) = mnist_like(64, 16, 4, 7);
         let whole = dir.path().join("whole");
-        let o = command(&data, &whole, "1", &[])
+        let o = command(&data, &whole, "3", &[])
             .env("RAYON_NUM_THREADS", "1")
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", text(&o));
         let reference = losses(&whole);
-        assert_eq!(reference.len(), 8);
+        assert_eq!(reference.len(), 24);
         // mpirun passes SIGTERM on to the ranks: they agree to stop and rank 0 checkpoints.
         let split = dir.path().join("split");
-        let mut child = under_mpirun(2, command(&data, &split, "1", &[]))
+        let mut child = under_mpirun(2, command(&data, &split, "3", &[]))
             .spawn()
             .unwrap();
-        wait_for_state(&split, 4, &mut child);
+        wait_for_state(&split, 2, &mut child);
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
@@ -417,17 +425,27 @@ mod mpi {
         assert!(status.success());
         finish(child);
         let stopped = newest_state(&split).step;
-        assert!((4..8).contains(&stopped), "stopped at {stopped}");
-        let o = command(&data, &split, "1", &["--resume"])
+        assert!((2..24).contains(&stopped), "stopped at {stopped}");
+        let o = command(&data, &split, "3", &["--resume"])
             .env("RAYON_NUM_THREADS", "1")
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", text(&o));
         let resumed = losses(&split);
-        assert_eq!(resumed.len(), 8);
+        assert_eq!(resumed.len(), 24);
+        // The same curve: to 1e-5 through the first epoch; past the warm-up's peak learning
+        // rate the step-2 rounding differences of the 2-rank part grow ~10× a step (measured:
+        // 4e-6 at step 10, 1e-3 at step 14), so later steps are held to the same loss scale.
         for (x, y) in reference.iter().zip(&resumed) {
             let rel = (x.1 - y.1).abs() / x.1.abs();
-            assert!(rel < 1e-4, "step {}: {} vs {} ({rel:e})", x.0, x.1, y.1);
+            let tolerance = if x.0 <= 9 { 1e-5 } else { 0.1 };
+            assert!(
+                rel < tolerance,
+                "step {}: {} vs {} ({rel:e})",
+                x.0,
+                x.1,
+                y.1
+            );
         }
     }
 

@@ -17,7 +17,7 @@ use byol_core::transfer::segmentation::{run_segmentation, LrPolicy, SegOptions};
 use byol_core::transfer::suite::run_suite;
 use byol_core::transfer::voc::{run_voc_classification, VocOptions, VocProtocol};
 use byol_core::transfer::CommonOptions;
-use byol_core::weights::Weights;
+use byol_core::weights::{Part, Weights};
 use clap::{Parser, ValueEnum};
 
 /// Reuses freed activation/gradient buffers instead of page-faulting fresh ones every step
@@ -37,11 +37,14 @@ struct Args {
     /// ..., voc2007, ...), one table next to the paper's numbers.
     #[arg(long, value_enum)]
     suite: Option<Suite>,
-    /// Encoder weights (safetensors, .pth, official .pkl, or hf://owner/repo[@rev][/file]), or
-    /// `none`: raw pixels for frozen-feature protocols, a random init of --depth/--stem for
-    /// fine-tuning.
+    /// Encoder weights (safetensors, .pth, a solo-learn / mmselfsup / mmpretrain / lightly /
+    /// VISSL / Lightning checkpoint, official .pkl, or hf://owner/repo[@rev][/file]), or `none`:
+    /// raw pixels for frozen-feature protocols, a random init of --depth/--stem for fine-tuning.
     #[arg(long)]
     weights: String,
+    /// Which encoder of a BYOL checkpoint: online, or target (the momentum encoder).
+    #[arg(long, default_value = "online", value_parser = ["online", "target"])]
+    part: String,
     /// VOCdevkit root or VOC20xx directory (voc*), dataset directory (classify), suite root.
     #[arg(long)]
     data: PathBuf,
@@ -73,7 +76,7 @@ struct Args {
     arch: Option<String>,
     #[arg(long, default_value_t = 1)]
     width: usize,
-    /// imagenet, small or small-strided.
+    /// imagenet, small, small-strided or small-padded.
     #[arg(long, default_value = "imagenet")]
     stem: String,
     /// Number of L2 strengths, log-spaced in [1e-6, 1e5] (the paper: 45).
@@ -186,6 +189,10 @@ fn main() -> Result<()> {
     common.workers = args.workers;
     common.seed = args.seed;
     common.device = parse_device(&args.device)?;
+    common.part = args.part.parse()?;
+    if common.part == Part::Target && common.weights == Weights::None {
+        bail!("--part target needs a weights file, not `--weights none`");
+    }
     let depth = match &args.arch {
         Some(arch) => Some(
             arch.strip_prefix("resnet")

@@ -62,6 +62,29 @@ fn the_three_tasks_run_from_the_command_line() {
     assert_eq!(r["per_class"].as_array().unwrap().len(), 21);
     assert!((0.0..=1.0).contains(&r["value"].as_f64().unwrap()));
 
+    // The target encoder of another framework's checkpoint (mmselfsup 1.x's EMA network).
+    let mm = byol_tests::fixture("frameworks/mmselfsup-1.x.pth");
+    let mut args = vec!["--task", "voc", "--lambdas", "3", "--part", "target"];
+    args.extend(base);
+    let at = args.iter().position(|a| *a == w).unwrap();
+    args[at] = mm.to_str().unwrap();
+    let o = run(&args);
+    assert!(o.status.success(), "voc --part target: {}", text(&o));
+    let r = report(&out.join("transfer-voc.json"));
+    assert_eq!(r["weights"]["part"], "target");
+    let o = run(&[
+        "--task",
+        "voc",
+        "--weights",
+        "none",
+        "--part",
+        "target",
+        "--data",
+        data,
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--part target"), "{}", text(&o));
+
     // A missing class file is named.
     std::fs::remove_file(devkit.join("VOC2007/ImageSets/Main/cat_test.txt")).unwrap();
     let mut args = vec!["--task", "voc"];

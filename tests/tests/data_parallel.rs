@@ -36,6 +36,7 @@ fn control<'a>(
         device: &Device::Cpu,
         resume,
         init_weights: None,
+        init_part: Default::default(),
         stop,
         time_budget: None,
         allow_config_change: false,

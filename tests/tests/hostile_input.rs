@@ -432,6 +432,27 @@ fn mutated_files_give_errors_naming_them_never_panics() {
         weights(p)
     });
 
+    // The pre-1.6 torch.save stream (five pickles, then raw storages) through the weights reader
+    // and `inspect`; its object pickle alone through the inert reader of torch files.
+    use byol_core::import::pickle::{read_at, read_inert, Globals};
+    let legacy = std::fs::read(byol_tests::fixture("frameworks/torchvision-legacy.pth")).unwrap();
+    fuzz("m-legacy.pth", &legacy, count / 4, |p| {
+        let read = weights(p);
+        let inspected = byol_core::weights::inspect_weights(p, Default::default())
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        read.and(inspected)
+    });
+    let mut start = 0;
+    for _ in 0..3 {
+        start = read_at(&legacy, start, Globals::Inert).unwrap().1;
+    }
+    let end = read_at(&legacy, start, Globals::Inert).unwrap().1;
+    fuzz("m-object.pkl", &legacy[start..end], count, |p| {
+        let _ = read_inert(&std::fs::read(p).unwrap());
+        Ok(())
+    });
+
     let mut idx = idx_header(&[3, 2, 2]);
     idx.extend(0..12u8);
     let idx_reader = |p: &Path| read_idx(p).map(|_| ()).map_err(|e| e.to_string());

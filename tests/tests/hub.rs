@@ -328,3 +328,38 @@ fn a_reflected_token_is_redacted_and_a_rejected_token_is_called_rejected() {
         }
     }
 }
+
+#[test]
+fn a_framework_checkpoint_pulled_from_the_hub_is_sniffed_after_download() {
+    use byol_core::weights::{load_encoder_part, Framework, Part};
+    let server = HubServer::start();
+    let ckpt = std::fs::read(byol_tests::fixture("frameworks/solo-learn.ckpt")).unwrap();
+    server.state.lock().unwrap().repos.insert(
+        "someone/solo-byol".into(),
+        vec![byol_tests::hub_server::Commit {
+            oid: "0123456789abcdef0123456789abcdef01234567".into(),
+            message: "a solo-learn run".into(),
+            files: [("checkpoints/last.ckpt".to_string(), ckpt)].into(),
+        }],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let hub = HubOptions {
+        endpoint: Some(server.url.clone()),
+        cache_dir: Some(cache.path().to_path_buf()),
+        offline: false,
+        retries: Some(0),
+        token: Some(TOKEN.into()),
+        ..HubOptions::default()
+    };
+    let pulled = download(
+        &hub_ref("hf://someone/solo-byol/checkpoints/last.ckpt"),
+        &hub,
+    )
+    .unwrap();
+    // Both encoders of the downloaded file, its format found from its bytes.
+    for part in [Part::Online, Part::Target] {
+        let loaded = load_encoder_part(&pulled, &Device::Cpu, None, part).unwrap();
+        assert_eq!(loaded.source.framework, Framework::SoloLearn);
+        assert_eq!(loaded.source.part, part);
+    }
+}

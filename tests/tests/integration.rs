@@ -20,4 +20,5 @@ mod recipe_formulas;
 mod transfer_classify;
 mod transfer_seg;
 mod transfer_voc;
+mod weights_frameworks;
 mod weights_import;

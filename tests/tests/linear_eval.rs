@@ -31,6 +31,7 @@ fn setup_arch(dir: &Path, weights: Weights, arch: Option<ResNetConfig>) -> EvalS
         data: DatasetSource::new(DatasetKind::Mnist, Some(dir.join("data"))),
         weights,
         arch,
+        part: Default::default(),
         image_size: None,
         train_subset: None,
         test_subset: None,

@@ -81,6 +81,7 @@ fn run<'a>(out_dir: &'a std::path::Path, resume: bool, stop: &'a AtomicBool) -> 
         device: &Device::Cpu,
         resume,
         init_weights: None,
+        init_part: Default::default(),
         stop,
         time_budget: None,
         allow_config_change: false,
@@ -257,6 +258,7 @@ fn a_fresh_run_can_start_its_encoder_from_a_weights_file() {
     let wrong = byol_tests::fixture("import/resnet18-tiny.pth");
     let control = RunControl {
         init_weights: Some(&wrong),
+        init_part: Default::default(),
         ..run(&out, false, &stop)
     };
     let Err(err) = pretrain(&config(), &data(), &control, None, &mut Silent) else {
@@ -272,12 +274,57 @@ fn a_fresh_run_can_start_its_encoder_from_a_weights_file() {
     // And a matching file trains.
     let control = RunControl {
         init_weights: Some(&weights),
+        init_part: Default::default(),
         ..run(&out, false, &stop)
     };
     let mut short = config();
     short.max_steps = Some(2);
     pretrain(&short, &data(), &control, None, &mut Silent).unwrap();
     assert_eq!(losses(&out).len(), 2);
+}
+
+#[test]
+fn a_fresh_run_can_start_from_the_target_encoder_of_a_checkpoint() {
+    use byol_core::optim::{Lars, LarsConfig};
+    use byol_core::weights::Part;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = AtomicBool::new(false);
+    let state = dir.path().join("state.safetensors");
+    byol_core::checkpoint::save_training_state(
+        &state,
+        &byol_tests::tiny_byol(3),
+        &Lars::new(LarsConfig::default()),
+        1,
+        Default::default(),
+    )
+    .unwrap();
+    let encoder = byol_tests::write_tiny_encoder(dir.path(), 0);
+    let mut short = config();
+    short.max_steps = Some(1);
+    let out = dir.path().join("run");
+    let control = RunControl {
+        init_weights: Some(&state),
+        init_part: Part::Target,
+        ..run(&out, false, &stop)
+    };
+    pretrain(&short, &data(), &control, None, &mut Silent).expect("starts from the target");
+    assert_eq!(losses(&out).len(), 1);
+    // A file without a target encoder is refused before any step, naming it.
+    let out = dir.path().join("refused");
+    let control = RunControl {
+        init_weights: Some(&encoder),
+        init_part: Part::Target,
+        ..run(&out, false, &stop)
+    };
+    let Err(err) = pretrain(&short, &data(), &control, None, &mut Silent) else {
+        panic!("no target encoder in an encoder file");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("tiny-encoder-0.safetensors") && err.contains("no target"),
+        "{err}"
+    );
+    assert_eq!(latest_state(&out).unwrap(), None);
 }
 
 #[test]

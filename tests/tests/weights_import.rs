@@ -1,5 +1,5 @@
-//! Weights from other frameworks: torchvision/timm `.pth` state dicts through candle's pickle
-//! reader, and the official DeepMind BYOL pickles through our restricted reader, on committed
+//! Weights from other frameworks: torchvision/timm `.pth` state dicts and the official DeepMind
+//! BYOL pickles through our restricted pickle readers, on committed
 //! fixtures of `scripts/make_import_fixtures.py` (references computed by torch in float64).
 
 use byol_core::import::{deepmind, pickle};
@@ -34,9 +34,10 @@ fn torchvision_pth_state_dict_loads_with_arch_and_matches_torch_features() {
     ] {
         let path = fixture(file);
         assert_eq!(detect_format(&path).unwrap(), WeightsFormat::TorchZip);
-        // No config inside: the architecture must be given, and is then used.
-        let err = load_encoder(&path, &Device::Cpu, None).err().unwrap();
-        assert!(err.to_string().contains("give the architecture"), "{err}");
+        // No config inside: the shapes say it (a 7×7 stem is torchvision's ImageNet stem) ...
+        let inferred = load_encoder(&path, &Device::Cpu, None).unwrap();
+        assert_eq!(inferred.encoder.config(), &tiny18());
+        // ... and a given architecture is used.
         let loaded = load_encoder(&path, &Device::Cpu, Some(&tiny18())).unwrap();
         let feats = loaded
             .encoder

@@ -25,7 +25,7 @@ use crate::eval::report::{
 use crate::eval::sgd_probe::{sgd_probe, SgdProbeData, SgdProbeOptions};
 use crate::io::sha256_file;
 use crate::nn::{ResNet, ResNetConfig};
-use crate::weights::{describe_architecture, load_encoder, LoadedEncoder, Weights};
+use crate::weights::{describe_architecture, load_encoder_part, LoadedEncoder, Part, Weights};
 use crate::{Error, Result};
 
 /// One evaluation setting.
@@ -37,6 +37,8 @@ pub struct EvalSetup {
     /// Needed for files without our metadata (a plain torchvision state dict); checked against
     /// the metadata otherwise.
     pub arch: Option<ResNetConfig>,
+    /// Which encoder of the file: the online one (default) or the target one.
+    pub part: Part,
     /// Side of the evaluation crop; default: the dataset's native size (28 for MNIST-like,
     /// 32 for CIFAR) or 224.
     pub image_size: Option<usize>,
@@ -90,12 +92,13 @@ impl EvalSetup {
     fn prepare(&self) -> Result<Prepared> {
         let (encoder, weights) = match &self.weights {
             Weights::File(path) => {
-                let loaded = load_encoder(path, &self.device, self.arch.as_ref())?;
+                let loaded = load_encoder_part(path, &self.device, self.arch.as_ref(), self.part)?;
                 let info = WeightsInfo {
                     extractor: "encoder".into(),
                     path: Some(path.display().to_string()),
                     sha256: Some(sha256_file(path)?),
                     architecture: Some(describe_architecture(loaded.encoder.config())),
+                    part: Some(self.part.to_string()),
                 };
                 (Some(loaded), info)
             }
@@ -106,6 +109,7 @@ impl EvalSetup {
                     path: None,
                     sha256: None,
                     architecture: None,
+                    part: None,
                 },
             ),
         };
@@ -153,8 +157,14 @@ impl EvalSetup {
             "std": p.augment.std,
             "eval_resize_ratio": p.augment.eval_resize_ratio,
         });
+        // The target encoder of a file is other features than its online one.
+        let weights = match (&p.weights.sha256, self.part) {
+            (None, _) => "pixels".to_string(),
+            (Some(sha), Part::Online) => sha.clone(),
+            (Some(sha), part) => format!("{sha} {part}"),
+        };
         Ok(CacheKey {
-            weights: p.weights.sha256.clone().unwrap_or_else(|| "pixels".into()),
+            weights,
             transform: transform.to_string(),
             dataset: format!("{} {}", self.data.kind, self.data.dir()?.display()),
             split: format!("{split:?}").to_lowercase(),
@@ -164,10 +174,16 @@ impl EvalSetup {
 
     fn cache_path(&self, split: Split) -> PathBuf {
         let weights = match &self.weights {
-            Weights::File(path) => path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "encoder".into()),
+            Weights::File(path) => {
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "encoder".into());
+                match self.part {
+                    Part::Online => stem,
+                    part => format!("{stem}-{part}"),
+                }
+            }
             Weights::None => "pixels".into(),
         };
         self.cache_dir.join(format!(

@@ -22,6 +22,10 @@ pub struct WeightsInfo {
     pub sha256: Option<String>,
     /// e.g. `resnet18 small-stem 1ch base 16`.
     pub architecture: Option<String>,
+    /// Which encoder of the file (`online` or `target`); absent for raw pixels and in reports
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
 }
 
 /// What the logistic protocol chose and from what: `hyperparameters` of its report.

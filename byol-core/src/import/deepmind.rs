@@ -3,13 +3,15 @@
 //! online_state, target_state, opt_state), 'step', 'rng'}` holding numpy arrays in Haiku naming.
 //!
 //! Read with the restricted reader of [`super::pickle`] (nothing in the file is executed), the
-//! online encoder is converted to torchvision names: `…/~/initial_conv` → `conv1`,
+//! online encoder (or, for [`Part::Target`], the target encoder: `target_params`,
+//! `target_state`) is converted to torchvision names: `…/~/initial_conv` → `conv1`,
 //! `…/~/block_group_{g}/~/block_{b}/~/conv_{k}` → `layer{g+1}.{b}.conv{k+1}`, `batchnorm_{k}` →
 //! `bn{k+1}`, `shortcut_conv`/`shortcut_batchnorm` → `downsample.0`/`.1`; fields `w` (H, W, in,
 //! out) → `weight` (out, in, H, W), `scale`/`offset` → `weight`/`bias`, the state's
 //! `mean_ema`/`var_ema` `average` → `running_mean`/`running_var`. Projector, predictor and
 //! classifier are skipped. The architecture (depth, width, input channels) is inferred from the
-//! shapes, with TensorFlow `SAME` padding ([`Padding::TfSame`]) as Haiku's convolutions use.
+//! shapes ([`infer_architecture`]), with TensorFlow `SAME` padding ([`Padding::TfSame`]) as
+//! Haiku's convolutions use.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,7 +20,10 @@ use candle_core::{Device, Tensor};
 
 use super::pickle::{self, Array, Value};
 use crate::io::{SafetensorsFile, ENCODER_CONFIG_KEY, STEP_KEY};
-use crate::nn::{Padding, ResNetConfig, Stem};
+use crate::nn::Padding;
+use crate::weights::architecture::{infer_architecture, ShapeHints};
+use crate::weights::choice::Part;
+use crate::weights::layouts::{PartFound, PartKind};
 use crate::{Error, Result};
 
 /// Metadata key saying where imported weights came from.
@@ -27,24 +32,115 @@ pub const IMPORT_KEY: &str = "byol.import";
 /// Reads an official checkpoint: the online encoder in torchvision names, its inferred config in
 /// the metadata (`byol.encoder`), the step when present.
 pub fn read(path: &Path, device: &Device) -> Result<SafetensorsFile> {
+    read_part(path, device, Part::Online)
+}
+
+/// The pickle's root value, read by the allow-list reader.
+fn load(path: &Path) -> Result<Value> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let root =
-        pickle::read(&bytes).map_err(|e| Error::format(path, format!("pickle refused: {e}")))?;
+    pickle::read(&bytes).map_err(|e| Error::format(path, format!("pickle refused: {e}")))
+}
+
+/// The entries of a pickled mapping.
+type Mapping<'v> = &'v [(Value, Value)];
+
+/// `(params, state)` of `part`: fields 0 and 2 of `experiment_state` (online), 1 and 3 (target).
+fn experiment<'v>(root: &'v Value, path: &Path, part: Part) -> Result<(Mapping<'v>, Mapping<'v>)> {
     let fmt = |m: &str| Error::format(path, m.to_string());
     let state = root
         .get("experiment_state")
         .and_then(Value::as_sequence)
         .ok_or_else(|| fmt("no `experiment_state` tuple: not an official BYOL checkpoint"))?;
-    let (params, bn_state) = match state {
-        [online_params, _, online_state, ..] => (online_params, online_state),
-        _ => return Err(fmt("`experiment_state` has fewer than 3 fields")),
+    let (params, bn_state) = match (state, part) {
+        ([online_params, _, online_state, ..], Part::Online) => (online_params, online_state),
+        ([_, target_params, _, target_state, ..], Part::Target) => (target_params, target_state),
+        _ => return Err(fmt("`experiment_state` has fewer fields than (online_params, target_params, online_state, target_state)")),
     };
     let params = params
         .as_mapping()
-        .ok_or_else(|| fmt("online_params is not a mapping"))?;
+        .ok_or_else(|| fmt(&format!("{part}_params is not a mapping")))?;
     let bn_state = bn_state
         .as_mapping()
-        .ok_or_else(|| fmt("online_state is not a mapping"))?;
+        .ok_or_else(|| fmt(&format!("{part}_state is not a mapping")))?;
+    Ok((params, bn_state))
+}
+
+/// The parts of an official checkpoint with their tensor counts (encoders in torchvision
+/// tensors), and its step.
+pub fn parts(path: &Path) -> Result<(Vec<PartFound>, Option<String>)> {
+    let root = load(path)?;
+    let mut parts = Vec::new();
+    for part in [Part::Online, Part::Target] {
+        let Ok((params, bn_state)) = experiment(&root, path, part) else {
+            continue;
+        };
+        let fields = |m: &Value| m.as_mapping().map_or(0, <[_]>::len);
+        let mut encoder = 0;
+        let mut heads: Vec<(PartKind, &str, usize)> = Vec::new();
+        for (module, value) in params {
+            let Value::Str(module) = module else { continue };
+            if torchvision_prefix(module).is_some() {
+                encoder += fields(value);
+                continue;
+            }
+            let kind = match (part, module.split("/~/").next().unwrap_or("")) {
+                (Part::Online, m) if m.contains("projector") => PartKind::Projector,
+                (Part::Target, m) if m.contains("projector") => PartKind::TargetProjector,
+                (Part::Online, m) if m.contains("predictor") => PartKind::Predictor,
+                (Part::Online, m) if m.contains("classifier") => PartKind::Classifier,
+                (Part::Target, m) if m.contains("classifier") => PartKind::TargetClassifier,
+                _ => continue,
+            };
+            let name = match kind {
+                PartKind::Projector | PartKind::TargetProjector => "projector",
+                PartKind::Predictor => "predictor",
+                _ => "classifier",
+            };
+            match heads.iter_mut().find(|(k, _, _)| *k == kind) {
+                Some(h) => h.2 += fields(value),
+                None => heads.push((kind, name, fields(value))),
+            }
+        }
+        encoder += bn_state
+            .iter()
+            .filter(|(m, _)| {
+                matches!(m, Value::Str(m) if m.rsplit_once("/~/").is_some_and(|(bn, s)| {
+                    matches!(s, "mean_ema" | "var_ema") && torchvision_prefix(bn).is_some()
+                }))
+            })
+            .count();
+        if encoder > 0 {
+            parts.push(PartFound {
+                kind: if part == Part::Online {
+                    PartKind::Online
+                } else {
+                    PartKind::Target
+                },
+                prefix: format!("{part}_params/{part}_state"),
+                tensors: encoder,
+                aliases: Vec::new(),
+            });
+        }
+        parts.extend(heads.into_iter().map(|(kind, name, n)| PartFound {
+            kind,
+            prefix: format!("{part}_params {name}"),
+            tensors: n,
+            aliases: Vec::new(),
+        }));
+    }
+    let step = match root.get("step") {
+        Some(Value::Array(a)) => a.to_f32().first().map(|s| format!("{}", *s as u64)),
+        Some(Value::Int(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    Ok((parts, step))
+}
+
+/// Reads the encoder `part` of an official checkpoint, as [`read`].
+pub fn read_part(path: &Path, device: &Device, part: Part) -> Result<SafetensorsFile> {
+    let root = load(path)?;
+    let fmt = |m: &str| Error::format(path, m.to_string());
+    let (params, bn_state) = experiment(&root, path, part)?;
 
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut put = |name: String, array: &Array, haiku: &str, conv: bool| -> Result<()> {
@@ -130,13 +226,21 @@ pub fn read(path: &Path, device: &Device) -> Result<SafetensorsFile> {
             "no encoder parameters (`…/~/initial_conv`, `block_group_*`) found",
         ));
     }
-    let config = infer_config(&tensors).map_err(|e| Error::format(path, e.to_string()))?;
+    let shapes = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
+    let hints = ShapeHints {
+        small_stem: None,
+        padding: Padding::TfSame,
+    };
+    let config = infer_architecture(&shapes, hints).map_err(|e| Error::format(path, e))?;
     let mut metadata = BTreeMap::new();
     metadata.insert(
         ENCODER_CONFIG_KEY.to_string(),
         serde_json::to_string(&config).map_err(|e| Error::encode("the encoder config", e))?,
     );
-    metadata.insert(IMPORT_KEY.into(), "deepmind-byol online encoder".into());
+    metadata.insert(IMPORT_KEY.into(), format!("deepmind-byol {part} encoder"));
     if let Some(Value::Array(step)) = root.get("step") {
         if let Some(s) = step.to_f32().first() {
             metadata.insert(STEP_KEY.into(), format!("{}", *s as u64));
@@ -190,50 +294,4 @@ pub fn torchvision_prefix(module: &str) -> Option<String> {
         return None;
     };
     Some(format!("layer{}.{b}.{name}", g + 1))
-}
-
-/// Depth from the blocks per group and the block type, width and input channels from the stem.
-fn infer_config(t: &HashMap<String, Tensor>) -> Result<ResNetConfig> {
-    let stem = t
-        .get("conv1.weight")
-        .ok_or_else(|| Error::tensor("conv1.weight", "missing (no `initial_conv`)"))?;
-    let (stem_out, in_channels, _, _) = stem.dims4()?;
-    let mut blocks = [0usize; 4];
-    for (g, n) in blocks.iter_mut().enumerate() {
-        while t.contains_key(&format!("layer{}.{}.conv1.weight", g + 1, *n)) {
-            *n += 1;
-        }
-    }
-    let bottleneck = t.contains_key("layer1.0.conv3.weight");
-    let depth = match (blocks, bottleneck) {
-        ([2, 2, 2, 2], false) => 18,
-        ([3, 4, 6, 3], false) => 34,
-        ([3, 4, 6, 3], true) => 50,
-        ([3, 4, 23, 3], true) => 101,
-        ([3, 8, 36, 3], true) => 152,
-        ([3, 24, 36, 3], true) => 200,
-        _ => {
-            return Err(Error::Input(format!(
-                "blocks per group {blocks:?} ({}) match no ResNet",
-                if bottleneck { "bottleneck" } else { "basic" }
-            )))
-        }
-    };
-    // The paper's widths are multiples of 64 stem channels; miniature nets have fewer.
-    let (width, base_channels) = if stem_out >= 64 && stem_out.is_multiple_of(64) {
-        (stem_out / 64, 64)
-    } else {
-        (1, stem_out)
-    };
-    let config = ResNetConfig {
-        depth,
-        width,
-        stem: Stem::Imagenet,
-        in_channels,
-        base_channels,
-        zero_init_residual: false,
-        padding: Padding::TfSame,
-    };
-    config.validate()?;
-    Ok(config)
 }

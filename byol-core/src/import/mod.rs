@@ -2,4 +2,4 @@
 
 pub mod deepmind;
 pub mod pickle;
-pub mod pickle_bounds;
+pub mod torch_file;

@@ -1,14 +1,27 @@
 //! A restricted pickle reader: builds plain data (None, bools, ints, floats, strings, bytes,
 //! tuples, lists, dicts) and numpy arrays from a pickle stream without ever calling anything.
 //!
-//! Only the opcodes of protocols 2–4 that such data needs are accepted, and `GLOBAL` only for:
-//! `numpy.core.multiarray._reconstruct` / `numpy._core.multiarray._reconstruct`, `numpy.ndarray`,
-//! `numpy.dtype`, `numpy.core.multiarray.scalar` (numpy scalars), `_codecs.encode` (how protocol 2
-//! writes Python 3 `bytes`, latin-1 only), `collections.OrderedDict`, and inert record classes of
-//! the libraries a Haiku checkpoint names (`byol.*`, `haiku.*`, `optax.*`: named tuples and
-//! mappings, kept as [`Value::Record`] whose arguments are data). Any other global
-//! (`os.system`, `builtins.eval`, `subprocess.Popen`, …) or opcode (`INST`, `OBJ`,
-//! `PERSID`, `EXT1`, …) is an error naming it, before anything could run: nothing here ever runs.
+//! Only the binary opcodes of protocols 2–5 are accepted (no text opcodes of protocols 0/1, no
+//! `INST`/`OBJ`, no extension registry, no out-of-band buffers), under one of two policies for
+//! globals ([`Globals`]):
+//!
+//! - [`Globals::AllowList`] (the official DeepMind pickles, [`read`]): `GLOBAL` only for
+//!   `numpy.core.multiarray._reconstruct` / `numpy._core.multiarray._reconstruct`,
+//!   `numpy.ndarray`, `numpy.dtype`, `numpy.core.multiarray.scalar` (numpy scalars),
+//!   `_codecs.encode` (how protocol 2 writes Python 3 `bytes`, latin-1 only),
+//!   `collections.OrderedDict`, and inert record classes of the libraries a Haiku checkpoint
+//!   names (`byol.*`, `haiku.*`, `optax.*`: named tuples and mappings, kept as [`Value::Record`]
+//!   whose arguments are data). Any other global or a persistent id is an error naming it.
+//! - [`Globals::Inert`] (the `data.pkl` of a `torch.save` file, [`read_inert`]): every class or
+//!   function name stays a name. `REDUCE`/`NEWOBJ` of it gives a [`Value::Record`] of the
+//!   arguments and `BUILD` stores the state beside them — nothing is looked up, constructed or
+//!   called — so the objects a checkpoint carries besides tensors (omegaconf configs,
+//!   `argparse.Namespace`, optimiser and callback states) are skipped as data; persistent ids
+//!   (how `torch.save` points at its storages) are kept as [`Value::Persistent`]. Names of
+//!   code-running callables (`os.system`, `posix.system`, `builtins.eval`, `subprocess.*`, …:
+//!   [`is_code_global`]) refuse the whole file: no weights file needs them.
+//!
+//! Either way a refusal names the opcode or the global, and nothing here ever runs.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -107,8 +120,13 @@ pub enum Value {
     Dict(Vec<(Value, Value)>),
     Array(Array),
     Dtype(Dtype),
+    /// An integer wider than 64 bits (little-endian two's complement bytes), kept as data.
+    BigInt(Rc<Vec<u8>>),
     /// An allowed global before it is applied.
     Global(Global),
+    /// A persistent id ([`Globals::Inert`] only): `torch.save`'s reference to a storage, the id
+    /// itself (a tuple) as data.
+    Persistent(Box<Value>),
     /// An instance of an inert record class: its constructor arguments, `__setstate__` state and
     /// dict items, none of which was applied to anything.
     Record {
@@ -152,10 +170,12 @@ impl Value {
         }
     }
 
-    /// The value under the string key `key` of a mapping.
+    /// The value under the string key `key` of a mapping (its last entry: a pickle that sets a
+    /// key twice means the second value).
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.as_mapping()?
             .iter()
+            .rev()
             .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
             .map(|(_, v)| v)
     }
@@ -189,7 +209,99 @@ fn err<T>(msg: impl Into<String>) -> R<T> {
 /// Record classes (named tuples, mappings) a BYOL/Haiku checkpoint may name.
 const RECORD_MODULES: [&str; 3] = ["byol", "haiku", "optax"];
 
-fn resolve_global(module: &str, name: &str) -> R<Global> {
+/// What the reader does with the globals a pickle names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Globals {
+    /// numpy arrays, plain containers and Haiku record classes; any other global is refused.
+    AllowList,
+    /// Any name is kept as an inert name (never resolved, never called), except the names of
+    /// code-running callables ([`is_code_global`]), which refuse the file.
+    Inert,
+}
+
+/// Modules whose callables run commands, code or I/O (a module or any submodule of it).
+const CODE_MODULES: [&str; 30] = [
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "shutil",
+    "socket",
+    "pty",
+    "runpy",
+    "importlib",
+    "code",
+    "codeop",
+    "ctypes",
+    "webbrowser",
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "marshal",
+    "dill",
+    "commands",
+    "multiprocessing",
+    "signal",
+    "pdb",
+    "bdb",
+    "timeit",
+    "platform",
+    "asyncio",
+    "_thread",
+    "threading",
+    "urllib.request",
+];
+
+/// Builtins that run code, import, open files or reach attributes (the steps of every pickle
+/// exploit chain).
+const CODE_BUILTINS: [&str; 17] = [
+    "eval",
+    "exec",
+    "execfile",
+    "compile",
+    "open",
+    "__import__",
+    "getattr",
+    "setattr",
+    "delattr",
+    "globals",
+    "locals",
+    "vars",
+    "input",
+    "breakpoint",
+    "apply",
+    "reload",
+    "file",
+];
+
+/// Whether `module.name` is a callable that runs commands or code, or opens the way to one
+/// (`os.system`, `posix.system`, `builtins.eval`, `subprocess.Popen`, `operator.attrgetter`, …).
+/// [`Globals::Inert`] refuses such a name wherever it appears: no weights file needs it. The list
+/// is a courtesy that names the attack; the guarantee is that nothing is ever called.
+pub fn is_code_global(module: &str, name: &str) -> bool {
+    let in_module = |m: &str| module == m || module.starts_with(&format!("{m}."));
+    CODE_MODULES.iter().any(|m| in_module(m))
+        || (matches!(module, "builtins" | "__builtin__" | "__builtins__")
+            && CODE_BUILTINS.contains(&name))
+        || (module == "operator" && matches!(name, "attrgetter" | "methodcaller"))
+        || (module == "torch" && name == "load")
+        || in_module("torch.hub")
+}
+
+fn resolve_global(module: &str, name: &str, globals: Globals) -> R<Global> {
+    if globals == Globals::Inert {
+        if is_code_global(module, name) {
+            return err(format!(
+                "refused global `{module}.{name}`: it runs code when Python unpickles the file \
+                 (a hostile or corrupted checkpoint); nothing was executed"
+            ));
+        }
+        return Ok(match (module, name) {
+            ("collections", "OrderedDict") => Global::OrderedDict,
+            _ => Global::Record(format!("{module}.{name}")),
+        });
+    }
     Ok(match (module, name) {
         ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => Global::Reconstruct,
         ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => Global::Scalar,
@@ -318,6 +430,8 @@ fn measure(v: &Value, limit: usize) -> (usize, usize) {
                 todo.extend(items.iter().flat_map(|(k, v)| [(k, d + 1), (v, d + 1)]));
             }
             Value::Array(a) => count += a.shape.len(),
+            Value::Persistent(v) => todo.push((v, d + 1)),
+            Value::BigInt(b) => count += b.len(),
             _ => {}
         }
     }
@@ -422,11 +536,10 @@ fn add_items(target: &mut Value, pairs: Vec<Value>) -> R<()> {
         Value::Dict(items) | Value::Record { items, .. } => items,
         _ => return err("SETITEM(S) on something that is not a dict"),
     };
+    // Appended without looking for an earlier equal key (that search made a dict of n items cost
+    // n² comparisons): lookups take the last entry of a key, as Python keeps the last value.
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        match dest.iter_mut().find(|(x, _)| *x == k) {
-            Some(entry) => entry.1 = v,
-            None => dest.push((k, v)),
-        }
+        dest.push((k, v));
     }
     Ok(())
 }
@@ -510,8 +623,13 @@ fn array(dtype: Dtype, shape: Vec<usize>, raw: &[u8]) -> R<Array> {
     })
 }
 
-/// `obj.__setstate__(state)` for arrays, dtypes and records.
-fn build(target: &mut Value, state: Value) -> R<()> {
+/// `obj.__setstate__(state)` for arrays, dtypes and records. Under [`Globals::Inert`] the state
+/// of anything but a record (the attributes of a dict or list subclass, such as a state dict's
+/// `_metadata`) is dropped: it is not data we read.
+fn build(target: &mut Value, state: Value, globals: Globals) -> R<()> {
+    if globals == Globals::Inert && !matches!(target, Value::Record { .. }) {
+        return Ok(());
+    }
     match target {
         Value::Array(a) => {
             // (version, shape, dtype, is_fortran, raw data)
@@ -561,9 +679,39 @@ fn build(target: &mut Value, state: Value) -> R<()> {
     }
 }
 
-/// Reads one pickle. Every refusal names the opcode or the global at fault.
+/// Reads one pickle under [`Globals::AllowList`]. Every refusal names the opcode or the global at
+/// fault.
 pub fn read(data: &[u8]) -> R<Value> {
-    let mut r = Reader { data, pos: 0 };
+    read_at(data, 0, Globals::AllowList).map(|(v, _)| v)
+}
+
+/// Reads one pickle under [`Globals::Inert`] (a `torch.save` file's `data.pkl`).
+pub fn read_inert(data: &[u8]) -> R<Value> {
+    read_at(data, 0, Globals::Inert).map(|(v, _)| v)
+}
+
+/// An integer of `b.len()` little-endian two's complement bytes (`LONG1`, `LONG4`).
+fn long(b: &[u8]) -> Value {
+    if b.len() > 8 {
+        return Value::BigInt(Rc::new(b.to_vec()));
+    }
+    let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+        [0xffu8; 8]
+    } else {
+        [0u8; 8]
+    };
+    buf[..b.len()].copy_from_slice(b);
+    Value::Int(i64::from_le_bytes(buf))
+}
+
+/// Reads the pickle that starts at byte `start` of `data` (a stream may hold several, as the
+/// pre-zip `torch.save` format does); returns it and the position after its `STOP`.
+pub fn read_at(data: &[u8], start: usize, globals: Globals) -> R<(Value, usize)> {
+    if start > data.len() {
+        return err(format!("no pickle at byte {start}"));
+    }
+    let inert = globals == Globals::Inert;
+    let mut r = Reader { data, pos: start };
     let mut m = Machine {
         stack: Vec::new(),
         marks: Vec::new(),
@@ -579,14 +727,14 @@ pub fn read(data: &[u8]) -> R<Value> {
         match op {
             0x80 => {
                 let proto = r.u8()?;
-                if !(2..=4).contains(&proto) {
-                    return err(format!("pickle protocol {proto}: only 2 to 4 are read"));
+                if !(2..=5).contains(&proto) {
+                    return err(format!("pickle protocol {proto}: only 2 to 5 are read"));
                 }
             }
             0x95 => {
                 r.u64()?; // FRAME: the frame length only groups opcodes.
             }
-            b'.' => return m.pop(),
+            b'.' => return Ok((m.pop()?, r.pos)),
             b'(' => m.marks.push(m.stack.len()),
             b'N' => m.push(Value::None),
             0x88 => m.push(Value::Bool(true)),
@@ -608,16 +756,14 @@ pub fn read(data: &[u8]) -> R<Value> {
             0x8a => {
                 let n = r.u8()? as usize;
                 let b = r.take(n)?;
-                if n > 8 {
-                    return err("LONG1 integer wider than 64 bits");
-                }
-                let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) {
-                    [0xffu8; 8]
-                } else {
-                    [0u8; 8]
-                };
-                buf[..n].copy_from_slice(b);
-                m.push(Value::Int(i64::from_le_bytes(buf)))
+                m.charge(n)?;
+                m.push(long(b))
+            }
+            0x8b => {
+                let n = r.u32()?;
+                let b = r.take(n)?;
+                m.charge(n)?;
+                m.push(long(b))
             }
             b'G' => {
                 let b = r.take(8)?;
@@ -653,7 +799,7 @@ pub fn read(data: &[u8]) -> R<Value> {
                     Err(_) => Value::Bytes(Rc::new(b.to_vec())),
                 })
             }
-            b'C' | b'B' | 0x8e => {
+            b'C' | b'B' | 0x8e | 0x96 => {
                 let n = match op {
                     b'C' => r.u8()? as usize,
                     b'B' => r.u32()?,
@@ -663,6 +809,43 @@ pub fn read(data: &[u8]) -> R<Value> {
                 m.push(Value::Bytes(Rc::new(b.to_vec())))
             }
             b')' => m.push(Value::Tuple(Vec::new())),
+            // POP: the top value, or the mark on top.
+            b'0' => {
+                if m.marks.last() == Some(&m.stack.len()) {
+                    m.marks.pop();
+                } else {
+                    m.pop()?;
+                }
+            }
+            b'1' => {
+                m.pop_mark()?;
+            }
+            b'2' => {
+                let top = match m.stack.last() {
+                    Some((v, _)) if m.marks.last().is_none_or(|&k| k < m.stack.len()) => v.clone(),
+                    _ => return err("DUP of nothing"),
+                };
+                m.charge_child(&top)?;
+                m.push(top)
+            }
+            // EMPTY_SET / ADDITEMS / FROZENSET: sets read as lists and tuples.
+            0x8f => m.push(Value::List(Vec::new())),
+            0x90 => {
+                let v = m.pop_mark()?;
+                m.charge_children(&v)?;
+                m.with_top(|t| match t {
+                    Value::List(l) => {
+                        l.extend(v);
+                        Ok(())
+                    }
+                    _ => err("ADDITEMS to something that is not a set"),
+                })?
+            }
+            0x91 => {
+                let v = m.pop_mark()?;
+                m.charge_children(&v)?;
+                m.push(Value::Tuple(v))
+            }
             b']' => m.push(Value::List(Vec::new())),
             b'}' => m.push(Value::Dict(Vec::new())),
             b't' => {
@@ -700,6 +883,8 @@ pub fn read(data: &[u8]) -> R<Value> {
                         l.push(v);
                         Ok(())
                     }
+                    // The items of a list subclass instance: not data we read.
+                    Value::Record { .. } if inert => Ok(()),
                     _ => err("APPEND to something that is not a list"),
                 })?
             }
@@ -711,6 +896,7 @@ pub fn read(data: &[u8]) -> R<Value> {
                         l.extend(v);
                         Ok(())
                     }
+                    Value::Record { .. } if inert => Ok(()),
                     _ => err("APPENDS to something that is not a list"),
                 })?
             }
@@ -728,14 +914,14 @@ pub fn read(data: &[u8]) -> R<Value> {
             b'c' => {
                 let module = r.line()?.to_string();
                 let name = r.line()?.to_string();
-                m.push(Value::Global(resolve_global(&module, &name)?))
+                m.push(Value::Global(resolve_global(&module, &name, globals)?))
             }
             0x93 => {
                 let name = m.pop()?;
                 let module = m.pop()?;
                 match (module, name) {
                     (Value::Str(module), Value::Str(name)) => {
-                        m.push(Value::Global(resolve_global(&module, &name)?))
+                        m.push(Value::Global(resolve_global(&module, &name, globals)?))
                     }
                     _ => return err("STACK_GLOBAL names are not strings"),
                 }
@@ -755,10 +941,30 @@ pub fn read(data: &[u8]) -> R<Value> {
                     _ => return err("REDUCE/NEWOBJ of something that is not an allowed global"),
                 }
             }
+            // NEWOBJ_EX: cls.__new__(cls, *args, **kwargs), the keyword arguments kept as items.
+            0x92 => {
+                let kwargs = m.pop()?;
+                let args = m.pop()?;
+                let callable = m.pop()?;
+                let (Value::Tuple(args), Value::Global(g)) = (args, callable) else {
+                    return err("NEWOBJ_EX of something that is not an allowed global");
+                };
+                let mut v = apply(g, args)?;
+                if let (Value::Record { items, .. }, Some(kw)) = (&mut v, kwargs.as_mapping()) {
+                    items.extend(kw.iter().cloned());
+                }
+                m.push(v)
+            }
+            // BINPERSID: torch.save's storage references.
+            b'Q' if inert => {
+                let pid = m.pop()?;
+                m.charge_child(&pid)?;
+                m.push(Value::Persistent(Box::new(pid)))
+            }
             b'b' => {
                 let state = m.pop()?;
                 m.charge_child(&state)?;
-                m.with_top(|t| build(t, state))?
+                m.with_top(|t| build(t, state, globals))?
             }
             b'q' => {
                 let slot = r.u8()? as usize;

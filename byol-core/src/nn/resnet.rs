@@ -26,6 +26,10 @@ pub enum Stem {
     /// twice the channels of `Small` a stage costs the same convolution FLOPs on a quarter of
     /// the positions (half the activation memory), and the features are twice as wide.
     SmallStrided,
+    /// 3×3 stride-1 convolution with padding 2 and no max-pool: solo-learn's CIFAR ResNets
+    /// (`nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2)`, solo/methods/base.py), whose
+    /// feature maps are 2 pixels larger than the input; imported checkpoints only.
+    SmallPadded,
 }
 
 impl std::str::FromStr for Stem {
@@ -35,9 +39,13 @@ impl std::str::FromStr for Stem {
             "imagenet" => Ok(Stem::Imagenet),
             "small" | "cifar" => Ok(Stem::Small),
             "small-strided" => Ok(Stem::SmallStrided),
+            "small-padded" => Ok(Stem::SmallPadded),
             _ => Err(Error::config(
                 "stem",
-                format!("`{s}` is not a stem: use `imagenet`, `small` or `small-strided`"),
+                format!(
+                    "`{s}` is not a stem: use `imagenet`, `small`, `small-strided` or \
+                     `small-padded`"
+                ),
             )),
         }
     }
@@ -60,7 +68,8 @@ pub enum Padding {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResNetConfig {
-    /// 18, 34, 50, 101, 152 or 200.
+    /// 18, 26, 34, 50, 101, 152 or 200 (26: bottleneck blocks 2-2-2-2, VISSL's "resnet" of
+    /// depth 18).
     pub depth: usize,
     /// Channel multiplier: 1, 2 or 4 in the paper.
     pub width: usize,
@@ -101,6 +110,7 @@ impl ResNetConfig {
     fn layout(&self) -> Result<([usize; 4], bool)> {
         Ok(match self.depth {
             18 => ([2, 2, 2, 2], false),
+            26 => ([2, 2, 2, 2], true),
             34 => ([3, 4, 6, 3], false),
             50 => ([3, 4, 6, 3], true),
             101 => ([3, 4, 23, 3], true),
@@ -109,7 +119,7 @@ impl ResNetConfig {
             d => {
                 return Err(Error::config(
                     "depth",
-                    format!("ResNet-{d} does not exist: use 18, 34, 50, 101, 152 or 200"),
+                    format!("ResNet-{d} does not exist: use 18, 26, 34, 50, 101, 152 or 200"),
                 ))
             }
         })
@@ -156,7 +166,7 @@ impl ResNetConfig {
         let (blocks, bottleneck) = self.layout()?;
         let k = match self.stem {
             Stem::Imagenet => 7,
-            Stem::Small | Stem::SmallStrided => 3,
+            Stem::Small | Stem::SmallStrided | Stem::SmallPadded => 3,
         };
         let base = self.base_channels * self.width;
         let last = format!(
@@ -284,6 +294,7 @@ impl ResNet {
             Stem::Imagenet => (7, 2, 3),
             Stem::Small => (3, 1, 1),
             Stem::SmallStrided => (3, 2, 1),
+            Stem::SmallPadded => (3, 1, 2),
         };
         let stem = ConvBn {
             conv: Conv2d::new(&mut vs.pp("conv1"), config.in_channels, base, k, s, p)?
@@ -324,7 +335,8 @@ impl ResNet {
     }
 
     /// The outputs of the four stages (`layer1`..`layer4`, strides 4/8/16/32 with the ImageNet
-    /// stem, 1/2/4/8 with the small one, 2/4/8/16 with the small strided one), before pooling: dense heads (segmentation) read them.
+    /// stem, 1/2/4/8 with the small and small padded ones, 2/4/8/16 with the small strided one),
+    /// before pooling: dense heads (segmentation) read them.
     pub fn forward_features(&self, xs: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
         let mut ys = self.stem.forward_relu(xs, train)?;
         if self.config.stem == Stem::Imagenet {

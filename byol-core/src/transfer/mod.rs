@@ -29,7 +29,7 @@ use crate::data::Dataset;
 use crate::eval::features::{extract, LabelledFeatures};
 use crate::io::sha256_file;
 use crate::nn::{ResNet, ResNetConfig, VarStore};
-use crate::weights::{load_encoder, Weights};
+use crate::weights::{load_encoder_part, Part, Weights};
 use crate::{Error, Result};
 
 pub use report::{ClassScore, TransferReport, WeightsInfo};
@@ -41,6 +41,8 @@ pub struct CommonOptions {
     /// Architecture of a weights file without config metadata, or of the random encoder that
     /// fine-tuning starts from with [`Weights::None`] (default: ResNet-50, ImageNet stem).
     pub arch: Option<ResNetConfig>,
+    /// Which encoder of the weights file: the online one (default) or the target one.
+    pub part: Part,
     /// Side of the square network input.
     pub image_size: usize,
     pub batch_size: usize,
@@ -55,6 +57,7 @@ impl CommonOptions {
         Self {
             weights,
             arch: None,
+            part: Part::Online,
             image_size,
             batch_size: 64,
             workers: 2,
@@ -85,12 +88,14 @@ impl CommonOptions {
                 path: None,
                 sha256: None,
                 architecture: None,
+                part: None,
             },
             Weights::File(p) => WeightsInfo {
                 extractor: "encoder".into(),
                 path: Some(p.display().to_string()),
                 sha256: Some(sha256_file(p)?),
                 architecture: None,
+                part: Some(self.part.to_string()),
             },
         })
     }
@@ -100,7 +105,7 @@ impl CommonOptions {
         match &self.weights {
             Weights::None => Ok(None),
             Weights::File(p) => Ok(Some(
-                load_encoder(p, &self.device, self.arch.as_ref())?.encoder,
+                load_encoder_part(p, &self.device, self.arch.as_ref(), self.part)?.encoder,
             )),
         }
     }
@@ -109,7 +114,7 @@ impl CommonOptions {
     pub fn trainable_encoder(&self) -> Result<(ResNet, VarStore)> {
         match &self.weights {
             Weights::File(p) => {
-                let loaded = load_encoder(p, &self.device, self.arch.as_ref())?;
+                let loaded = load_encoder_part(p, &self.device, self.arch.as_ref(), self.part)?;
                 Ok((loaded.encoder, loaded.store))
             }
             Weights::None => {

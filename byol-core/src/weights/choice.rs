@@ -39,3 +39,42 @@ impl Weights {
         }
     }
 }
+
+/// Which encoder of a BYOL checkpoint to use: the online one (the default, what the paper
+/// evaluates and what our encoder files hold) or the target (momentum) one, where the file has
+/// one (`--part online|target`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Part {
+    #[default]
+    Online,
+    Target,
+}
+
+impl Part {
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Online => "online",
+            Part::Target => "target",
+        }
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Part {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "online" => Ok(Part::Online),
+            "target" | "momentum" => Ok(Part::Target),
+            _ => Err(Error::config(
+                "part",
+                format!("`{s}` is not a part: use `online` or `target`"),
+            )),
+        }
+    }
+}

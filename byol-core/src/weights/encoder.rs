@@ -3,8 +3,9 @@
 //! `torchvision.models.resnet50()` loads it with strict key checking apart from `fc`; its
 //! [`ResNetConfig`] sits in the `__metadata__` under [`ENCODER_CONFIG_KEY`].
 //!
-//! [`load_encoder`] is the one way the library loads an encoder, from any format of
-//! [`read_weights`].
+//! [`load_encoder_part`] (and [`load_encoder`], its online part) is the one way the library
+//! loads an encoder, from any format of [`read_encoder_weights`]; a file that declares no
+//! architecture gets the one its shapes imply ([`infer_architecture`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -14,7 +15,9 @@ use candle_core::{DType, Device, Tensor};
 use crate::byol::Byol;
 use crate::io::{to_json, write_safetensors, ENCODER_CONFIG_KEY};
 use crate::nn::{ResNet, ResNetConfig, VarStore};
-use crate::weights::format::read_weights;
+use crate::weights::architecture::infer_architecture;
+use crate::weights::choice::Part;
+use crate::weights::format::{read_encoder_weights, EncoderWeights, WeightsSource};
 use crate::{Error, Result};
 
 /// Saves the online encoder of `model` in torchvision naming, with its config and `extra`
@@ -46,6 +49,8 @@ pub struct LoadedEncoder {
     pub encoder: ResNet,
     pub store: VarStore,
     pub metadata: HashMap<String, String>,
+    /// Which file format, framework, part and prefix it came from.
+    pub source: WeightsSource,
 }
 
 /// The architecture in words (reports, messages).
@@ -62,18 +67,30 @@ fn same_shape(a: &ResNetConfig, b: &ResNetConfig) -> bool {
         == (b.depth, b.width, b.stem, b.in_channels, b.base_channels)
 }
 
-/// Loads an encoder from a weights file of any format of [`read_weights`], reading it once.
-///
-/// The architecture is the one the file declares in its metadata; `arch`, when given, must have
-/// the same shape (an [`Error::Config`] otherwise). A file that declares none (a plain
-/// torchvision state dict, a `.pth`) needs `arch`, which is then used. `fc.*` tensors are
-/// ignored.
+/// Loads the online encoder of a weights file: [`load_encoder_part`] with [`Part::Online`].
 pub fn load_encoder(
     path: &Path,
     device: &Device,
     arch: Option<&ResNetConfig>,
 ) -> Result<LoadedEncoder> {
-    let file = read_weights(path, device)?;
+    load_encoder_part(path, device, arch, Part::Online)
+}
+
+/// Loads the encoder `part` of a weights file of any format of [`read_encoder_weights`],
+/// reading it once.
+///
+/// The architecture is the one the file declares in its metadata; `arch`, when given, must have
+/// the same shape (an [`Error::Config`] otherwise). For a file that declares none (a plain
+/// torchvision state dict, another framework's checkpoint) `arch` is used when given, else the
+/// architecture its tensor shapes imply, or an error naming the file when they leave it open
+/// (how a 3×3 stem strides and pads). `fc.*` tensors are ignored.
+pub fn load_encoder_part(
+    path: &Path,
+    device: &Device,
+    arch: Option<&ResNetConfig>,
+    part: Part,
+) -> Result<LoadedEncoder> {
+    let EncoderWeights { file, source } = read_encoder_weights(path, device, part)?;
     let config: ResNetConfig = if file.metadata.contains_key(ENCODER_CONFIG_KEY) {
         let declared: ResNetConfig = file.metadata_json(path, ENCODER_CONFIG_KEY)?;
         if let Some(arch) = arch {
@@ -90,13 +107,20 @@ pub fn load_encoder(
             }
         }
         declared
+    } else if let Some(arch) = arch {
+        arch.clone()
     } else {
-        arch.cloned().ok_or_else(|| {
+        let shapes = file
+            .tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+            .collect();
+        infer_architecture(&shapes, source.hints).map_err(|why| {
             Error::format(
                 path,
                 format!(
-                    "no encoder config in the metadata (`{ENCODER_CONFIG_KEY}`): give the \
-                     architecture explicitly"
+                    "no encoder config in the metadata (`{ENCODER_CONFIG_KEY}`) and the \
+                     architecture cannot be inferred from the tensors: {why}"
                 ),
             )
         })?
@@ -117,6 +141,7 @@ pub fn load_encoder(
         encoder,
         store,
         metadata: file.metadata,
+        source,
     })
 }
 

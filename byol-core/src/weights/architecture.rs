@@ -1,0 +1,118 @@
+//! The architecture of an encoder read from its tensor shapes (torchvision names), for files
+//! that do not declare one: depth from the blocks per stage and the block type, width and input
+//! channels from the stem convolution, the stem from its kernel. What shapes cannot tell (how a
+//! 3×3 stem strides and pads) comes from what the file's framework is known to build, or is an
+//! error asking for the architecture.
+
+use std::collections::HashMap;
+
+use crate::nn::{Padding, ResNetConfig, Stem};
+
+/// What the shapes alone leave open, as the file's framework settles it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShapeHints {
+    /// What a 3×3 stem convolution means in this framework (`None`: unknown, an error).
+    pub small_stem: Option<Stem>,
+    /// The padding convention of the framework's convolutions.
+    pub padding: Padding,
+}
+
+impl ShapeHints {
+    /// PyTorch padding; a 3×3 stem is ambiguous.
+    pub fn torch() -> Self {
+        Self {
+            small_stem: None,
+            padding: Padding::Torch,
+        }
+    }
+}
+
+/// Blocks per stage and block type of each depth [`ResNetConfig`] builds.
+const DEPTHS: [([usize; 4], bool, usize); 7] = [
+    ([2, 2, 2, 2], false, 18),
+    ([2, 2, 2, 2], true, 26),
+    ([3, 4, 6, 3], false, 34),
+    ([3, 4, 6, 3], true, 50),
+    ([3, 4, 23, 3], true, 101),
+    ([3, 8, 36, 3], true, 152),
+    ([3, 24, 36, 3], true, 200),
+];
+
+/// The [`ResNetConfig`] whose tensors have the shapes of `shapes` (torchvision names, `fc.*`
+/// ignored). The error says what is missing, unknown or ambiguous, in words for the user.
+pub fn infer_architecture(
+    shapes: &HashMap<String, Vec<usize>>,
+    hints: ShapeHints,
+) -> std::result::Result<ResNetConfig, String> {
+    let stem = shapes
+        .get("conv1.weight")
+        .ok_or("no stem convolution `conv1.weight`")?;
+    let [stem_out, in_channels, kh, kw] = stem.as_slice() else {
+        return Err(format!(
+            "`conv1.weight` has shape {stem:?}, not a convolution's (out, in, kh, kw)"
+        ));
+    };
+    let mut blocks = [0usize; 4];
+    for (g, n) in blocks.iter_mut().enumerate() {
+        while shapes.contains_key(&format!("layer{}.{}.conv1.weight", g + 1, *n)) {
+            *n += 1;
+        }
+    }
+    let bottleneck = shapes.contains_key("layer1.0.conv3.weight");
+    let depth = DEPTHS
+        .iter()
+        .find(|(b, neck, _)| *b == blocks && *neck == bottleneck)
+        .map(|(_, _, d)| *d)
+        .ok_or_else(|| {
+            format!(
+                "blocks per stage {blocks:?} ({}) match no ResNet depth we build (18, 26, 34, 50, \
+                 101, 152, 200)",
+                if bottleneck { "bottleneck" } else { "basic" }
+            )
+        })?;
+    let stem_kind = match (*kh, *kw) {
+        (7, 7) => Stem::Imagenet,
+        (3, 3) => hints.small_stem.ok_or_else(|| {
+            "its 3×3 stem convolution does not say how it strides and pads: give the \
+             architecture (--arch resnetN with --stem small for CIFAR-style ResNets: stride 1, \
+             padding 1, no max-pool; small-padded for solo-learn's CIFAR stem: padding 2; \
+             small-strided: stride 2)"
+                .to_string()
+        })?,
+        _ => {
+            return Err(format!(
+                "a {kh}×{kw} stem convolution: we build 7×7 and 3×3 stems"
+            ))
+        }
+    };
+    // The paper's widths are multiples of 64 stem channels; narrow networks have fewer.
+    let (width, base_channels) = if *stem_out >= 64 && stem_out.is_multiple_of(64) {
+        (stem_out / 64, 64)
+    } else {
+        (1, *stem_out)
+    };
+    let config = ResNetConfig {
+        depth,
+        width,
+        stem: stem_kind,
+        in_channels: *in_channels,
+        base_channels,
+        zero_init_residual: false,
+        padding: hints.padding,
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    // Every tensor the key shapes check looks at (stem and feature width) must agree, so a
+    // ResNeXt or wide ResNet (other inner widths) is not taken for ours.
+    let inner = shapes.get("layer1.0.conv1.weight").map(|s| s.first());
+    let planes = config.base_channels * config.width;
+    if let Some(Some(&c)) = inner {
+        if c != planes {
+            return Err(format!(
+                "`layer1.0.conv1.weight` has {c} output channels where a plain ResNet with a \
+                 {stem_out}-channel stem has {planes}: a wide ResNet or ResNeXt, which we do not \
+                 build"
+            ));
+        }
+    }
+    Ok(config)
+}
