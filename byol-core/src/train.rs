@@ -162,23 +162,25 @@ pub fn steps_that_fit(done: u64, rate: f64, left: f64) -> u64 {
 }
 
 /// A calibrated run re-measures its step rate over every tenth of its budget: a machine that
-/// slows down (another job starts) would otherwise stop the run before its schedules end, one
-/// that speeds up would leave budget unused.
+/// slows down (another job starts) would otherwise stop the run before its schedules end.
 const REFIT_WINDOW: f64 = 0.1;
-/// Relative change of the fitted length below which the schedules are left as they are (each
-/// refit moves the learning rate a little; rate noise should not).
+/// Shortfall of the fitted length below which the schedules are left as they are (each refit
+/// moves the learning rate and τ; rate noise should not).
 const REFIT_TOLERANCE: f64 = 0.03;
 
 /// The new schedule length of a calibrated run that has done `done` of `current` steps and now
-/// runs at `rate` steps/s with `left` seconds of budget: `None` while the fitted length stays
-/// within [`REFIT_TOLERANCE`] of `current`, never more than `longest` (all epochs).
+/// runs at `rate` steps/s with `left` seconds of budget: only ever shorter, and only when the
+/// steps that fit fall more than [`REFIT_TOLERANCE`] short of `current` — a run that speeds up
+/// keeps its schedule and ends a little early. Refits cost accuracy: on the quick start, 3 seeds,
+/// runs refitted both ways five times reached 81.17 % against 82.36 % for the same steps on a
+/// schedule fixed from the start (README, "The Fashion-MNIST recipe").
 pub fn refitted_length(done: u64, rate: f64, left: f64, current: u64, longest: u64) -> Option<u64> {
     if !rate.is_finite() || rate <= 0.0 {
         return None;
     }
     let fits = steps_that_fit(done, rate, left).min(longest);
-    let drift = (fits as f64 - current as f64).abs() / current.max(1) as f64;
-    (drift > REFIT_TOLERANCE).then_some(fits)
+    let shortfall = (current as f64 - fits as f64) / current.max(1) as f64;
+    (shortfall > REFIT_TOLERANCE).then_some(fits)
 }
 
 /// The learning-rate schedule of `config` (its length is `total_steps`, which the τ schedule

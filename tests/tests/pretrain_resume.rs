@@ -369,16 +369,17 @@ fn a_shortened_schedule_ends_the_run_and_shrinks_the_warm_up() {
 }
 
 #[test]
-fn a_calibrated_run_refits_its_schedules_when_the_step_rate_changes() {
+fn a_calibrated_run_shortens_its_schedules_when_the_machine_slows_down() {
     use byol_core::train::refitted_length;
     // 300 steps planned; at step 100 the machine runs 1 step/s with 100 s left: 93 more fit.
     assert_eq!(refitted_length(100, 1.0, 100.0, 300, 10_000), Some(193));
-    // Twice as fast: 186 more, longer than planned.
-    assert_eq!(refitted_length(100, 2.0, 100.0, 193, 10_000), Some(286));
-    // Within 3 % of the plan: left as it is (rate noise must not move the learning rate).
-    assert_eq!(refitted_length(100, 2.0, 100.0, 280, 10_000), None);
+    // Twice as fast: 186 more would fit, but the schedule is never lengthened.
+    assert_eq!(refitted_length(100, 2.0, 100.0, 193, 10_000), None);
+    // Within 3 % short of the plan: left as it is (rate noise must not move the learning rate).
+    assert_eq!(refitted_length(100, 1.0, 100.0, 197, 10_000), None);
+    assert_eq!(refitted_length(100, 1.0, 100.0, 200, 10_000), Some(193));
     // Never past all epochs, never from a meaningless rate.
-    assert_eq!(refitted_length(100, 50.0, 100.0, 300, 1000), Some(1000));
+    assert_eq!(refitted_length(100, 1.0, 1000.0, 5000, 1000), Some(1000));
     assert_eq!(refitted_length(100, f64::NAN, 100.0, 300, 1000), None);
     assert_eq!(refitted_length(100, 0.0, 100.0, 300, 1000), None);
 }
