@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use byol_core::byol::{Byol, ByolConfig};
-use byol_core::nn::{ResNetConfig, Stem};
+use byol_core::nn::ResNetConfig;
 use byol_core::optim::{Lars, LarsConfig};
 use byol_kernels::{default_backend, set_backend, Backend};
 use candle_core::{Device, Tensor};
@@ -43,19 +43,7 @@ fn main() -> byol_core::Result<()> {
     };
     set_backend(backend);
     eprintln!("backend {backend:?}");
-    let encoder = match model.as_str() {
-        "r18-small" => ResNetConfig {
-            stem: Stem::Small,
-            ..ResNetConfig::new(18)
-        },
-        "r50-imagenet" => ResNetConfig::new(50),
-        other => {
-            return Err(byol_core::Error::config(
-                "model",
-                format!("`{other}`: use r18-small or r50-imagenet"),
-            ))
-        }
-    };
+    let encoder = ResNetConfig::benchmark(&model)?;
     let dev = Device::Cpu;
     let mut byol = Byol::new(&ByolConfig::new(encoder), &dev, 0)?;
     let mut opt = Lars::new(LarsConfig::default());

@@ -293,6 +293,7 @@ fn a_bad_push_to_hub_repo_fails_before_step_one_and_writes_nothing() {
 mod mpi {
     use super::*;
     use byol_core::checkpoint::load_training_state;
+    use byol_tests::state_difference;
     use candle_core::Device;
 
     /// `command` under `mpirun -np <ranks>`, one thread per rank (2 cores in CI).
@@ -311,44 +312,6 @@ mod mpi {
     fn newest_state(dir: &Path) -> byol_core::checkpoint::TrainingState {
         let path = latest_state(dir).unwrap().expect("a training state");
         load_training_state(&path, &Device::Cpu).unwrap()
-    }
-
-    /// The largest relative difference over every float tensor of two runs' final states.
-    fn state_difference(a: &Path, b: &Path) -> f64 {
-        let (a, b) = (newest_state(a), newest_state(b));
-        assert_eq!(a.step, b.step);
-        let all = |s: &byol_core::checkpoint::TrainingState| {
-            let mut v = s.model.online_store().tensors_under("");
-            v.extend(s.model.target_store().unwrap().tensors_under(""));
-            v
-        };
-        all(&a)
-            .iter()
-            .zip(all(&b))
-            .filter(|(x, _)| x.1.dtype().is_float())
-            .map(|(x, y)| {
-                let e = byol_tests::relative_error(&x.1, &y.1);
-                if e > 1e-5 {
-                    let d = (&x.1 - &y.1)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
-                    let m =
-                        y.1.abs()
-                            .unwrap()
-                            .max_all()
-                            .unwrap()
-                            .to_scalar::<f32>()
-                            .unwrap();
-                    eprintln!("DEBUG {} {e:e} maxdiff {d:e} maxabs {m:e}", x.0);
-                }
-                e
-            })
-            .fold(0.0, f64::max)
     }
 
     /// `extra` in one process and under `mpirun -np 2`, into `<dir>/one-<tag>` and `two-<tag>`.

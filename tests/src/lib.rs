@@ -174,3 +174,32 @@ pub fn assert_same_tensors(a: &Path, b: &Path) {
     }
     assert_eq!(a.metadata, b.metadata);
 }
+
+/// The largest relative difference ([`relative_error`]) over every float tensor of the online
+/// and target networks of the newest training states in two run directories (same step).
+pub fn state_difference(a: &Path, b: &Path) -> f64 {
+    let load = |dir: &Path| {
+        let path = byol_core::train::latest_state(dir)
+            .expect("the run directory lists")
+            .expect("a training state");
+        byol_core::checkpoint::load_training_state(&path, &Device::Cpu).expect("a readable state")
+    };
+    let (a, b) = (load(a), load(b));
+    assert_eq!(a.step, b.step, "the states are of different steps");
+    let tensors = |s: &byol_core::checkpoint::TrainingState| {
+        let mut all = s.model.online_store().tensors_under("");
+        if let Some(target) = s.model.target_store() {
+            all.extend(target.tensors_under(""));
+        }
+        all
+    };
+    tensors(&a)
+        .iter()
+        .zip(tensors(&b))
+        .filter(|(x, _)| x.1.dtype().is_float())
+        .map(|(x, y)| {
+            assert_eq!(x.0, y.0);
+            relative_error(&x.1, &y.1)
+        })
+        .fold(0.0, f64::max)
+}

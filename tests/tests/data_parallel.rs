@@ -6,13 +6,12 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use byol_core::checkpoint::load_training_state;
 use byol_core::config::TrainConfig;
 use byol_core::distributed::{Collective, DataParallel};
-use byol_core::train::{latest_state, pretrain, RunControl, Silent};
+use byol_core::train::{pretrain, RunControl, Silent};
 use byol_kernels::{with_backend, Backend};
+use byol_tests::state_difference;
 use byol_tests::thread_group::thread_group;
-use candle_core::Device;
 
 use crate::pretrain_resume::{config, data, losses};
 
@@ -32,15 +31,8 @@ fn control<'a>(
     parallel: &'a DataParallel,
 ) -> RunControl<'a> {
     RunControl {
-        out_dir,
-        device: &Device::Cpu,
-        resume,
-        init_weights: None,
-        init_part: Default::default(),
-        stop,
-        time_budget: None,
-        allow_config_change: false,
         parallel,
+        ..crate::pretrain_resume::run(out_dir, resume, stop)
     }
 }
 
@@ -89,30 +81,6 @@ fn train_ranks_on(
             h.join().expect("a rank thread");
         }
     });
-}
-
-/// The largest relative difference between the tensors of the newest states of two runs.
-fn state_difference(a: &Path, b: &Path) -> f64 {
-    let load = |dir: &Path| {
-        let path = latest_state(dir).unwrap().expect("a state");
-        load_training_state(&path, &Device::Cpu).unwrap()
-    };
-    let (a, b) = (load(a), load(b));
-    assert_eq!(a.step, b.step);
-    let stores = |s: &byol_core::checkpoint::TrainingState| {
-        let mut all = s.model.online_store().tensors_under("");
-        all.extend(s.model.target_store().unwrap().tensors_under(""));
-        all
-    };
-    stores(&a)
-        .iter()
-        .zip(stores(&b))
-        .filter(|(x, _)| x.1.dtype().is_float())
-        .map(|(x, y)| {
-            assert_eq!(x.0, y.0);
-            byol_tests::relative_error(&x.1, &y.1)
-        })
-        .fold(0.0, f64::max)
 }
 
 fn loss_difference(a: &Path, b: &Path) -> f64 {

@@ -75,7 +75,11 @@ pub(crate) fn data() -> TrainData {
     }
 }
 
-fn run<'a>(out_dir: &'a std::path::Path, resume: bool, stop: &'a AtomicBool) -> RunControl<'a> {
+pub(crate) fn run<'a>(
+    out_dir: &'a std::path::Path,
+    resume: bool,
+    stop: &'a AtomicBool,
+) -> RunControl<'a> {
     RunControl {
         out_dir,
         device: &Device::Cpu,

@@ -93,6 +93,22 @@ fn default_base_channels() -> usize {
 }
 
 impl ResNetConfig {
+    /// The encoders the step benchmarks time, by name: `r18-small` (ResNet-18, small stem) and
+    /// `r50-imagenet` (ResNet-50, ImageNet stem).
+    pub fn benchmark(name: &str) -> Result<Self> {
+        match name {
+            "r18-small" => Ok(Self {
+                stem: Stem::Small,
+                ..Self::new(18)
+            }),
+            "r50-imagenet" => Ok(Self::new(50)),
+            other => Err(Error::config(
+                "model",
+                format!("`{other}`: use r18-small or r50-imagenet"),
+            )),
+        }
+    }
+
     /// A paper-width ResNet of the given depth, ImageNet stem, RGB input.
     pub fn new(depth: usize) -> Self {
         Self {
