@@ -17,6 +17,11 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
             std::process::exit(130);
         }
     })
-    .map_err(|e| Error::config("signals", format!("cannot install the SIGINT/SIGTERM handler: {e}")))?;
+    .map_err(|e| {
+        Error::config(
+            "signals",
+            format!("cannot install the SIGINT/SIGTERM handler: {e}"),
+        )
+    })?;
     Ok(stop)
 }

@@ -14,8 +14,7 @@ use byol_core::eval::linear_protocol::LinearProtocolOptions;
 use byol_core::eval::logistic::lambda_grid;
 use byol_core::eval::report::ClassificationReport;
 use byol_core::eval::semi_supervised::{
-    FinetuneObserver, FinetuneStep, SemiSupervisedOptions, SemiSupervisedOutcome,
-    SemiSupervisedRun,
+    FinetuneObserver, FinetuneStep, SemiSupervisedOptions, SemiSupervisedOutcome, SemiSupervisedRun,
 };
 use byol_core::eval::sgd_probe::{SgdProbeOptions, PAPER_LEARNING_RATES};
 use byol_core::nn::{ResNetConfig, Stem};
@@ -193,7 +192,10 @@ impl Common {
         let labels = self
             .labels
             .as_deref()
-            .map(|l| l.parse::<LabelSpec>().with_context(|| format!("--labels {l}")))
+            .map(|l| {
+                l.parse::<LabelSpec>()
+                    .with_context(|| format!("--labels {l}"))
+            })
             .transpose()?;
         Ok(EvalSetup {
             data: DatasetSource::new(self.dataset, self.data.clone()),
@@ -407,7 +409,7 @@ impl FinetuneObserver for StepLog {
             self.rates.push(s.images_per_sec);
         }
         let every = (s.total_steps / 10).max(1);
-        if s.step % every == 0 || s.step == s.total_steps {
+        if s.step.is_multiple_of(every) || s.step == s.total_steps {
             tracing::info!(
                 "run {}/{} ({}): step {}/{}, epoch {}, loss {:.4}, lr {:.5}, {:.1} images/s",
                 s.run_index + 1,

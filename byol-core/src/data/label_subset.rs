@@ -239,11 +239,17 @@ fn listed_images(text: &str, listed: &str, train: &dyn Dataset) -> Result<Vec<us
     let mut indices = Vec::with_capacity(entries.len());
     let mut missing: Vec<(usize, &str)> = Vec::new();
     for &(line, entry) in &entries {
-        let candidates = by_name.get(file_name_of(entry)).map_or(&[][..], Vec::as_slice);
+        let candidates = by_name
+            .get(file_name_of(entry))
+            .map_or(&[][..], Vec::as_slice);
         let matches: Vec<usize> = candidates
             .iter()
             .copied()
-            .filter(|&i| train.file_path(i).is_some_and(|p| p.ends_with(Path::new(entry))))
+            .filter(|&i| {
+                train
+                    .file_path(i)
+                    .is_some_and(|p| p.ends_with(Path::new(entry)))
+            })
             .collect();
         match matches.as_slice() {
             [] => missing.push((line, entry)),
@@ -286,7 +292,10 @@ mod tests {
     #[test]
     fn specs_parse_and_print() {
         assert_eq!("1%".parse::<LabelSpec>().unwrap(), LabelSpec::Percent(1.0));
-        assert_eq!(" 10 %".parse::<LabelSpec>().unwrap(), LabelSpec::Percent(10.0));
+        assert_eq!(
+            " 10 %".parse::<LabelSpec>().unwrap(),
+            LabelSpec::Percent(10.0)
+        );
         assert_eq!(LabelSpec::Percent(2.5).to_string(), "2.5%");
         assert_eq!(
             "subset.txt".parse::<LabelSpec>().unwrap(),

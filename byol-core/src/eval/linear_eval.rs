@@ -13,8 +13,8 @@ use candle_core::Device;
 use serde_json::json;
 
 use crate::data::augment::{AugmentConfig, EvalTransform};
-use crate::data::pipeline::OneViewAugmenter;
 use crate::data::label_subset::resolve_labels;
+use crate::data::pipeline::OneViewAugmenter;
 use crate::data::{Dataset, DatasetKind, DatasetSource, LabelSpec, LabelSubset, Split, Subset};
 use crate::eval::cache::{cached_features, CacheKey, CacheStatus};
 use crate::eval::features::{extract, LabelledFeatures};

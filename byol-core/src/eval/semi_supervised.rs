@@ -163,7 +163,10 @@ impl SemiSupervisedOptions {
             ));
         }
         if self.epochs.contains(&0) {
-            return Err(Error::config("epochs", "every epoch count must be at least 1"));
+            return Err(Error::config(
+                "epochs",
+                "every epoch count must be at least 1",
+            ));
         }
         if self.batch_size == 0 {
             return Err(Error::config("train-batch-size", "must be at least 1"));
@@ -463,11 +466,10 @@ impl EvalSetup {
                 continue;
             }
             let resume_from = take_matching(&mut saved, plan);
-            let tuner =
-                match train_run(&mut ctx, *plan, &selection_train, resume_from, observer)? {
-                    RunEnd::Done(tuner) => tuner,
-                    RunEnd::Interrupted(outcome) => return interrupted(&mut progress, outcome),
-                };
+            let tuner = match train_run(&mut ctx, *plan, &selection_train, resume_from, observer)? {
+                RunEnd::Done(tuner) => tuner,
+                RunEnd::Interrupted(outcome) => return interrupted(&mut progress, outcome),
+            };
             let (scores, labels_out) = tuner.model.scores(
                 Arc::clone(&held_out),
                 Arc::clone(&ctx.eval_transform),
@@ -604,9 +606,9 @@ fn train_run(
     let mut tuner = Box::new(FineTuner::classifier(&ctx.common, sgd, ctx.classes)?);
     let mut step = 0u64;
     if let Some(saved) = saved {
-        tuner.load_state(&saved.tensors).map_err(|e| {
-            Error::format(&ctx.state_path, format!("does not fit the run: {e}"))
-        })?;
+        tuner
+            .load_state(&saved.tensors)
+            .map_err(|e| Error::format(&ctx.state_path, format!("does not fit the run: {e}")))?;
         step = saved.step;
         tracing::info!("{label}: resuming at step {step}");
     }
@@ -673,7 +675,11 @@ fn train_run(
             if m == 0 {
                 continue;
             }
-            let x = Tensor::from_slice(&batch.view(0)[..m * view_len], (m, c, h, w), &ctx.common.device)?;
+            let x = Tensor::from_slice(
+                &batch.view(0)[..m * view_len],
+                (m, c, h, w),
+                &ctx.common.device,
+            )?;
             let lr = schedule.lr(step);
             let context = || format!("step {step} of {label}");
             let loss = tuner.cross_entropy_step(&x, batch.labels(), lr, &context)?;
@@ -692,7 +698,10 @@ fn train_run(
                 lr,
                 images_per_sec: m as f64 / elapsed.max(1e-9),
             });
-            if opts.checkpoint_every > 0 && step % opts.checkpoint_every == 0 && step < total {
+            if opts.checkpoint_every > 0
+                && step.is_multiple_of(opts.checkpoint_every)
+                && step < total
+            {
                 save_state(ctx, &tuner, plan, step, observer)?;
             }
             if step >= total {

@@ -272,7 +272,8 @@ pub(crate) fn grid_search(
             });
         }
     }
-    let best = first_best(&grid, |p| p.val).ok_or_else(|| Error::config("finetune", "empty grid"))?;
+    let best =
+        first_best(&grid, |p| p.val).ok_or_else(|| Error::config("finetune", "empty grid"))?;
     let (lr, weight_decay) = (best.lr, best.weight_decay);
     Ok(GridChoice {
         lr,
