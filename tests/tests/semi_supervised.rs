@@ -37,6 +37,10 @@ momentum of 0.9. We do not use any regularization methods such as weight decay, 
 0.005} and the number of epochs {30, 50} and select the hyperparameters achieving the best \
 performance on our local validation set to report test performance.";
 
+/// Appendix B of the same paper, the random crop every protocol's "random crops" are:
+const PAPER_CROP: &str = "random cropping: a random patch of the image is selected, with an area \
+uniformly sampled between 8% and 100% of that of the original image";
+
 /// Table 2(a) of the same paper, ResNet-50 row of BYOL: "53.2 68.8 78.4 89.0" (top-1 at 1 % and
 /// 10 % of the labels, then top-5).
 const PAPER_TABLE_2: &str = "BYOL (ours) 53.2 68.8 78.4 89.0";
@@ -93,6 +97,18 @@ fn the_recipe_is_the_papers_text() {
     assert_eq!(r.weight_decay, 0.0);
     assert_eq!(r.crop as f64, number_after(PAPER_TEXT, "resize to"));
     assert_eq!(r.eval_resize as f64, number_after(PAPER_TEXT, "resized to"));
+    let between = PAPER_CROP.split("between ").nth(1).unwrap();
+    let low: f64 = between.split('%').next().unwrap().parse().unwrap();
+    let high: f64 = between
+        .split("and ")
+        .nth(1)
+        .unwrap()
+        .split('%')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(r.crop_area, [low / 100.0, high / 100.0]);
     assert_eq!(
         r.warmup_steps as f64,
         number_after(OFFICIAL_CODE, "warmup_steps=")
@@ -105,6 +121,7 @@ fn the_recipe_is_the_papers_text() {
     let d = SemiSupervisedOptions::default();
     assert_eq!(d.learning_rates, r.learning_rates);
     assert_eq!(d.epochs, r.epochs);
+    assert_eq!(d.crop_min_scale, r.crop_area[0]);
     assert_eq!(
         (d.batch_size, d.sgd),
         (
@@ -557,5 +574,67 @@ fn the_linear_modes_take_the_same_label_subsets() -> R {
     setup.train_subset = Some(10);
     let err = setup.logistic(&opts).unwrap_err().to_string();
     assert!(err.contains("--train-subset"), "{err}");
+    Ok(())
+}
+
+/// Fine-tuning trains the whole network: after a few steps every convolution of the encoder has
+/// moved and the BatchNorm running statistics were updated (training mode), and the state the
+/// tuner checkpoints reads back into a fresh tuner.
+#[test]
+fn the_encoder_itself_is_fine_tuned_with_batchnorm_in_training_mode() -> R {
+    use byol_core::transfer::finetune::FineTuner;
+    use byol_core::transfer::CommonOptions;
+    let dir = tempfile::tempdir()?;
+    let weights = dir.path().join("encoder.safetensors");
+    save_tiny_encoder(&weights, 5);
+    let common = CommonOptions::new(Weights::File(weights), 16);
+    let sgd = SgdConfig::default();
+    let mut tuner = FineTuner::classifier(&common, sgd, 3)?;
+    // Copies: the state's tensors share the storage the optimiser writes into.
+    let before: std::collections::HashMap<String, candle_core::Tensor> = tuner
+        .state_tensors()
+        .into_iter()
+        .map(|(k, t)| (k, t.copy().unwrap()))
+        .collect();
+    let (x, _) = byol_tests::views(6, 16, 1);
+    for _ in 0..3 {
+        tuner.cross_entropy_step(&x, &[0, 1, 2, 0, 1, 2], 0.1, &|| "test".into())?;
+    }
+    let after: std::collections::HashMap<String, candle_core::Tensor> =
+        tuner.state_tensors().into_iter().collect();
+    let moved = |name: &str| {
+        let d = (after[name].to_dtype(candle_core::DType::F64).unwrap()
+            - before[name].to_dtype(candle_core::DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+        d > 0.0
+    };
+    let convs: Vec<&String> = before
+        .keys()
+        .filter(|k| k.starts_with("encoder.") && k.contains("conv") && k.ends_with(".weight"))
+        .collect();
+    assert!(convs.len() >= 17, "{convs:?}");
+    for name in convs {
+        assert!(moved(name), "{name} did not move");
+    }
+    for name in [
+        "encoder.bn1.running_mean",
+        "encoder.layer4.1.bn2.running_var",
+        "head.fc.weight",
+    ] {
+        assert!(moved(name), "{name} did not move");
+    }
+    assert!(after.keys().any(|k| k.starts_with("sgd.encoder.")));
+    assert!(after.keys().any(|k| k.starts_with("sgd.head.")));
+    let mut fresh = FineTuner::classifier(&common, sgd, 3)?;
+    fresh.load_state(&after)?;
+    let reloaded: std::collections::HashMap<String, candle_core::Tensor> =
+        fresh.state_tensors().into_iter().collect();
+    assert_eq!(reloaded.len(), after.len());
     Ok(())
 }

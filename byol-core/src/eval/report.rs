@@ -88,6 +88,8 @@ pub struct SemiSupervisedChoice<'a> {
     pub momentum: f64,
     pub nesterov: bool,
     pub weight_decay: f64,
+    /// Smallest crop area of the training views.
+    pub crop_min_scale: f64,
     pub lr_schedule: &'a str,
     pub val_fraction: f64,
     pub selection: &'a str,

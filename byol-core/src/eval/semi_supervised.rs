@@ -66,6 +66,8 @@ pub struct SemiSupervisedRecipe {
     pub lr_reference_batch: usize,
     /// Side of the random crop (training) and of the centre crop (evaluation).
     pub crop: usize,
+    /// Area range of the random crop, as fractions of the image (App. B's random crop).
+    pub crop_area: [f64; 2],
     /// Shorter side the evaluation images are resized to before the centre crop.
     pub eval_resize: usize,
 }
@@ -83,6 +85,7 @@ pub const PAPER_SEMI_SUPERVISED: SemiSupervisedRecipe = SemiSupervisedRecipe {
     warmup_steps: 0,
     lr_reference_batch: 256,
     crop: 224,
+    crop_area: [0.08, 1.0],
     eval_resize: 256,
 };
 
@@ -117,6 +120,9 @@ pub struct SemiSupervisedOptions {
     /// Images per fine-tuning step.
     pub batch_size: usize,
     pub sgd: SgdConfig,
+    /// Smallest area of the random crop, as a fraction of the image (paper: 0.08; small images
+    /// lose their class in such crops).
+    pub crop_min_scale: f64,
     /// Fraction of the labelled subset held out to choose the learning rate and epochs.
     pub val_fraction: f64,
     /// Seeds the held-out carve-out, the data order, the views and a random head.
@@ -137,6 +143,7 @@ impl Default for SemiSupervisedOptions {
                 nesterov: r.nesterov,
                 weight_decay: r.weight_decay,
             },
+            crop_min_scale: r.crop_area[0],
             val_fraction: 0.1,
             seed: 0,
             checkpoint_every: 500,
@@ -170,6 +177,12 @@ impl SemiSupervisedOptions {
         }
         if self.batch_size == 0 {
             return Err(Error::config("train-batch-size", "must be at least 1"));
+        }
+        if !(self.crop_min_scale > 0.0 && self.crop_min_scale <= 1.0) {
+            return Err(Error::config(
+                "crop-min-scale",
+                format!("{} is not in (0, 1]", self.crop_min_scale),
+            ));
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return Err(Error::config(
@@ -270,6 +283,7 @@ struct Settings {
     epochs: Vec<usize>,
     batch_size: usize,
     sgd: SgdConfig,
+    crop_min_scale: f64,
     val_fraction: f64,
     seed: u64,
 }
@@ -397,14 +411,17 @@ impl EvalSetup {
             epochs: opts.epochs.clone(),
             batch_size: opts.batch_size,
             sgd: opts.sgd,
+            crop_min_scale: opts.crop_min_scale,
             val_fraction: opts.val_fraction,
             seed: opts.seed,
         };
         let progress_path = run.out_dir.join(PROGRESS_FILE);
         let state_path = run.out_dir.join(STATE_FILE);
         check_resume(run, &progress_path, &state_path, &settings)?;
-        let train_transform: Arc<dyn Transform> =
-            Arc::new(OneViewAugmenter::crop_and_flip(&p.augment)?);
+        let train_transform: Arc<dyn Transform> = Arc::new(OneViewAugmenter::crop_and_flip_scaled(
+            &p.augment,
+            [opts.crop_min_scale, PAPER_SEMI_SUPERVISED.crop_area[1]],
+        )?);
         let eval_transform: Arc<dyn Transform> = Arc::new(EvalTransform::new(p.augment.clone())?);
 
         // Every check has passed: the first write.
@@ -520,6 +537,7 @@ impl EvalSetup {
             momentum: opts.sgd.momentum,
             nesterov: opts.sgd.nesterov,
             weight_decay: opts.sgd.weight_decay,
+            crop_min_scale: opts.crop_min_scale,
             lr_schedule: LR_SCHEDULE,
             val_fraction: opts.val_fraction,
             selection: SELECTION,
