@@ -21,9 +21,9 @@ use crate::data::{Dataset, DatasetKind};
 use crate::{Error, Result};
 
 /// SimCLR's ImageNet 1 % list (12 811 training images, 12 or 13 per class), Apache-2.0.
-pub const IMAGENET_1_PERCENT: &str = include_str!("../../data/imagenet-subsets/1percent.txt");
+pub static IMAGENET_1_PERCENT: &str = include_str!("../../data/imagenet-subsets/1percent.txt");
 /// SimCLR's ImageNet 10 % list (128 116 training images), Apache-2.0.
-pub const IMAGENET_10_PERCENT: &str = include_str!("../../data/imagenet-subsets/10percent.txt");
+pub static IMAGENET_10_PERCENT: &str = include_str!("../../data/imagenet-subsets/10percent.txt");
 
 /// A `--labels` value: a percentage (`1%`, `10%`, `2.5%`) or a subset file.
 #[derive(Debug, Clone, PartialEq)]
