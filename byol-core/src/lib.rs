@@ -21,6 +21,7 @@ pub mod metrics_log;
 pub mod nn;
 pub mod optim;
 pub mod plot;
+pub mod signals;
 pub mod train;
 pub mod transfer;
 pub mod weights;

@@ -711,7 +711,7 @@ impl RunLock {
 
 /// Removes the temporary files (`.<name>.<pid>.tmp`, see [`crate::io::write_atomic`])
 /// that killed writes left in `dir`, unless their process is still alive.
-fn remove_orphan_temporaries(dir: &Path, observer: &mut dyn Observer) -> Result<()> {
+pub(crate) fn remove_orphan_temporaries(dir: &Path, observer: &mut dyn Observer) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
@@ -751,7 +751,15 @@ pub fn non_finite_tensor(model: &Byol, optimizer: &Lars) -> Result<Option<String
     let momentum = momentum
         .into_iter()
         .map(|(n, t)| (format!("lars.momentum.{n}"), t.clone()));
-    for (name, tensor) in online.into_iter().chain(target).chain(momentum) {
+    first_non_finite(online.into_iter().chain(target).chain(momentum))
+}
+
+/// The name of the first float tensor of `tensors` that holds a NaN or an infinity: checked
+/// before every checkpoint (pretraining, fine-tuning) so the newest file stays a good one.
+pub fn first_non_finite(
+    tensors: impl IntoIterator<Item = (String, Tensor)>,
+) -> Result<Option<String>> {
+    for (name, tensor) in tensors {
         if !tensor.dtype().is_float() {
             continue;
         }

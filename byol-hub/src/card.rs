@@ -116,7 +116,7 @@ pub fn model_card(info: &CardInfo, reports: &[Report]) -> Result<String> {
             let (task, task_name, dataset, metrics) = match r {
                 Report::Linear(r) => (
                     "image-classification",
-                    format!("Linear evaluation ({})", r.protocol),
+                    linear_name(r),
                     &r.dataset,
                     vec![
                         ("accuracy", "Top-1 accuracy", 100.0 * r.top1),
@@ -181,8 +181,8 @@ pub fn model_card(info: &CardInfo, reports: &[Report]) -> Result<String> {
                 Report::Linear(r) => {
                     let _ = writeln!(
                         y,
-                        "| linear ({}) | {} | top-1 / top-5 | {:.2} / {:.2} |",
-                        r.protocol,
+                        "| {} | {} | top-1 / top-5 | {:.2} / {:.2} |",
+                        linear_row(r),
                         r.dataset,
                         100.0 * r.top1,
                         100.0 * r.top5
@@ -210,6 +210,33 @@ pub fn model_card(info: &CardInfo, reports: &[Report]) -> Result<String> {
     Ok(y)
 }
 
+/// What a `byol-linear-eval` report evaluated, in words: a linear protocol on the frozen
+/// encoder, or semi-supervised fine-tuning on a label subset (its `labels` hyper-parameter).
+fn linear_name(r: &ClassificationReport) -> String {
+    if r.protocol == SEMI_SUPERVISED {
+        let labels = r
+            .hyperparameters
+            .get("labels")
+            .and_then(Value::as_str)
+            .unwrap_or("a subset of the");
+        format!("Semi-supervised fine-tuning ({labels} labels)")
+    } else {
+        format!("Linear evaluation ({})", r.protocol)
+    }
+}
+
+/// [`linear_name`] for the card's results table.
+fn linear_row(r: &ClassificationReport) -> String {
+    if r.protocol == SEMI_SUPERVISED {
+        linear_name(r).to_lowercase()
+    } else {
+        format!("linear ({})", r.protocol)
+    }
+}
+
+/// The `protocol` of semi-supervised fine-tuning reports.
+const SEMI_SUPERVISED: &str = "semi-supervised";
+
 fn metric_type(metric: &str) -> &'static str {
     let m = metric.to_ascii_lowercase();
     if m.contains("iou") {
@@ -218,5 +245,77 @@ fn metric_type(metric: &str) -> &'static str {
         "mAP"
     } else {
         "accuracy"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(protocol: &str, labels: Option<&str>) -> Report {
+        let mut hyperparameters = std::collections::BTreeMap::new();
+        if let Some(l) = labels {
+            hyperparameters.insert("labels".to_string(), json!(l));
+            hyperparameters.insert("labelled_images".to_string(), json!(12811));
+        }
+        Report::Linear(ClassificationReport {
+            protocol: protocol.into(),
+            protocol_description: String::new(),
+            dataset: "imagenet".into(),
+            data_dir: "/data/imagenet".into(),
+            weights: byol_core::eval::report::WeightsInfo {
+                extractor: "encoder".into(),
+                path: None,
+                sha256: None,
+                architecture: None,
+                part: None,
+            },
+            splits: byol_core::eval::report::SplitSizes {
+                train: 12811,
+                val: 1281,
+                test: 50000,
+            },
+            feature_dim: 2048,
+            hyperparameters,
+            top1: 0.532,
+            top5: 0.784,
+            mean_per_class_accuracy: 0.53,
+            class_names: vec![],
+            per_class_accuracy: vec![],
+            confusion_matrix: vec![],
+            seconds: 1.0,
+        })
+    }
+
+    #[test]
+    fn semi_supervised_reports_are_named_by_their_label_subset() {
+        let info = CardInfo {
+            repo: "me/byol-r50".into(),
+            license: "apache-2.0".into(),
+            datasets: vec![],
+            encoder: ResNetConfig::new(50),
+            recipe: None,
+            files: vec![],
+        };
+        let reports = [report("semi-supervised", Some("1%")), report("sgd", None)];
+        let card = model_card(&info, &reports).unwrap();
+        for needle in [
+            "name: \"Semi-supervised fine-tuning (1% labels)\"",
+            "name: \"Linear evaluation (sgd)\"",
+            "value: 53.20",
+            "value: 78.40",
+            "| semi-supervised fine-tuning (1% labels) | imagenet | top-1 / top-5 | 53.20 / 78.40 |",
+            "| linear (sgd) | imagenet |",
+        ] {
+            assert!(card.contains(needle), "card lacks {needle:?}:\n{card}");
+        }
+        // The report reads back as a linear-eval report, whatever its protocol.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("semi-supervised.json");
+        let Report::Linear(r) = &reports[0] else {
+            unreachable!()
+        };
+        r.write_json(&path).unwrap();
+        assert_eq!(Report::read(&path).unwrap(), Some(reports[0].clone()));
     }
 }

@@ -1,11 +1,12 @@
-//! `byol-linear-eval`: frozen-encoder evaluation with the paper's protocols (features cache,
-//! logistic transfer protocol, SGD ImageNet protocol, kNN), and `inspect`, what a weights file
-//! holds. The logic is `byol_core::eval` and `byol_core::weights::inspect`.
+//! `byol-linear-eval`: evaluation with the paper's protocols (features cache, logistic transfer
+//! protocol, SGD ImageNet protocol, kNN on the frozen encoder; semi-supervised fine-tuning of the
+//! whole network on a label subset), and `inspect`, what a weights file holds. The logic is
+//! `byol_core::eval` and `byol_core::weights::inspect`.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use byol_core::data::{DatasetKind, DatasetSource};
+use byol_core::data::{DatasetKind, DatasetSource, LabelSpec};
 use byol_core::device::parse_device;
 use byol_core::distributed::DataParallel;
 use byol_core::eval::cache::CacheStatus;
@@ -14,6 +15,9 @@ use byol_core::eval::linear_eval::EvalSetup;
 use byol_core::eval::linear_protocol::LinearProtocolOptions;
 use byol_core::eval::logistic::lambda_grid;
 use byol_core::eval::report::ClassificationReport;
+use byol_core::eval::semi_supervised::{
+    FinetuneObserver, FinetuneStep, SemiSupervisedOptions, SemiSupervisedOutcome, SemiSupervisedRun,
+};
 use byol_core::eval::sgd_probe::{SgdProbeOptions, PAPER_LEARNING_RATES};
 use byol_core::nn::{ResNetConfig, Stem};
 use byol_core::optim::SgdConfig;
@@ -86,6 +90,38 @@ enum Mode {
         #[arg(long, default_value_t = 0.1)]
         val_fraction: f64,
     },
+    /// Semi-supervised evaluation (Table 2): the whole network and a new linear head fine-tuned
+    /// on a label subset (--labels), lr and epochs chosen on a held-out part of it, final run on
+    /// all of it, top-1/top-5 on test (App. C.1). Resumable: Ctrl-C checkpoints, --resume goes on.
+    Finetune {
+        #[command(flatten)]
+        common: Common,
+        /// Base learning rates swept, × batch/256 (paper: 0.01,0.02,0.05,0.1,0.005).
+        #[arg(long, value_delimiter = ',')]
+        lrs: Option<Vec<f64>>,
+        /// Epoch counts swept (paper: 30,50).
+        #[arg(long, value_delimiter = ',')]
+        epochs: Option<Vec<usize>>,
+        /// Images per fine-tuning step (paper: 1024).
+        #[arg(long, default_value_t = 1024)]
+        train_batch_size: usize,
+        /// Fraction of the labelled subset held out to choose lr and epochs.
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        /// Smallest area of the random training crops (paper: 0.08; small images such as
+        /// Fashion-MNIST's 28 px lose their class in crops that small).
+        #[arg(long, default_value_t = 0.08)]
+        crop_min_scale: f64,
+        /// Steps between checkpoints of a run (0: only at its end and on Ctrl-C).
+        #[arg(long, default_value_t = 500)]
+        checkpoint_every: u64,
+        /// Continue the unfinished evaluation in --out.
+        #[arg(long)]
+        resume: bool,
+        /// Checkpoint and stop after this many steps, as Ctrl-C does (continue with --resume).
+        #[arg(long)]
+        stop_after_steps: Option<u64>,
+    },
     /// Weighted kNN on cosine similarity.
     Knn {
         #[command(flatten)]
@@ -138,6 +174,11 @@ struct Common {
     /// Use only the first N test images.
     #[arg(long)]
     test_subset: Option<usize>,
+    /// Keep the labels of a subset of train only: 1% or 10% (ImageNet: SimCLR's standard lists;
+    /// other datasets: a seeded class-balanced fraction), any other percentage, or a file of image
+    /// file names, one a line (e.g. n01440764_10026.JPEG).
+    #[arg(long)]
+    labels: Option<String>,
     /// Images per encoder batch.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
@@ -171,18 +212,28 @@ impl Common {
 
     fn setup_alone(&self) -> Result<EvalSetup> {
         let part: Part = self.part.parse()?;
-        let (weights, arch) = match self.weights.as_str() {
+        let weights = match self.weights.as_str() {
             "none" if part == Part::Target => {
                 anyhow::bail!("--part target needs a weights file, not `--weights none`")
             }
-            "none" => (Weights::None, None),
+            // Raw pixels; for fine-tuning, a random init of --arch (default ResNet-50).
+            "none" => Weights::None,
             value => {
                 // A local file, or an hf:// reference fetched into the Hub cache.
                 let path = byol_hub::resolve_weights(value)
                     .with_context(|| format!("--weights {value}"))?;
-                (Weights::File(path), self.arch()?)
+                Weights::File(path)
             }
         };
+        let arch = self.arch()?;
+        let labels = self
+            .labels
+            .as_deref()
+            .map(|l| {
+                l.parse::<LabelSpec>()
+                    .with_context(|| format!("--labels {l}"))
+            })
+            .transpose()?;
         Ok(EvalSetup {
             data: DatasetSource::new(self.dataset, self.data.clone()),
             weights,
@@ -191,6 +242,8 @@ impl Common {
             image_size: self.image_size,
             train_subset: self.train_subset,
             test_subset: self.test_subset,
+            labels,
+            seed: self.seed,
             batch_size: self.batch_size,
             workers: self.workers,
             cache_dir: self.out.join("features"),
@@ -332,6 +385,62 @@ fn evaluate(mode: Mode, parallel: &DataParallel) -> Result<()> {
             let report = common.setup_alone()?.sgd(&opts, &mut on_epoch)?;
             finish(&report, &common)?;
         }
+        Mode::Finetune {
+            common,
+            lrs,
+            epochs,
+            train_batch_size,
+            val_fraction,
+            crop_min_scale,
+            checkpoint_every,
+            resume,
+            stop_after_steps,
+        } => {
+            let defaults = SemiSupervisedOptions::default();
+            let opts = SemiSupervisedOptions {
+                learning_rates: lrs.unwrap_or(defaults.learning_rates),
+                epochs: epochs.unwrap_or(defaults.epochs),
+                batch_size: train_batch_size,
+                crop_min_scale,
+                val_fraction,
+                seed: common.seed,
+                checkpoint_every,
+                ..defaults
+            };
+            if parallel.world_size() > 1 {
+                bail!("fine-tuning runs in one process (under mpirun only the feature passes are shared)");
+            }
+            let setup = common.setup_alone()?;
+            // SIGINT or SIGTERM: checkpoint at the next step and exit cleanly; a second one exits now.
+            let stop = byol_core::signals::stop_on_signals()?;
+            let report_path = common.report_path("semi-supervised");
+            let run = SemiSupervisedRun {
+                out_dir: &common.out,
+                report_path: &report_path,
+                resume,
+                stop: &stop,
+                stop_after_steps,
+            };
+            let mut log = StepLog::default();
+            let outcome = setup.semi_supervised(&opts, &run, &mut log)?;
+            log.print_rate();
+            match outcome {
+                SemiSupervisedOutcome::Finished(report) => {
+                    print!("{}", report.table());
+                    println!("report: {}", report_path.display());
+                }
+                SemiSupervisedOutcome::Interrupted {
+                    run,
+                    step,
+                    total_steps,
+                    ..
+                } => println!(
+                    "interrupted at step {step}/{total_steps} of {run}: checkpoint saved in {}; \
+                     continue with --resume",
+                    common.out.display()
+                ),
+            }
+        }
         Mode::Knn {
             common,
             k,
@@ -350,4 +459,55 @@ fn evaluate(mode: Mode, parallel: &DataParallel) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Logs fine-tuning progress (about ten lines a run) and keeps the step rates.
+#[derive(Default)]
+struct StepLog {
+    rates: Vec<f64>,
+}
+
+impl StepLog {
+    /// The median images/s of the steps taken, the first of each run left out (start-up).
+    fn print_rate(&self) {
+        if self.rates.is_empty() {
+            return;
+        }
+        let mut r = self.rates.clone();
+        r.sort_by(f64::total_cmp);
+        println!(
+            "fine-tuning step: median {:.1} images/s over {} steps",
+            r[r.len() / 2],
+            r.len()
+        );
+    }
+}
+
+impl FinetuneObserver for StepLog {
+    fn on_step(&mut self, s: &FinetuneStep) {
+        if s.step > 1 {
+            self.rates.push(s.images_per_sec);
+        }
+        let every = (s.total_steps / 10).max(1);
+        if s.step.is_multiple_of(every) || s.step == s.total_steps {
+            tracing::info!(
+                "run {}/{} ({}): step {}/{}, epoch {}, loss {:.4}, lr {:.5}, {:.1} images/s",
+                s.run_index + 1,
+                s.runs,
+                s.run,
+                s.step,
+                s.total_steps,
+                s.epoch + 1,
+                s.loss,
+                s.lr,
+                s.images_per_sec
+            );
+        }
+    }
+
+    fn on_run_done(&mut self, run: &str, held_out_top1: Option<f64>) {
+        if let Some(v) = held_out_top1 {
+            println!("{run}: held-out top-1 {:.2}%", 100.0 * v);
+        }
+    }
 }

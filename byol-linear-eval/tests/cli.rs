@@ -402,3 +402,145 @@ fn both_parts_of_a_framework_checkpoint_evaluate_with_their_own_cache() {
     assert!(!o.status.success());
     assert!(text(&o).contains("--part target"), "{}", text(&o));
 }
+
+/// `finetune` on a miniature ImageNet: a subset file, a stop after a few steps, the refusal of a
+/// fresh run into the unfinished directory, `--resume` to the end; the built-in 1 % list on a
+/// dataset without its images is refused before anything is written.
+#[test]
+fn finetune_stops_resumes_and_refuses_a_subset_the_dataset_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("imagenet");
+    let wnids = ["n01440764", "n01443537"];
+    byol_tests::fixtures::write_mini_imagenet(&root, &wnids, 6, 3, 16);
+    let subset = dir.path().join("subset.txt");
+    let list: String = wnids
+        .iter()
+        .flat_map(|w| (0..5).map(move |k| format!("{w}_{k}.JPEG\n")))
+        .collect();
+    std::fs::write(&subset, list).unwrap();
+    let weights = dir.path().join("encoder.safetensors");
+    save_tiny_encoder(&weights, 2);
+    let out = dir.path().join("out");
+    let (root_s, out_s, w, subset_s) = (
+        root.to_str().unwrap(),
+        out.to_str().unwrap(),
+        weights.to_str().unwrap(),
+        subset.to_str().unwrap(),
+    );
+    let args = |labels: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "finetune",
+            "--dataset",
+            "imagenet",
+            "--data",
+            root_s,
+            "--out",
+            out_s,
+            "--weights",
+            w,
+            "--image-size",
+            "16",
+            "--labels",
+            labels,
+            "--lrs",
+            "0.5",
+            "--epochs",
+            "1,2",
+            "--train-batch-size",
+            "4",
+            "--val-fraction",
+            "0.2",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let go = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        run(&refs)
+    };
+
+    let o = go(args("1%", &[]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    for needle in ["1percent.txt", "line 1 `n04235860_14959.JPEG`"] {
+        assert!(text(&o).contains(needle), "{needle}: {}", text(&o));
+    }
+    assert!(!out.exists(), "a refused run writes nothing");
+
+    let o = go(args(subset_s, &["--stop-after-steps", "3"]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("interrupted at step"), "{}", text(&o));
+    assert!(out.join("semi-supervised-state.safetensors").exists());
+    let o = go(args(subset_s, &[]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--resume"), "{}", text(&o));
+    let o = go(args(subset_s, &["--resume"]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("top-1"), "{}", text(&o));
+    assert!(text(&o).contains("images/s"), "{}", text(&o));
+    let r = report(&out.join("semi-supervised.json"));
+    assert_eq!(r["protocol"], "semi-supervised");
+    assert_eq!(r["hyperparameters"]["labels"], "subset.txt");
+    assert_eq!(r["hyperparameters"]["labelled_images"], 10);
+    assert_eq!(r["splits"]["test"], 6);
+    assert!(!out.join("semi-supervised-progress.json").exists());
+}
+
+/// SIGTERM (what Slurm and `timeout` send) and SIGINT checkpoint the fine-tuning run and exit 0.
+#[test]
+fn finetune_checkpoints_on_sigterm_and_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_mnist_like(&data, 200, 20, 2, 3);
+    let weights = dir.path().join("encoder.safetensors");
+    save_tiny_encoder(&weights, 1);
+    for signal in ["-TERM", "-INT"] {
+        let out = dir.path().join(format!("out{signal}"));
+        let mut args = vec![
+            "finetune",
+            "--labels",
+            "50%",
+            "--lrs",
+            "0.1",
+            "--epochs",
+            "1000",
+            "--train-batch-size",
+            "8",
+            "--checkpoint-every",
+            "1",
+        ];
+        args.extend(common(
+            data.to_str().unwrap(),
+            out.to_str().unwrap(),
+            weights.to_str().unwrap(),
+        ));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_byol-linear-eval"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let state = out.join("semi-supervised-state.safetensors");
+        let start = std::time::Instant::now();
+        while !state.exists() {
+            assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+            assert!(start.elapsed().as_secs() < 120, "no checkpoint");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{signal}: {}", text(&o));
+        assert!(
+            text(&o).contains("interrupted at step"),
+            "{signal}: {}",
+            text(&o)
+        );
+        assert!(state.exists());
+    }
+}

@@ -1,7 +1,6 @@
 //! `byol-pretrain`: BYOL self-supervised pretraining of a ResNet encoder.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -383,16 +382,8 @@ fn train_and_probe(args: &Args, parallel: &DataParallel) -> Result<()> {
         None
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
     // SIGINT or SIGTERM: checkpoint at the next step and exit cleanly; a second one exits now.
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::Relaxed) {
-            eprintln!("second interrupt: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-    })
-    .context("cannot install the SIGINT/SIGTERM handler")?;
+    let stop = byol_core::signals::stop_on_signals()?;
     let time_budget = match args.time_limit {
         Some(minutes) if !(minutes.is_finite() && minutes > 0.0) => {
             bail!("--time-limit {minutes}: give a positive number of minutes")

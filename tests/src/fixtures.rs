@@ -110,6 +110,48 @@ pub fn class_colour(c: usize) -> [u8; 3] {
     ]
 }
 
+/// A miniature ImageNet in the ILSVRC-2012 layout: `train/<wnid>/<wnid>_<k>.JPEG` (ImageNet's
+/// training file names, which the label-subset files list) for `k < train_per_class`, and
+/// `val/<wnid>/ILSVRC2012_val_<n>.JPEG` class folders with `val_per_class` images each (none:
+/// no `val/`). Every image is `side × side` in its class's colour, brightened a little per image
+/// and with a darker square whose place depends on the class, so the classes are learnable.
+pub fn write_mini_imagenet(
+    root: &Path,
+    wnids: &[&str],
+    train_per_class: usize,
+    val_per_class: usize,
+    side: u16,
+) {
+    let s = side as usize;
+    let image = |c: usize, k: usize| -> Vec<u8> {
+        let rgb = class_colour(c * 7 + 2).map(|v| v.saturating_add((k * 3 % 40) as u8));
+        let (top, left) = ((c * s / 4) % (s / 2), (c * s / 3) % (s / 2));
+        (0..s * s)
+            .flat_map(|i| {
+                let (y, x) = (i / s, i % s);
+                let inside = (top..top + s / 2).contains(&y) && (left..left + s / 2).contains(&x);
+                if inside {
+                    rgb.map(|v| v / 3)
+                } else {
+                    rgb
+                }
+            })
+            .collect()
+    };
+    let mut val_id = 0;
+    for (c, wnid) in wnids.iter().enumerate() {
+        for k in 0..train_per_class {
+            let path = root.join(format!("train/{wnid}/{wnid}_{k}.JPEG"));
+            write_jpeg_pixels(&path, side, side, &image(c, k));
+        }
+        for k in 0..val_per_class {
+            val_id += 1;
+            let path = root.join(format!("val/{wnid}/ILSVRC2012_val_{val_id:08}.JPEG"));
+            write_jpeg_pixels(&path, side, side, &image(c, k + train_per_class));
+        }
+    }
+}
+
 /// The 256-entry VOC colour map (bit-interleaved), as the devkit writes it.
 pub fn voc_palette() -> Vec<u8> {
     let mut p = Vec::with_capacity(768);

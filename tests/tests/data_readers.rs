@@ -12,7 +12,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use byol_tests::fixtures::{png_bytes, voc_fixture, write, write_jpeg};
+use byol_tests::fixtures::{png_bytes, voc_fixture, write, write_jpeg, write_mini_imagenet};
 
 type R = anyhow::Result<()>;
 
@@ -143,17 +143,7 @@ fn image_folder_sorted_classes_and_files() -> R {
 }
 
 fn imagenet_fixture(root: &Path) {
-    for (i, wnid) in ["n01440764", "n01443537", "n01484850"].iter().enumerate() {
-        for j in 0..2 {
-            let v = (i * 100 + j * 10) as u8;
-            write_jpeg(
-                &root.join(format!("train/{wnid}/{wnid}_{j}.JPEG")),
-                8,
-                8,
-                [v; 3],
-            );
-        }
-    }
+    write_mini_imagenet(root, &["n01440764", "n01443537", "n01484850"], 2, 0, 8);
     for k in 1..=3 {
         write_jpeg(
             &root.join(format!("val/ILSVRC2012_val_0000000{k}.JPEG")),

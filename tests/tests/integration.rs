@@ -17,6 +17,7 @@ mod linear_eval;
 mod pretrain_resume;
 mod pytorch_parity;
 mod recipe_formulas;
+mod semi_supervised;
 mod transfer_classify;
 mod transfer_seg;
 mod transfer_voc;

@@ -35,6 +35,8 @@ fn setup_arch(dir: &Path, weights: Weights, arch: Option<ResNetConfig>) -> EvalS
         image_size: None,
         train_subset: None,
         test_subset: None,
+        labels: None,
+        seed: 0,
         batch_size: 64,
         workers: 2,
         cache_dir: dir.join("features"),

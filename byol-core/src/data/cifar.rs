@@ -151,4 +151,11 @@ impl Dataset for Cifar {
             label: usize::from(label),
         })
     }
+
+    fn label_at(&self, index: usize) -> Result<usize> {
+        self.labels
+            .get(index)
+            .map(|&l| usize::from(l))
+            .ok_or_else(|| out_of_range(index, self.labels.len()))
+    }
 }

@@ -1,6 +1,7 @@
 //! Datasets made of other datasets: [`Subset`] (a selection, in a given order) and [`Concat`]
 //! (several with the same classes, one after the other).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::data::{Dataset, Sample};
@@ -29,6 +30,20 @@ impl Subset {
         }
         Ok(Self { inner, indices })
     }
+
+    /// The indices of the selection in the inner dataset.
+    pub fn indices(&self) -> &[usize] {
+        &self.indices
+    }
+
+    fn inner_index(&self, index: usize) -> Result<usize> {
+        self.indices.get(index).copied().ok_or_else(|| {
+            Error::Input(format!(
+                "index {index} is past the subset's {} samples",
+                self.len()
+            ))
+        })
+    }
 }
 
 impl Dataset for Subset {
@@ -41,13 +56,15 @@ impl Dataset for Subset {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let inner = *self.indices.get(index).ok_or_else(|| {
-            Error::Input(format!(
-                "index {index} is past the subset's {} samples",
-                self.len()
-            ))
-        })?;
-        self.inner.get(inner)
+        self.inner.get(self.inner_index(index)?)
+    }
+
+    fn label_at(&self, index: usize) -> Result<usize> {
+        self.inner.label_at(self.inner_index(index)?)
+    }
+
+    fn file_path(&self, index: usize) -> Option<&Path> {
+        self.inner.file_path(*self.indices.get(index)?)
     }
 }
 
@@ -80,10 +97,28 @@ impl Dataset for Concat {
         self.parts[0].class_names()
     }
 
-    fn get(&self, mut index: usize) -> Result<Sample> {
+    fn get(&self, index: usize) -> Result<Sample> {
+        let (part, index) = self.locate(index)?;
+        part.get(index)
+    }
+
+    fn label_at(&self, index: usize) -> Result<usize> {
+        let (part, index) = self.locate(index)?;
+        part.label_at(index)
+    }
+
+    fn file_path(&self, index: usize) -> Option<&Path> {
+        let (part, index) = self.locate(index).ok()?;
+        part.file_path(index)
+    }
+}
+
+impl Concat {
+    /// The part holding sample `index` of the concatenation, and its index there.
+    fn locate(&self, mut index: usize) -> Result<(&dyn Dataset, usize)> {
         for p in &self.parts {
             if index < p.len() {
-                return p.get(index);
+                return Ok((p.as_ref(), index));
             }
             index -= p.len();
         }

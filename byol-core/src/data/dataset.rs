@@ -33,6 +33,18 @@ pub trait Dataset: Send + Sync {
     /// Reads and decodes sample `index` (`0..len()`). A file that does not decode gives
     /// `Error::Format` naming it; see [`is_corrupt`].
     fn get(&self, index: usize) -> Result<Sample>;
+
+    /// The label of sample `index` without decoding its image where the reader knows it (every
+    /// reader of this crate does; the default decodes). Label subsets read every label.
+    fn label_at(&self, index: usize) -> Result<usize> {
+        self.get(index).map(|s| s.label)
+    }
+
+    /// The file sample `index` was read from, for datasets of image files (`None` for the
+    /// readers of packed formats: IDX, CIFAR). Label-subset files name their images by it.
+    fn file_path(&self, _index: usize) -> Option<&Path> {
+        None
+    }
 }
 
 /// Train or test half of the datasets that ship in two fixed parts (CIFAR, MNIST).

@@ -244,4 +244,9 @@ impl Dataset for IdxDataset {
             label,
         })
     }
+
+    fn label_at(&self, index: usize) -> Result<usize> {
+        self.label(index)
+            .ok_or_else(|| out_of_range(index, self.labels.len()))
+    }
 }

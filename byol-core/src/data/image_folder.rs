@@ -96,6 +96,15 @@ impl Dataset for ImageFolder {
             label: *label,
         })
     }
+
+    fn label_at(&self, index: usize) -> Result<usize> {
+        self.label(index)
+            .ok_or_else(|| out_of_range(index, self.items.len()))
+    }
+
+    fn file_path(&self, index: usize) -> Option<&Path> {
+        self.path(index)
+    }
 }
 
 /// Entries of `dir`, sorted; a missing or unreadable folder is an error naming it.

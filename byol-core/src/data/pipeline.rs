@@ -67,9 +67,16 @@ impl OneViewAugmenter {
     /// The paper's linear-evaluation augmentation on top of `base`'s size and normalisation:
     /// random resized crop (area 0.08–1) and horizontal flip, no colour operations.
     pub fn crop_and_flip(base: &AugmentConfig) -> Result<Self> {
+        Self::crop_and_flip_scaled(base, super::augment::ViewConfig::byol(0.0, 0.0).crop_scale)
+    }
+
+    /// [`OneViewAugmenter::crop_and_flip`] with crops of area `crop_scale` (fractions of the
+    /// image).
+    pub fn crop_and_flip_scaled(base: &AugmentConfig, crop_scale: [f64; 2]) -> Result<Self> {
         let mut view = super::augment::ViewConfig::byol(0.0, 0.0);
         view.jitter_prob = 0.0;
         view.grayscale_prob = 0.0;
+        view.crop_scale = crop_scale;
         Self::new(AugmentConfig {
             view1: view.clone(),
             view2: view,

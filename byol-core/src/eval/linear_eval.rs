@@ -1,6 +1,8 @@
-//! The four modes of `byol-linear-eval` on one dataset and one set of weights: cached
-//! features, the logistic (transfer) protocol, the SGD (ImageNet) protocol and kNN, each
-//! ending in a [`ClassificationReport`].
+//! The modes of `byol-linear-eval` on one dataset and one set of weights: cached features, the
+//! logistic (transfer) protocol, the SGD (ImageNet) protocol, kNN and (in
+//! [`crate::eval::semi_supervised`]) semi-supervised fine-tuning, each ending in a
+//! [`ClassificationReport`]. `labels` restricts the training split to a label subset (1 % / 10 %
+//! of ImageNet, a class-balanced fraction, a file list) in every mode.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,16 +13,17 @@ use candle_core::Device;
 use serde_json::json;
 
 use crate::data::augment::{AugmentConfig, EvalTransform};
+use crate::data::label_subset::resolve_labels;
 use crate::data::pipeline::OneViewAugmenter;
-use crate::data::{Dataset, DatasetKind, DatasetSource, Split, Subset};
+use crate::data::{Dataset, DatasetKind, DatasetSource, LabelSpec, LabelSubset, Split, Subset};
 use crate::distributed::DataParallel;
 use crate::eval::cache::{cached_features, load_features, save_features, CacheKey, CacheStatus};
 use crate::eval::features::{extract, extract_across, FeaturePass, LabelledFeatures};
 use crate::eval::knn::{knn_scores, KnnOptions};
 use crate::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
 use crate::eval::report::{
-    hyperparameters, ClassificationMetrics, ClassificationReport, KnnChoice, LogisticChoice,
-    SgdChoice, SplitSizes, WeightsInfo,
+    hyperparameters, ClassificationMetrics, ClassificationReport, KnnChoice, LabelsChoice,
+    LogisticChoice, SgdChoice, SplitSizes, WeightsInfo,
 };
 use crate::eval::sgd_probe::{sgd_probe, SgdProbeData, SgdProbeOptions};
 use crate::io::sha256_file;
@@ -45,6 +48,11 @@ pub struct EvalSetup {
     /// Use only the first N images of train / test.
     pub train_subset: Option<usize>,
     pub test_subset: Option<usize>,
+    /// Keep the labels of this subset of train only (the semi-supervised setting); the other
+    /// training images are left out.
+    pub labels: Option<LabelSpec>,
+    /// Seed of what the setup draws itself: a class-balanced label subset.
+    pub seed: u64,
     pub batch_size: usize,
     pub workers: usize,
     /// Where feature caches live.
@@ -63,14 +71,18 @@ pub struct SplitFeatures {
     pub paths: [PathBuf; 2],
 }
 
-struct Prepared {
-    encoder: Option<LoadedEncoder>,
-    weights: WeightsInfo,
-    train: Arc<dyn Dataset>,
-    test: Arc<dyn Dataset>,
-    augment: AugmentConfig,
-    view_shape: (usize, usize, usize),
-    classes: usize,
+/// What every mode starts from: the weights (loaded and described), both splits (train
+/// restricted to the label subset), the dataset's augmentation recipe.
+pub(crate) struct Prepared {
+    pub encoder: Option<LoadedEncoder>,
+    pub weights: WeightsInfo,
+    pub train: Arc<dyn Dataset>,
+    pub test: Arc<dyn Dataset>,
+    /// The label subset `train` was restricted to.
+    pub labels: Option<LabelSubset>,
+    pub augment: AugmentConfig,
+    pub view_shape: (usize, usize, usize),
+    pub classes: usize,
 }
 
 impl Prepared {
@@ -81,7 +93,7 @@ impl Prepared {
 }
 
 impl EvalSetup {
-    fn image_size(&self) -> usize {
+    pub(crate) fn image_size(&self) -> usize {
         self.image_size.unwrap_or(match self.data.kind {
             DatasetKind::FashionMnist | DatasetKind::Mnist => 28,
             DatasetKind::Cifar10 | DatasetKind::Cifar100 => 32,
@@ -89,7 +101,8 @@ impl EvalSetup {
         })
     }
 
-    fn prepare(&self) -> Result<Prepared> {
+    /// Validates and opens everything a mode needs; writes nothing.
+    pub(crate) fn prepare(&self) -> Result<Prepared> {
         let (encoder, weights) = match &self.weights {
             Weights::File(path) => {
                 let loaded = load_encoder_part(path, &self.device, self.arch.as_ref(), self.part)?;
@@ -115,9 +128,23 @@ impl EvalSetup {
         };
         let mut train = self.data.open(Split::Train)?;
         let mut test = self.data.open(Split::Test)?;
+        if self.train_subset.is_some() && self.labels.is_some() {
+            return Err(Error::config(
+                "labels",
+                "--labels and --train-subset both choose the training images: give one of them",
+            ));
+        }
         if let Some(n) = self.train_subset {
             train = Arc::new(Subset::first(train, n));
         }
+        let labels = match &self.labels {
+            Some(spec) => {
+                let subset = resolve_labels(spec, self.data.kind, train.as_ref(), self.seed)?;
+                train = Arc::new(Subset::new(train, subset.indices.clone())?);
+                Some(subset)
+            }
+            None => None,
+        };
         if let Some(n) = self.test_subset {
             test = Arc::new(Subset::first(test, n));
         }
@@ -144,6 +171,7 @@ impl EvalSetup {
             classes: train.num_classes(),
             train,
             test,
+            labels,
             augment,
             view_shape: (channels, size, size),
         })
@@ -163,16 +191,20 @@ impl EvalSetup {
             (Some(sha), Part::Online) => sha.clone(),
             (Some(sha), part) => format!("{sha} {part}"),
         };
+        let mut dataset = format!("{} {}", self.data.kind, self.data.dir()?.display());
+        if let (Split::Train, Some(labels)) = (split, &p.labels) {
+            dataset.push_str(&format!(" labels {} {}", labels.name, labels.digest));
+        }
         Ok(CacheKey {
             weights,
             transform: transform.to_string(),
-            dataset: format!("{} {}", self.data.kind, self.data.dir()?.display()),
+            dataset,
             split: format!("{split:?}").to_lowercase(),
             samples,
         })
     }
 
-    fn cache_path(&self, split: Split) -> PathBuf {
+    fn cache_path(&self, p: &Prepared, split: Split) -> PathBuf {
         let weights = match &self.weights {
             Weights::File(path) => {
                 let stem = path
@@ -186,8 +218,13 @@ impl EvalSetup {
             }
             Weights::None => "pixels".into(),
         };
+        // A label subset's features live beside the whole split's (another file, not a stale one).
+        let labels = match (split, &p.labels) {
+            (Split::Train, Some(l)) => format!("-labels-{}", &l.digest[..12]),
+            _ => String::new(),
+        };
         self.cache_dir.join(format!(
-            "{}-{}-{}.safetensors",
+            "{}-{}{labels}-{}.safetensors",
             self.data.kind,
             format!("{split:?}").to_lowercase(),
             weights
@@ -199,7 +236,7 @@ impl EvalSetup {
         let mut out = Vec::with_capacity(2);
         for (split, set) in [(Split::Train, &p.train), (Split::Test, &p.test)] {
             let key = self.cache_key(p, split, set.len())?;
-            let path = self.cache_path(split);
+            let path = self.cache_path(p, split);
             let (features, status) = cached_features(&path, &key, || {
                 extract(
                     p.extractor(),
@@ -245,7 +282,7 @@ impl EvalSetup {
         let transform = Arc::new(EvalTransform::new(p.augment.clone())?);
         for (split, set) in [(Split::Train, &p.train), (Split::Test, &p.test)] {
             let key = self.cache_key(&p, split, set.len())?;
-            let path = self.cache_path(split);
+            let path = self.cache_path(&p, split);
             // Rank 0's view of the cache decides for all (the ranks may not share a disk).
             let fresh = self.parallel.is_writer()
                 && matches!(load_features(&path), Ok((_, found)) if found == key);
@@ -275,7 +312,20 @@ impl EvalSetup {
         self.split_features(&self.prepare()?)
     }
 
-    fn report(&self, p: &Prepared, o: Outcome, started: Instant) -> Result<ClassificationReport> {
+    pub(crate) fn report(
+        &self,
+        p: &Prepared,
+        o: Outcome,
+        started: Instant,
+    ) -> Result<ClassificationReport> {
+        let mut hyper = o.hyperparameters;
+        if let Some(labels) = &p.labels {
+            hyper.extend(hyperparameters(&LabelsChoice {
+                labels: &labels.name,
+                labels_source: &labels.source,
+                labelled_images: labels.len(),
+            })?);
+        }
         Ok(ClassificationReport {
             protocol: o.protocol.into(),
             protocol_description: o.description.into(),
@@ -284,7 +334,7 @@ impl EvalSetup {
             weights: p.weights.clone(),
             splits: o.splits,
             feature_dim: o.feature_dim,
-            hyperparameters: o.hyperparameters,
+            hyperparameters: hyper,
             top1: o.metrics.top1,
             top5: o.metrics.top5,
             mean_per_class_accuracy: o.metrics.mean_per_class_accuracy,
@@ -434,13 +484,13 @@ impl EvalSetup {
 }
 
 /// What a protocol produced, before it becomes a report.
-struct Outcome {
-    protocol: &'static str,
-    description: &'static str,
-    splits: SplitSizes,
-    feature_dim: usize,
-    hyperparameters: BTreeMap<String, serde_json::Value>,
-    metrics: ClassificationMetrics,
+pub(crate) struct Outcome {
+    pub protocol: &'static str,
+    pub description: &'static str,
+    pub splits: SplitSizes,
+    pub feature_dim: usize,
+    pub hyperparameters: BTreeMap<String, serde_json::Value>,
+    pub metrics: ClassificationMetrics,
 }
 
 fn no_split() -> Error {

@@ -12,7 +12,8 @@
 //!   3-fold cross-validated AP).
 //!
 //! - [`sgd_probe`]: the ImageNet linear protocol (SGD head on augmented views, lr sweep).
-//! - [`cache`], [`report`], [`linear_eval`]: the cached features, the JSON report and the four
+//! - [`semi_supervised`]: fine-tuning the whole network on 1 % / 10 % of the labels (Table 2).
+//! - [`cache`], [`report`], [`linear_eval`]: the cached features, the JSON report and the
 //!   modes of `byol-linear-eval` built from the above.
 //!
 //! Features are row-major f32 matrices ([`matrix::Features`]); tensors convert once through
@@ -29,6 +30,7 @@ pub mod matrix;
 pub mod metrics;
 pub mod probe;
 pub mod report;
+pub mod semi_supervised;
 pub mod sgd_probe;
 pub mod split;
 pub mod svm;

@@ -58,6 +58,48 @@ pub struct SgdChoice<'a> {
     pub weight_decay: f64,
 }
 
+/// The label subset the training split was restricted to (every mode with `--labels`).
+#[derive(Debug, Serialize)]
+pub struct LabelsChoice<'a> {
+    /// `1%`, `10%` or the subset file's name.
+    pub labels: &'a str,
+    pub labels_source: &'a str,
+    /// Training images with labels (the subset's size).
+    pub labelled_images: usize,
+}
+
+/// One point of the semi-supervised grid and its held-out top-1.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SemiSupervisedPoint {
+    /// Base learning rate (× batch/256).
+    pub lr: f64,
+    pub epochs: usize,
+    pub val_top1: f64,
+}
+
+/// What semi-supervised fine-tuning chose and from what: `hyperparameters` of its report.
+#[derive(Debug, Serialize)]
+pub struct SemiSupervisedChoice<'a> {
+    /// Chosen base learning rate; the run's peak is `lr × batch_size / 256`.
+    pub lr: f64,
+    pub peak_lr: f64,
+    pub epochs: usize,
+    pub lr_grid: &'a [f64],
+    pub epochs_grid: &'a [usize],
+    /// Every grid point with its held-out top-1, in the order searched.
+    pub grid: &'a [SemiSupervisedPoint],
+    pub batch_size: usize,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    /// Smallest crop area of the training views.
+    pub crop_min_scale: f64,
+    pub lr_schedule: &'a str,
+    pub val_fraction: f64,
+    pub selection: &'a str,
+    pub seed: u64,
+}
+
 /// A protocol's choice as the report's `hyperparameters` map (the field names are its keys).
 pub fn hyperparameters<T: Serialize>(choice: &T) -> Result<BTreeMap<String, serde_json::Value>> {
     match serde_json::to_value(choice) {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::var_store::Entry;
 use crate::nn::VarStore;
-use crate::{Error, Result};
+use crate::Result;
 use byol_kernels::LarsStep;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -120,27 +120,7 @@ impl Lars {
         store: &VarStore,
         buffers: HashMap<String, Tensor>,
     ) -> Result<()> {
-        for (name, buf) in &buffers {
-            let entry = store
-                .get(name)
-                .filter(|e| e.role.is_trainable())
-                .ok_or_else(|| {
-                    Error::tensor(
-                        name,
-                        "momentum buffer for a tensor the model does not train",
-                    )
-                })?;
-            if buf.dims() != entry.var.dims() {
-                return Err(Error::tensor(
-                    name,
-                    format!(
-                        "momentum buffer of shape {:?}, the tensor has {:?}",
-                        buf.dims(),
-                        entry.var.dims()
-                    ),
-                ));
-            }
-        }
+        super::check_momentum_buffers(store, &buffers)?;
         self.momentum = buffers;
         Ok(())
     }

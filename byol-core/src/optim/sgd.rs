@@ -66,6 +66,22 @@ impl Sgd {
         &self.config
     }
 
+    /// The momentum buffers by tensor name (for checkpoints of fine-tuning runs).
+    pub fn momentum_buffers(&self) -> &HashMap<String, Tensor> {
+        &self.momentum
+    }
+
+    /// Restores momentum buffers, checking each against the tensor of `store` it belongs to.
+    pub fn set_momentum_buffers(
+        &mut self,
+        store: &VarStore,
+        buffers: HashMap<String, Tensor>,
+    ) -> Result<()> {
+        super::check_momentum_buffers(store, &buffers)?;
+        self.momentum = buffers;
+        Ok(())
+    }
+
     /// One step over the trainable tensors of `store` that have a gradient; the weight decay
     /// goes to the [`Role::Weight`](crate::nn::Role::Weight) tensors only.
     pub fn step(&mut self, store: &VarStore, grads: &GradStore, lr: f64) -> Result<()> {

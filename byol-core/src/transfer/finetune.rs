@@ -3,8 +3,11 @@
 //! [`FineTuner`] holds the encoder to fine-tune (the weights file, or a seeded random init) with a
 //! task head in a store of its own, and one SGD per store; `grid_search` chooses the learning
 //! rate × weight decay on validation; `finetune_once` is the classification run (linear head,
-//! softmax or per-class sigmoid cross-entropy, crop + flip, cosine lr).
+//! softmax or per-class sigmoid cross-entropy, crop + flip, cosine lr). [`Classifier`] (encoder +
+//! linear head), its cross-entropy step, its test scores and the tuner's checkpoint tensors are
+//! shared with the semi-supervised protocol ([`crate::eval::semi_supervised`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Module, ModuleT, Tensor};
@@ -14,12 +17,13 @@ use rayon::prelude::*;
 
 use crate::data::augment::{TwoViewAugmenter, ViewConfig};
 use crate::data::dataset::{CorruptLog, CorruptPolicy};
+use crate::data::loader::Transform;
 use crate::data::Dataset;
 use crate::nn::layers::Linear;
 use crate::nn::{ResNet, VarPath, VarStore};
 use crate::optim::{LrSchedule, Sgd, SgdConfig};
 use crate::transfer::report::{FinetuneChoice, GridPoint};
-use crate::transfer::{eval_augment, frozen_features, CommonOptions};
+use crate::transfer::{eval_augment, features_of_all, CommonOptions};
 use crate::{Error, Result};
 
 /// Fine-tuning settings (App. D.3: SGD Nesterov, lr × weight-decay grid chosen on val).
@@ -93,6 +97,134 @@ impl<M> FineTuner<M> {
         self.head_opt.step(&self.head_store, &grads, lr)?;
         Ok(())
     }
+
+    /// Everything a resumed run needs besides its step: encoder and head tensors (BatchNorm
+    /// statistics and counters included) and both SGD momentum buffers, by prefixed name.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let prefixed = |prefix: &str, tensors: Vec<(String, Tensor)>| {
+            tensors
+                .into_iter()
+                .map(move |(n, t)| (format!("{prefix}{n}"), t))
+                .collect::<Vec<_>>()
+        };
+        let momentum = |prefix: &str, sgd: &Sgd| {
+            let mut buffers: Vec<(String, Tensor)> = sgd
+                .momentum_buffers()
+                .iter()
+                .map(|(n, t)| (format!("{prefix}{n}"), t.clone()))
+                .collect();
+            buffers.sort_by(|a, b| a.0.cmp(&b.0));
+            buffers
+        };
+        let mut out = prefixed(STATE_ENCODER, self.encoder_store.tensors_under(""));
+        out.extend(prefixed(STATE_HEAD, self.head_store.tensors_under("")));
+        out.extend(momentum(STATE_ENCODER_SGD, &self.encoder_opt));
+        out.extend(momentum(STATE_HEAD_SGD, &self.head_opt));
+        out
+    }
+
+    /// Restores what [`FineTuner::state_tensors`] wrote (by prefix, as read from a file): every
+    /// tensor must fit the model built for this run.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let under = |prefix: &str| -> HashMap<String, Tensor> {
+            tensors
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone())))
+                .collect()
+        };
+        self.encoder_store
+            .load_under("", &under(STATE_ENCODER), false)?;
+        self.head_store.load_under("", &under(STATE_HEAD), false)?;
+        self.encoder_opt
+            .set_momentum_buffers(&self.encoder_store, under(STATE_ENCODER_SGD))?;
+        self.head_opt
+            .set_momentum_buffers(&self.head_store, under(STATE_HEAD_SGD))?;
+        Ok(())
+    }
+}
+
+// Prefixes of the tuner's checkpoint tensors.
+const STATE_ENCODER: &str = "encoder.";
+const STATE_HEAD: &str = "head.";
+const STATE_ENCODER_SGD: &str = "sgd.encoder.";
+const STATE_HEAD_SGD: &str = "sgd.head.";
+
+/// The classification model of fine-tuning: the encoder and a linear head `fc` on its pooled
+/// features (torchvision's names).
+pub struct Classifier {
+    pub encoder: ResNet,
+    pub head: Linear,
+}
+
+impl Classifier {
+    /// Logits of the images `x`; BatchNorm in training mode (batch statistics, running update)
+    /// when `train`.
+    pub fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.head.forward(&self.encoder.forward_t(x, train)?)?)
+    }
+
+    /// Scores (row-major `n × classes`) and labels of every image of `dataset` through
+    /// `transform` (one view of the encoder's channels at `common.image_size`), BatchNorm in
+    /// inference mode. `what` names the set in the error for images skipped as corrupt.
+    pub fn scores(
+        &self,
+        dataset: Arc<dyn Dataset>,
+        transform: Arc<dyn Transform>,
+        common: &CommonOptions,
+        what: &str,
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
+        let feats = features_of_all(Some(&self.encoder), dataset, transform, common, what)?;
+        let cols = feats.features.view().cols();
+        let x = Tensor::from_vec(
+            feats.features.into_vec(),
+            (feats.labels.len(), cols),
+            &common.device,
+        )?;
+        let scores: Vec<f32> = self.head.forward(&x)?.flatten_all()?.to_vec1()?;
+        Ok((scores, feats.labels))
+    }
+}
+
+impl FineTuner<Classifier> {
+    /// The encoder of `common` with a new linear head of `classes` outputs.
+    pub fn classifier(common: &CommonOptions, sgd: SgdConfig, classes: usize) -> Result<Self> {
+        Self::new(common, sgd, |encoder, head| {
+            let dim = encoder.config().feature_dim()?;
+            let head = Linear::new(&mut head.pp("fc"), dim, classes, true)?;
+            Ok(Classifier { encoder, head })
+        })
+    }
+
+    /// One step of softmax cross-entropy on the images `x` (BatchNorm in training mode) and
+    /// their `labels` at learning rate `lr`; returns the loss before the step, an
+    /// [`Error::Diverged`] if it is not finite (`context` says where).
+    pub fn cross_entropy_step(
+        &mut self,
+        x: &Tensor,
+        labels: &[usize],
+        lr: f64,
+        context: &dyn Fn() -> String,
+    ) -> Result<f64> {
+        let logits = self.model.logits(x, true)?;
+        let y: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+        let y = Tensor::from_vec(y, labels.len(), x.device())?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let value = checked_loss(&loss, context)?;
+        self.step(&loss, lr)?;
+        Ok(value)
+    }
+}
+
+/// The scalar `loss`, or [`Error::Diverged`] naming `context` when it is not finite.
+fn checked_loss(loss: &Tensor, context: &dyn Fn() -> String) -> Result<f64> {
+    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !value.is_finite() {
+        return Err(Error::Diverged(format!(
+            "fine-tuning loss {value} at {}",
+            context()
+        )));
+    }
+    Ok(value)
 }
 
 /// The chosen point of a learning rate × weight decay grid.
@@ -129,7 +261,6 @@ pub(crate) fn grid_search(
     mut val_score: impl FnMut(f64, f64) -> Result<f64>,
 ) -> Result<GridChoice> {
     let mut grid = Vec::new();
-    let mut best: Option<(f64, f64, f64)> = None;
     for &lr in &ft.lrs {
         for &wd in &ft.weight_decays {
             let v = val_score(lr, wd)?;
@@ -139,17 +270,29 @@ pub(crate) fn grid_search(
                 weight_decay: wd,
                 val: v,
             });
-            if best.is_none_or(|(b, _, _)| v > b) {
-                best = Some((v, lr, wd));
-            }
         }
     }
-    let (_, lr, weight_decay) = best.ok_or_else(|| Error::config("finetune", "empty grid"))?;
+    let best =
+        first_best(&grid, |p| p.val).ok_or_else(|| Error::config("finetune", "empty grid"))?;
+    let (lr, weight_decay) = (best.lr, best.weight_decay);
     Ok(GridChoice {
         lr,
         weight_decay,
         grid,
     })
+}
+
+/// The point of `points` with the highest `score`, the first of ties (grids are searched in a
+/// fixed order, so a tie always resolves the same way).
+pub(crate) fn first_best<T>(points: &[T], score: impl Fn(&T) -> f64) -> Option<&T> {
+    let mut best: Option<(&T, f64)> = None;
+    for p in points {
+        let v = score(p);
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((p, v));
+        }
+    }
+    best.map(|(p, _)| p)
 }
 
 /// Mean over the kept entries (`keep` = 1) of the sigmoid cross-entropy of `logits` against `y`
@@ -191,12 +334,8 @@ pub(crate) fn finetune_once(
         nesterov: ft.momentum > 0.0,
         weight_decay,
     };
-    let mut tuner = FineTuner::new(common, sgd, |encoder, head| {
-        let dim = encoder.config().feature_dim()?;
-        let head = Linear::new(&mut head.pp("fc"), dim, classes, true)?;
-        Ok((encoder, head))
-    })?;
-    let channels = tuner.model.0.config().in_channels;
+    let mut tuner = FineTuner::classifier(common, sgd, classes)?;
+    let channels = tuner.model.encoder.config().in_channels;
     // Fine-tuning augmentation: random resized crop and flip only.
     let mut aug = eval_augment(common.image_size, channels);
     let view = ViewConfig {
@@ -238,7 +377,7 @@ pub(crate) fn finetune_once(
                         0,
                         &mut out,
                     )?;
-                    Ok(Some((out, (i, sample.label as u32))))
+                    Ok(Some((out, (i, sample.label))))
                 })
                 .collect::<Result<Vec<_>>>()?;
             batch.extend(got.into_iter().flatten());
@@ -246,15 +385,14 @@ pub(crate) fn finetune_once(
                 .map(|_| rng.random_range(0..train.len()))
                 .collect();
         }
-        let (pixels, meta): (Vec<Vec<f32>>, Vec<(usize, u32)>) = batch.into_iter().unzip();
+        let (pixels, meta): (Vec<Vec<f32>>, Vec<(usize, usize)>) = batch.into_iter().unzip();
         let x = Tensor::from_vec(pixels.concat(), (bs, channels, s, s), &common.device)?;
-        let (encoder, head) = &tuner.model;
-        let logits = head.forward(&encoder.forward_t(&x, true)?)?;
-        let loss = match multi_label {
+        let context = || format!("step {step} (lr {lr}, wd {weight_decay})");
+        let lr_now = schedule.lr(step as u64);
+        last_loss = match multi_label {
             None => {
-                let labels: Vec<u32> = meta.iter().map(|m| m.1).collect();
-                let y = Tensor::from_vec(labels, bs, &common.device)?;
-                candle_nn::loss::cross_entropy(&logits, &y)?
+                let labels: Vec<usize> = meta.iter().map(|m| m.1).collect();
+                tuner.cross_entropy_step(&x, &labels, lr_now, &context)?
             }
             Some(t) => {
                 let pick = |f: fn(i8) -> f32| -> Vec<f32> {
@@ -266,25 +404,17 @@ pub(crate) fn finetune_once(
                     Tensor::from_vec(pick(|v| f32::from(v == 1)), (bs, classes), &common.device)?;
                 let keep =
                     Tensor::from_vec(pick(|v| f32::from(v != 0)), (bs, classes), &common.device)?;
-                sigmoid_cross_entropy(&logits, &y, &keep)?
+                let logits = tuner.model.logits(&x, true)?;
+                let loss = sigmoid_cross_entropy(&logits, &y, &keep)?;
+                let value = checked_loss(&loss, &context)?;
+                tuner.step(&loss, lr_now)?;
+                value
             }
         };
-        last_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !last_loss.is_finite() {
-            return Err(Error::Diverged(format!(
-                "fine-tuning loss {last_loss} at step {step} (lr {lr}, wd {weight_decay})"
-            )));
-        }
-        tuner.step(&loss, schedule.lr(step as u64))?;
     }
-    let (encoder, head) = &tuner.model;
-    let feats = frozen_features(Some(encoder), Arc::clone(eval), common, "evaluation")?;
-    let cols = feats.features.view().cols();
-    let x = Tensor::from_vec(
-        feats.features.into_vec(),
-        (feats.labels.len(), cols),
-        &common.device,
-    )?;
-    let scores: Vec<f32> = head.forward(&x)?.flatten_all()?.to_vec1()?;
-    Ok((scores, feats.labels, last_loss))
+    let transform = Arc::new(common.eval_transform(channels)?);
+    let (scores, labels) = tuner
+        .model
+        .scores(Arc::clone(eval), transform, common, "evaluation")?;
+    Ok((scores, labels, last_loss))
 }

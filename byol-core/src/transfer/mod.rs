@@ -25,6 +25,7 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use crate::data::augment::{AugmentConfig, EvalTransform};
+use crate::data::loader::Transform;
 use crate::data::Dataset;
 use crate::eval::features::{extract, LabelledFeatures};
 use crate::io::sha256_file;
@@ -147,8 +148,8 @@ pub fn eval_augment(size: usize, channels: usize) -> AugmentConfig {
 }
 
 /// Frozen features (or raw pixels with `encoder` = `None`) of every sample of `dataset`, rows in
-/// dataset order. A file skipped as corrupt would shift every later row against its targets, so
-/// a short result is an error.
+/// dataset order, through the transfer evaluation transform. A file skipped as corrupt would
+/// shift every later row against its targets, so a short result is an error.
 pub fn frozen_features(
     encoder: Option<&ResNet>,
     dataset: Arc<dyn Dataset>,
@@ -157,6 +158,19 @@ pub fn frozen_features(
 ) -> Result<LabelledFeatures> {
     let channels = encoder.map_or(3, |e| e.config().in_channels);
     let transform = Arc::new(opts.eval_transform(channels)?);
+    features_of_all(encoder, dataset, transform, opts, what)
+}
+
+/// [`frozen_features`] through any one-view `transform` (views of the encoder's channels, or 3
+/// for raw pixels, at `opts.image_size`): every sample must be read.
+pub fn features_of_all(
+    encoder: Option<&ResNet>,
+    dataset: Arc<dyn Dataset>,
+    transform: Arc<dyn Transform>,
+    opts: &CommonOptions,
+    what: &str,
+) -> Result<LabelledFeatures> {
+    let channels = encoder.map_or(3, |e| e.config().in_channels);
     let n = dataset.len();
     let s = opts.image_size;
     let out = extract(
