@@ -841,14 +841,10 @@ pub fn read_at(data: &[u8], start: usize, globals: Globals) -> R<(Value, usize)>
                     _ => err("ADDITEMS to something that is not a set"),
                 })?
             }
-            0x91 => {
-                let v = m.pop_mark()?;
-                m.charge_children(&v)?;
-                m.push(Value::Tuple(v))
-            }
             b']' => m.push(Value::List(Vec::new())),
             b'}' => m.push(Value::Dict(Vec::new())),
-            b't' => {
+            // TUPLE, and FROZENSET read as a tuple.
+            b't' | 0x91 => {
                 let v = m.pop_mark()?;
                 m.charge_children(&v)?;
                 m.push(Value::Tuple(v))
