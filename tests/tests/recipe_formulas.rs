@@ -1,10 +1,14 @@
 //! The recipe's exact formulas against values computed by hand: τ schedule, learning-rate
 //! schedule, the paper's presets, one LARS step, the loss and the EMA update.
+//!
+//! The tensor tests run on `BYOL_TEST_DEVICE` (`byol_tests::test_device`, CPU by default): on CPU
+//! LARS and the EMA take the fused kernels, on a GPU candle's ops.
 
 use byol_core::byol::{ema_update, regression_loss, symmetric_loss, tau_schedule};
 use byol_core::nn::{Role, VarStore};
 use byol_core::optim::{Lars, LarsConfig, LrSchedule, Preset};
-use candle_core::{Device, Tensor};
+use byol_tests::test_device;
+use candle_core::Tensor;
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol * b.abs().max(1.0)
@@ -84,7 +88,7 @@ fn vec_of(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn one_lars_step_matches_the_hand_computation() {
-    let dev = Device::Cpu;
+    let dev = test_device();
     let mut store = VarStore::new(&dev, 0);
     let (w, b, gamma) = {
         let mut root = store.root();
@@ -151,7 +155,7 @@ fn one_lars_step_matches_the_hand_computation() {
 
 #[test]
 fn lars_trust_ratio_is_one_for_a_zero_weight() {
-    let dev = Device::Cpu;
+    let dev = test_device();
     let mut store = VarStore::new(&dev, 0);
     let w = store.root().constant("w", &[2], 0.0, Role::Weight).unwrap();
     let g = Tensor::new(&[1f32, 2.], &dev).unwrap();
@@ -168,7 +172,7 @@ fn lars_trust_ratio_is_one_for_a_zero_weight() {
 
 #[test]
 fn loss_equals_the_closed_form() {
-    let dev = Device::Cpu;
+    let dev = test_device();
     let p = Tensor::new(&[[3f32, 4.], [1., 0.]], &dev).unwrap();
     let z = Tensor::new(&[[4f32, 3.], [0., 2.]], &dev).unwrap();
     // cos = 24/25 and 0 → ℓ = 2 − 2cos.
@@ -190,7 +194,7 @@ fn loss_equals_the_closed_form() {
 
 #[test]
 fn no_gradient_reaches_the_target() {
-    let dev = Device::Cpu;
+    let dev = test_device();
     let mut store = VarStore::new(&dev, 1);
     let (p, z) = {
         let mut root = store.root();
@@ -211,7 +215,7 @@ fn no_gradient_reaches_the_target() {
 
 #[test]
 fn ema_moves_parameters_and_leaves_running_statistics() {
-    let dev = Device::Cpu;
+    let dev = test_device();
     let build = |value: f32| {
         let mut s = VarStore::new(&dev, 0);
         let mut root = s.root();
