@@ -89,7 +89,7 @@ fn vec_of(t: &Tensor) -> Vec<f32> {
 #[test]
 fn one_lars_step_matches_the_hand_computation() {
     let dev = test_device();
-    let mut store = VarStore::new(&dev, 0);
+    let mut store = VarStore::new(dev, 0);
     let (w, b, gamma) = {
         let mut root = store.root();
         let w = root.constant("fc.weight", &[2], 0.0, Role::Weight).unwrap();
@@ -99,13 +99,13 @@ fn one_lars_step_matches_the_hand_computation() {
             .unwrap();
         (w, b, g)
     };
-    w.set(&Tensor::new(&[3f32, 4.], &dev).unwrap()).unwrap();
-    b.set(&Tensor::new(&[1f32, -1.], &dev).unwrap()).unwrap();
-    gamma.set(&Tensor::new(&[1f32, 1.], &dev).unwrap()).unwrap();
+    w.set(&Tensor::new(&[3f32, 4.], dev).unwrap()).unwrap();
+    b.set(&Tensor::new(&[1f32, -1.], dev).unwrap()).unwrap();
+    gamma.set(&Tensor::new(&[1f32, 1.], dev).unwrap()).unwrap();
     // loss = Σ c·param gives gradients equal to c.
-    let gw = Tensor::new(&[0.6f32, 0.8], &dev).unwrap();
-    let gb = Tensor::new(&[0.5f32, 0.25], &dev).unwrap();
-    let gg = Tensor::new(&[2f32, -2.], &dev).unwrap();
+    let gw = Tensor::new(&[0.6f32, 0.8], dev).unwrap();
+    let gb = Tensor::new(&[0.5f32, 0.25], dev).unwrap();
+    let gg = Tensor::new(&[2f32, -2.], dev).unwrap();
     let loss = ((w.as_tensor() * &gw).unwrap().sum_all().unwrap()
         + (b.as_tensor() * &gb).unwrap().sum_all().unwrap()
         + (gamma.as_tensor() * &gg).unwrap().sum_all().unwrap())
@@ -156,9 +156,9 @@ fn one_lars_step_matches_the_hand_computation() {
 #[test]
 fn lars_trust_ratio_is_one_for_a_zero_weight() {
     let dev = test_device();
-    let mut store = VarStore::new(&dev, 0);
+    let mut store = VarStore::new(dev, 0);
     let w = store.root().constant("w", &[2], 0.0, Role::Weight).unwrap();
-    let g = Tensor::new(&[1f32, 2.], &dev).unwrap();
+    let g = Tensor::new(&[1f32, 2.], dev).unwrap();
     let grads = (w.as_tensor() * &g)
         .unwrap()
         .sum_all()
@@ -173,8 +173,8 @@ fn lars_trust_ratio_is_one_for_a_zero_weight() {
 #[test]
 fn loss_equals_the_closed_form() {
     let dev = test_device();
-    let p = Tensor::new(&[[3f32, 4.], [1., 0.]], &dev).unwrap();
-    let z = Tensor::new(&[[4f32, 3.], [0., 2.]], &dev).unwrap();
+    let p = Tensor::new(&[[3f32, 4.], [1., 0.]], dev).unwrap();
+    let z = Tensor::new(&[[4f32, 3.], [0., 2.]], dev).unwrap();
     // cos = 24/25 and 0 → ℓ = 2 − 2cos.
     let l = regression_loss(&p, &z).unwrap().to_vec1::<f32>().unwrap();
     assert!(close(l[0] as f64, 2.0 - 48.0 / 25.0, 1e-6) && close(l[1] as f64, 2.0, 1e-6));
@@ -182,8 +182,8 @@ fn loss_equals_the_closed_form() {
     let d0 = (0.6f64 - 0.8).powi(2) + (0.8f64 - 0.6).powi(2);
     assert!(close(l[0] as f64, d0, 1e-6));
     // Symmetric: the two directions ADD per sample, then the batch mean.
-    let p2 = Tensor::new(&[[1f32, 0.], [0., 1.]], &dev).unwrap();
-    let z1 = Tensor::new(&[[-1f32, 0.], [0., 1.]], &dev).unwrap();
+    let p2 = Tensor::new(&[[1f32, 0.], [0., 1.]], dev).unwrap();
+    let z1 = Tensor::new(&[[-1f32, 0.], [0., 1.]], dev).unwrap();
     let s = symmetric_loss(&p, &p2, &z1, &z)
         .unwrap()
         .to_scalar::<f32>()
@@ -195,7 +195,7 @@ fn loss_equals_the_closed_form() {
 #[test]
 fn no_gradient_reaches_the_target() {
     let dev = test_device();
-    let mut store = VarStore::new(&dev, 1);
+    let mut store = VarStore::new(dev, 1);
     let (p, z) = {
         let mut root = store.root();
         (
@@ -217,7 +217,7 @@ fn no_gradient_reaches_the_target() {
 fn ema_moves_parameters_and_leaves_running_statistics() {
     let dev = test_device();
     let build = |value: f32| {
-        let mut s = VarStore::new(&dev, 0);
+        let mut s = VarStore::new(dev, 0);
         let mut root = s.root();
         root.constant("w", &[2], value, Role::Weight).unwrap();
         root.constant("bn.running_mean", &[2], value, Role::RunningMean)
