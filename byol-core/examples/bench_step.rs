@@ -4,8 +4,9 @@
 //! `bench_step --model r18-small|r50-imagenet --size PX --batch N --steps K --warmup W
 //!  --backend default|onednn|onednn-direct|fast|stock --device cpu|cuda[:N]`
 //! Output: one line `img/s <value>` (plus per-step times on stderr). The backend chooses the CPU
-//! kernels; on a GPU every op is candle's (cuDNN convolutions in a `cudnn` build), and each timed
-//! step ends with a device synchronisation, so it counts all the step's GPU work.
+//! kernels; on a GPU the ops are candle's (cuDNN convolutions in a `cudnn` build) but for the
+//! convolution's backward, ours (`byol_kernels::device_conv2d`; `--backend stock`: candle's own),
+//! and each timed step ends with a device synchronisation, so it counts all the step's GPU work.
 
 use std::time::Instant;
 

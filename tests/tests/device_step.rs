@@ -175,7 +175,7 @@ fn conv_grads(
 }
 
 #[test]
-fn the_device_convolution_matches_candles_gradients() {
+fn the_device_convolution_matches_the_cpu_kernels_gradients() {
     let device = test_device();
     let cases = [
         (2, 3, 9, 7, 5, 3, 1, 1),   // odd sizes, 3×3
