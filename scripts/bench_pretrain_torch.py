@@ -7,10 +7,17 @@ Linear(no bias) 4096/256, target = copy of online run in train mode under no_gra
 its own forward pass, symmetric loss (sum of both directions, mean over batch), LARS (weight
 decay + trust ratio on weights, momentum) and the EMA of the target. fp32 on CPU.
 
+On a GPU (`--device cuda`), `--precision`: `tf32` is PyTorch's default (cuDNN convolutions in
+TF32, matrix products in full fp32: what candle does, cuDNN's default math and cuBLAS's fp32),
+`fp32` turns TF32 off everywhere, `bf16` runs the forward passes and the loss under
+`torch.autocast(dtype=torch.bfloat16)` (parameters, gradients, LARS and EMA stay fp32). Each
+timed step ends with `torch.cuda.synchronize()`.
+
 Usage: bench_pretrain_torch.py --model r18-small|r50-imagenet --size PX --batch N --steps K
-       --warmup W --threads T
+       --warmup W --threads T [--device cpu|cuda[:N]] [--precision fp32|tf32|bf16]
 Prints one line `img/s <value>`.
 """
+import contextlib
 import argparse
 import copy
 import sys
@@ -86,29 +93,52 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        tf32 = a.precision != "fp32"
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
+              f"cuDNN {torch.backends.cudnn.version()}, precision {a.precision}", file=sys.stderr)
+    elif a.precision != "fp32":
+        raise SystemExit("--precision tf32/bf16 needs --device cuda")
 
-    online = Network(a.model)
-    predictor = mlp(256)
+    def autocast():
+        if a.precision == "bf16":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    online = Network(a.model).to(device)
+    predictor = mlp(256).to(device)
     target = copy.deepcopy(online)
     for p in target.parameters():
         p.requires_grad_(False)
     online.train(); predictor.train(); target.train()
     params = list(online.parameters()) + list(predictor.parameters())
     momentum = [torch.zeros_like(p) for p in params]
-    v1 = torch.randn(a.batch, 3, a.size, a.size)
-    v2 = torch.randn(a.batch, 3, a.size, a.size)
+    v1 = torch.randn(a.batch, 3, a.size, a.size).to(device)
+    v2 = torch.randn(a.batch, 3, a.size, a.size).to(device)
+    sync()
 
     times = []
     for i in range(a.warmup + a.steps):
         t = time.perf_counter()
-        z1, z2 = online(v1), online(v2)
-        p1, p2 = predictor(z1), predictor(z2)
-        with torch.no_grad():
-            t1, t2 = target(v1), target(v2)
-        loss = (regression(p1, t2) + regression(p2, t1)).mean()
+        with autocast():
+            z1, z2 = online(v1), online(v2)
+            p1, p2 = predictor(z1), predictor(z2)
+            with torch.no_grad():
+                t1, t2 = target(v1), target(v2)
+            loss = (regression(p1.float(), t2.float()) + regression(p2.float(), t1.float())).mean()
         loss_value = loss.item()
         for p in params:
             p.grad = None
@@ -117,6 +147,7 @@ def main():
         with torch.no_grad():
             for pt, po in zip(target.parameters(), online.parameters()):
                 pt.mul_(0.99).add_(po, alpha=0.01)
+        sync()
         dt = time.perf_counter() - t
         print(f"step {i}: {dt:.3f} s, loss {loss_value:.4f}", file=sys.stderr)
         if i >= a.warmup:

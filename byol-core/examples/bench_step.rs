@@ -1,9 +1,12 @@
 //! Times full BYOL training steps (both views through online and target, symmetric loss,
-//! backward, LARS, EMA) on CPU and prints images per second.
+//! backward, LARS, EMA) and prints images per second.
 //!
 //! `bench_step --model r18-small|r50-imagenet --size PX --batch N --steps K --warmup W
-//!  --backend default|onednn|onednn-direct|fast|stock [--profile]`
-//! Output: one line `img/s <value>` (plus per-step times on stderr).
+//!  --backend default|onednn|onednn-direct|fast|stock --device cpu|cuda[:N]`
+//! Output: one line `img/s <value>` (plus per-step times on stderr). The backend chooses the CPU
+//! kernels; on a GPU the ops are candle's (cuDNN convolutions in a `cudnn` build) but for the
+//! convolution's backward, ours (`byol_kernels::device_conv2d`; `--backend stock`: candle's own),
+//! and each timed step ends with a device synchronisation, so it counts all the step's GPU work.
 
 use std::time::Instant;
 
@@ -35,6 +38,7 @@ fn main() -> byol_core::Result<()> {
     let steps: usize = arg(&args, "--steps", 3);
     let warmup: usize = arg(&args, "--warmup", 1);
     let backend: String = arg(&args, "--backend", "default".to_string());
+    let device: String = arg(&args, "--device", "cpu".to_string());
     let backend = match backend.as_str() {
         "default" => default_backend(),
         other => other
@@ -44,15 +48,19 @@ fn main() -> byol_core::Result<()> {
     set_backend(backend);
     eprintln!("backend {backend:?}");
     let encoder = ResNetConfig::benchmark(&model)?;
-    let dev = Device::Cpu;
+    let dev = byol_core::device::parse_device(&device)?;
+    eprintln!("device {dev:?}");
     let mut byol = Byol::new(&ByolConfig::new(encoder), &dev, 0)?;
     let mut opt = Lars::new(LarsConfig::default());
-    let v1 = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &dev)?;
-    let v2 = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &dev)?;
+    // Drawn on the host and copied once, as the pretraining loop copies its batches.
+    let v1 = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?.to_device(&dev)?;
+    let v2 = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?.to_device(&dev)?;
+    dev.synchronize()?;
     let mut times = Vec::new();
     for i in 0..warmup + steps {
         let t = Instant::now();
         let out = byol.train_step(&v1, &v2, &mut opt, 0.1, 0.99, &|_| 1.0)?;
+        dev.synchronize()?;
         let dt = t.elapsed().as_secs_f64();
         eprintln!("step {i}: {dt:.3} s, loss {:.4}", out.loss);
         if i >= warmup {

@@ -8,7 +8,8 @@ use candle_core::{DType, Tensor};
 
 use crate::onednn;
 
-/// Which implementation the layers use on CPU.
+/// Which implementation the layers use on CPU (and, for [`Backend::Stock`] against the others,
+/// whether a GPU convolution takes candle's own backward, see [`use_device_conv`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// candle's own ops (the reference).
@@ -102,4 +103,10 @@ pub fn with_backend<R>(backend: Backend, f: impl FnOnce() -> R) -> R {
 /// Whether a layer should route `xs` through the custom ops.
 pub fn use_fast(xs: &Tensor) -> bool {
     backend() != Backend::Stock && xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// Whether a convolution of `xs` should be [`crate::device_conv2d`]: off the CPU, unless the
+/// backend is [`Backend::Stock`] (candle's own backward, kept to compare against).
+pub fn use_device_conv(xs: &Tensor) -> bool {
+    backend() != Backend::Stock && !xs.device().is_cpu()
 }

@@ -9,12 +9,15 @@
 //! `gemm` crate directly, or oneDNN for the convolutions when the build found it (`onednn.rs`).
 //! Layers pick them through [`use_fast`]: only on CPU, only for f32, and
 //! only while the [`Backend`] is not [`Backend::Stock`]; everything else (CUDA included) takes the
-//! stock candle ops, so the recipe code is the same on every device.
+//! stock candle ops, so the recipe code is the same on every device — except the convolution's
+//! backward off the CPU ([`device_conv2d`], through [`use_device_conv`]): candle's own runs naive
+//! CUDA kernels there.
 
 mod backend;
 mod bn;
 mod conv;
 mod cross_replica;
+mod device_conv;
 mod geometry;
 pub mod onednn;
 mod scratch;
@@ -22,10 +25,12 @@ mod storage;
 mod update;
 
 pub use backend::{
-    backend, default_backend, set_backend, use_fast, with_backend, Backend, UnknownBackend,
+    backend, default_backend, set_backend, use_device_conv, use_fast, with_backend, Backend,
+    UnknownBackend,
 };
 pub use bn::{batch_norm_add_relu_train, batch_norm_relu_train, batch_norm_train, BnStats};
 pub use conv::conv2d;
 pub use cross_replica::{channel_sum, with_channel_sum, ChannelSum};
+pub use device_conv::device_conv2d;
 pub use geometry::Conv2dGeometry;
 pub use update::{ema, lars_update, LarsStep};

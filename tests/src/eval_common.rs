@@ -54,7 +54,7 @@ pub fn centres(rng: &mut Rng, d: usize, classes: usize, sep: f64) -> Vec<Vec<f64
 }
 
 pub fn fixture(name: &str) -> serde_json::Value {
-    let path = format!("{}/fixtures/metrics/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = crate::fixture(&format!("metrics/{name}"));
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json")
 }
 

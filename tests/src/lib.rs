@@ -7,16 +7,71 @@ pub mod thread_group;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use byol_core::byol::{Byol, ByolConfig};
 use byol_core::nn::{MlpConfig, ResNetConfig, Stem};
 use candle_core::{Device, Tensor};
 
-/// A committed fixture file under `tests/fixtures/`.
+/// A committed fixture file under `tests/fixtures/`, or under `$BYOL_TEST_FIXTURES` when set (a
+/// test executable built here and run on another machine, `scripts/gpu-check`, where this
+/// checkout's absolute path does not exist).
 pub fn fixture(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(relative)
+    fixtures_dir().join(relative)
+}
+
+/// `$BYOL_TEST_FIXTURES`, else `tests/fixtures/` of the checkout the tests were built in.
+pub fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("BYOL_TEST_FIXTURES") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+    }
+}
+
+/// The device of the device-parametrised tests: `$BYOL_TEST_DEVICE` (`cpu` when unset or empty;
+/// `cuda`, `cuda:0`, … in a build with the `cuda` feature), parsed as the binaries' `--device`
+/// flag. One device for the whole test process, so tensors of different tests' helpers mix
+/// (candle tells two `Device::new_cuda(0)` apart).
+///
+/// On CUDA, the tests keep their CPU tolerances only with TF32 off (cuDNN convolutions and cuBLAS
+/// would otherwise round operands to 10-bit mantissas): run them with `NVIDIA_TF32_OVERRIDE=0`,
+/// as `scripts/gpu-check` does; [`device_tolerance`] loosens the bound otherwise.
+pub fn test_device() -> &'static Device {
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE.get_or_init(|| {
+        let spec = std::env::var("BYOL_TEST_DEVICE").unwrap_or_default();
+        let spec = if spec.trim().is_empty() {
+            "cpu"
+        } else {
+            spec.trim()
+        };
+        let device = byol_core::device::parse_device(spec)
+            .unwrap_or_else(|e| panic!("BYOL_TEST_DEVICE={spec}: {e}"));
+        if !device.is_cpu() && !tf32_off() {
+            eprintln!(
+                "BYOL_TEST_DEVICE={spec} without NVIDIA_TF32_OVERRIDE=0: TF32 may round \
+                 convolutions and matrix products, the parity tolerances are loosened"
+            );
+        }
+        device
+    })
+}
+
+/// Whether `NVIDIA_TF32_OVERRIDE=0` turns TF32 off in cuDNN and cuBLAS for this process.
+fn tf32_off() -> bool {
+    std::env::var("NVIDIA_TF32_OVERRIDE").is_ok_and(|v| v.trim() == "0")
+}
+
+/// The relative tolerance of a parity check on [`test_device`]: `cpu` itself on the CPU and on a
+/// GPU with TF32 off (float32 everywhere, only the summation order differs); on a GPU that may
+/// use TF32, at least 1e-2 (TF32 keeps 10 mantissa bits: 2⁻¹¹ ≈ 4.9e-4 per rounding, compounded
+/// through a network's layers).
+pub fn device_tolerance(cpu: f64) -> f64 {
+    if test_device().is_cpu() || tf32_off() {
+        cpu
+    } else {
+        cpu.max(1e-2)
+    }
 }
 
 /// The tensors of `map` whose names start with `prefix`, prefix stripped.

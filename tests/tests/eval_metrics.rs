@@ -8,7 +8,7 @@ use byol_core::eval::metrics::{
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
-    let path = format!("{}/fixtures/metrics/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = byol_tests::fixture(&format!("metrics/{name}"));
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json")
 }
 

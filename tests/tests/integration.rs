@@ -6,6 +6,7 @@ mod checkpoints;
 mod data_loader;
 mod data_parallel;
 mod data_readers;
+mod device_step;
 mod eval_knn;
 mod eval_logistic;
 mod eval_metrics;

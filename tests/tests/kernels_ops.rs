@@ -414,6 +414,8 @@ fn backend_switch_is_scoped_and_the_default_is_the_fastest_available() {
     });
     assert_eq!(kernels::backend(), default);
     assert!(kernels::use_fast(&rand(&[2, 2], 1)));
+    // The GPU convolution is for other devices only.
+    assert!(!kernels::use_device_conv(&rand(&[2, 2], 1)));
     assert_eq!("onednn-direct".parse(), Ok(Backend::OneDnnDirect));
     let err = "gpu".parse::<Backend>().unwrap_err();
     assert_eq!(err, kernels::UnknownBackend("gpu".into()));

@@ -1,5 +1,10 @@
 //! The pretraining loop end to end on generated images: it trains, logs, checkpoints, and a run
 //! killed after a checkpoint and resumed gives exactly the losses of an uninterrupted run.
+//!
+//! Device-parametrised: every run trains on `BYOL_TEST_DEVICE` (`byol_tests::test_device`, CPU by
+//! default); on a GPU the resumed run must still repeat the uninterrupted one's losses bit for bit
+//! (candle's CUDA reductions, cuBLAS and cuDNN's forward algorithms are deterministic for a
+//! given shape).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use byol_core::distributed::DataParallel;
 use byol_core::metrics_log::{read_metrics, METRICS_FILE};
 use byol_core::train::{latest_state, pretrain, RunControl, Silent, TrainData};
 use byol_core::{Error, Result};
-use byol_tests::tiny_byol_config;
+use byol_tests::{test_device, tiny_byol_config};
 use candle_core::Device;
 
 /// 24×24 RGB images of stripes whose phase and colour depend on the index.
@@ -82,7 +87,7 @@ pub(crate) fn run<'a>(
 ) -> RunControl<'a> {
     RunControl {
         out_dir,
-        device: &Device::Cpu,
+        device: test_device(),
         resume,
         init_weights: None,
         init_part: Default::default(),
@@ -220,7 +225,7 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
         good_bytes,
         "the good checkpoint is untouched"
     );
-    byol_core::checkpoint::load_training_state(&good, &Device::Cpu).unwrap();
+    byol_core::checkpoint::load_training_state(&good, test_device()).unwrap();
 }
 
 #[test]
@@ -464,14 +469,14 @@ fn a_state_with_a_non_finite_tensor_is_named_and_never_saved() {
     use byol_core::byol::Byol;
     use byol_core::optim::{Lars, LarsConfig};
     use byol_core::train::non_finite_tensor;
-    let model = Byol::new(&tiny_byol_config(), &Device::Cpu, 0).unwrap();
+    let model = Byol::new(&tiny_byol_config(), test_device(), 0).unwrap();
     let lars = Lars::new(LarsConfig::default());
     assert_eq!(non_finite_tensor(&model, &lars).unwrap(), None);
     // BatchNorm statistics overflow first (the loss still finite): the target's.
     let target = model.target_store().unwrap();
     let entry = target.get("encoder.bn1.running_var").unwrap();
     let shape = entry.var.as_tensor().dims().to_vec();
-    let poisoned = candle_core::Tensor::full(f32::INFINITY, shape, &Device::Cpu).unwrap();
+    let poisoned = candle_core::Tensor::full(f32::INFINITY, shape, test_device()).unwrap();
     entry.var.set(&poisoned).unwrap();
     assert_eq!(
         non_finite_tensor(&model, &lars).unwrap().as_deref(),

@@ -1,10 +1,14 @@
 //! The recipe's exact formulas against values computed by hand: τ schedule, learning-rate
 //! schedule, the paper's presets, one LARS step, the loss and the EMA update.
+//!
+//! The tensor tests run on `BYOL_TEST_DEVICE` (`byol_tests::test_device`, CPU by default): on CPU
+//! LARS and the EMA take the fused kernels, on a GPU candle's ops.
 
 use byol_core::byol::{ema_update, regression_loss, symmetric_loss, tau_schedule};
 use byol_core::nn::{Role, VarStore};
 use byol_core::optim::{Lars, LarsConfig, LrSchedule, Preset};
-use candle_core::{Device, Tensor};
+use byol_tests::test_device;
+use candle_core::Tensor;
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol * b.abs().max(1.0)
@@ -84,8 +88,8 @@ fn vec_of(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn one_lars_step_matches_the_hand_computation() {
-    let dev = Device::Cpu;
-    let mut store = VarStore::new(&dev, 0);
+    let dev = test_device();
+    let mut store = VarStore::new(dev, 0);
     let (w, b, gamma) = {
         let mut root = store.root();
         let w = root.constant("fc.weight", &[2], 0.0, Role::Weight).unwrap();
@@ -95,13 +99,13 @@ fn one_lars_step_matches_the_hand_computation() {
             .unwrap();
         (w, b, g)
     };
-    w.set(&Tensor::new(&[3f32, 4.], &dev).unwrap()).unwrap();
-    b.set(&Tensor::new(&[1f32, -1.], &dev).unwrap()).unwrap();
-    gamma.set(&Tensor::new(&[1f32, 1.], &dev).unwrap()).unwrap();
+    w.set(&Tensor::new(&[3f32, 4.], dev).unwrap()).unwrap();
+    b.set(&Tensor::new(&[1f32, -1.], dev).unwrap()).unwrap();
+    gamma.set(&Tensor::new(&[1f32, 1.], dev).unwrap()).unwrap();
     // loss = Σ c·param gives gradients equal to c.
-    let gw = Tensor::new(&[0.6f32, 0.8], &dev).unwrap();
-    let gb = Tensor::new(&[0.5f32, 0.25], &dev).unwrap();
-    let gg = Tensor::new(&[2f32, -2.], &dev).unwrap();
+    let gw = Tensor::new(&[0.6f32, 0.8], dev).unwrap();
+    let gb = Tensor::new(&[0.5f32, 0.25], dev).unwrap();
+    let gg = Tensor::new(&[2f32, -2.], dev).unwrap();
     let loss = ((w.as_tensor() * &gw).unwrap().sum_all().unwrap()
         + (b.as_tensor() * &gb).unwrap().sum_all().unwrap()
         + (gamma.as_tensor() * &gg).unwrap().sum_all().unwrap())
@@ -151,10 +155,10 @@ fn one_lars_step_matches_the_hand_computation() {
 
 #[test]
 fn lars_trust_ratio_is_one_for_a_zero_weight() {
-    let dev = Device::Cpu;
-    let mut store = VarStore::new(&dev, 0);
+    let dev = test_device();
+    let mut store = VarStore::new(dev, 0);
     let w = store.root().constant("w", &[2], 0.0, Role::Weight).unwrap();
-    let g = Tensor::new(&[1f32, 2.], &dev).unwrap();
+    let g = Tensor::new(&[1f32, 2.], dev).unwrap();
     let grads = (w.as_tensor() * &g)
         .unwrap()
         .sum_all()
@@ -168,9 +172,9 @@ fn lars_trust_ratio_is_one_for_a_zero_weight() {
 
 #[test]
 fn loss_equals_the_closed_form() {
-    let dev = Device::Cpu;
-    let p = Tensor::new(&[[3f32, 4.], [1., 0.]], &dev).unwrap();
-    let z = Tensor::new(&[[4f32, 3.], [0., 2.]], &dev).unwrap();
+    let dev = test_device();
+    let p = Tensor::new(&[[3f32, 4.], [1., 0.]], dev).unwrap();
+    let z = Tensor::new(&[[4f32, 3.], [0., 2.]], dev).unwrap();
     // cos = 24/25 and 0 → ℓ = 2 − 2cos.
     let l = regression_loss(&p, &z).unwrap().to_vec1::<f32>().unwrap();
     assert!(close(l[0] as f64, 2.0 - 48.0 / 25.0, 1e-6) && close(l[1] as f64, 2.0, 1e-6));
@@ -178,8 +182,8 @@ fn loss_equals_the_closed_form() {
     let d0 = (0.6f64 - 0.8).powi(2) + (0.8f64 - 0.6).powi(2);
     assert!(close(l[0] as f64, d0, 1e-6));
     // Symmetric: the two directions ADD per sample, then the batch mean.
-    let p2 = Tensor::new(&[[1f32, 0.], [0., 1.]], &dev).unwrap();
-    let z1 = Tensor::new(&[[-1f32, 0.], [0., 1.]], &dev).unwrap();
+    let p2 = Tensor::new(&[[1f32, 0.], [0., 1.]], dev).unwrap();
+    let z1 = Tensor::new(&[[-1f32, 0.], [0., 1.]], dev).unwrap();
     let s = symmetric_loss(&p, &p2, &z1, &z)
         .unwrap()
         .to_scalar::<f32>()
@@ -190,8 +194,8 @@ fn loss_equals_the_closed_form() {
 
 #[test]
 fn no_gradient_reaches_the_target() {
-    let dev = Device::Cpu;
-    let mut store = VarStore::new(&dev, 1);
+    let dev = test_device();
+    let mut store = VarStore::new(dev, 1);
     let (p, z) = {
         let mut root = store.root();
         (
@@ -211,9 +215,9 @@ fn no_gradient_reaches_the_target() {
 
 #[test]
 fn ema_moves_parameters_and_leaves_running_statistics() {
-    let dev = Device::Cpu;
+    let dev = test_device();
     let build = |value: f32| {
-        let mut s = VarStore::new(&dev, 0);
+        let mut s = VarStore::new(dev, 0);
         let mut root = s.root();
         root.constant("w", &[2], value, Role::Weight).unwrap();
         root.constant("bn.running_mean", &[2], value, Role::RunningMean)

@@ -50,6 +50,8 @@ impl Conv2d {
     fn conv(&self, xs: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
         if byol_kernels::use_fast(xs) {
             byol_kernels::conv2d(xs, &self.weight, padding, self.stride)
+        } else if byol_kernels::use_device_conv(xs) {
+            byol_kernels::device_conv2d(xs, &self.weight, padding, self.stride)
         } else {
             xs.conv2d(&self.weight, padding, self.stride, 1, 1)
         }

@@ -59,12 +59,10 @@ impl BatchNorm {
             (self.running_var.as_tensor().affine(1.0 - m, 0.0)? + unbiased.affine(m, 0.0)?)?;
         self.running_mean.set(&new_mean)?;
         self.running_var.set(&new_var)?;
-        let count = self
-            .num_batches_tracked
-            .to_dtype(DType::I64)?
-            .to_scalar::<i64>()?;
-        self.num_batches_tracked
-            .set(&Tensor::new(count + 1, self.num_batches_tracked.device())?)?;
+        // + 1 on the device (i64 affine is exact below 2⁵³): a host read here was a device
+        // synchronisation per BatchNorm and forward pass on a GPU.
+        let count = self.num_batches_tracked.as_tensor().to_dtype(DType::I64)?;
+        self.num_batches_tracked.set(&count.affine(1.0, 1.0)?)?;
         Ok(())
     }
 

@@ -4,7 +4,9 @@
 //! the decayed gradient, 1 where either norm is 0); `m ← μ·m + g`; `w ← w − lr·m`. Biases and every
 //! BatchNorm parameter skip both the decay and the trust ratio ([`Role::is_lars_adapted`]).
 //! No gradient clipping. On CPU (any backend but `Stock`) one fused kernel does the whole
-//! per-tensor update (`byol_kernels::lars_update`); the candle-op path below is the reference.
+//! per-tensor update (`byol_kernels::lars_update`); the candle-op path below is the reference
+//! and what a GPU runs: there the trust ratio stays a device tensor, so a step never waits for
+//! the norms (reading them on the host cost two device synchronisations per tensor and step).
 
 use std::collections::HashMap;
 
@@ -91,14 +93,8 @@ impl Lars {
         let mut g = grad.detach();
         if adapted {
             g = (g + w.affine(self.config.weight_decay, 0.0)?)?;
-            let w_norm = l2_norm(w)?;
-            let g_norm = l2_norm(&g)?;
-            let trust = if w_norm > 0.0 && g_norm > 0.0 {
-                self.config.eta * w_norm / g_norm
-            } else {
-                1.0
-            };
-            g = g.affine(trust, 0.0)?;
+            let trust = trust_ratio(w, &g, self.config.eta)?;
+            g = g.broadcast_mul(&trust)?;
         }
         let m = match self.momentum.get(&entry.name) {
             Some(m) => (m.affine(self.config.momentum, 0.0)? + g)?,
@@ -126,10 +122,12 @@ impl Lars {
     }
 }
 
-fn l2_norm(t: &Tensor) -> Result<f64> {
-    Ok(t.sqr()?
-        .sum_all()?
-        .to_dtype(candle_core::DType::F64)?
-        .to_scalar::<f64>()?
-        .sqrt())
+/// `η·‖w‖/‖g‖`, or 1 where either norm is 0, as a one-element tensor on the tensors' device
+/// (norms summed in f32, as candle sums).
+fn trust_ratio(w: &Tensor, g: &Tensor, eta: f64) -> Result<Tensor> {
+    let w_norm = w.sqr()?.sum_all()?.sqrt()?;
+    let g_norm = g.sqr()?.sum_all()?.sqrt()?;
+    let ratio = (w_norm.affine(eta, 0.0)? / &g_norm)?;
+    let both_positive = w_norm.minimum(&g_norm)?.gt(&w_norm.zeros_like()?)?;
+    Ok(both_positive.where_cond(&ratio, &ratio.ones_like()?)?)
 }
