@@ -535,11 +535,10 @@ pub fn pretrain(
             let current_length = schedule.total_steps;
             // A new schedule length (recorded in the config and every later checkpoint) takes
             // effect before the next step, on every rank at once.
-            let mut refit = |fits: u64, rate: f64, _: &mut TrainConfig| {
+            let mut refit = |fits: u64, rate: f64| {
                 if writer {
                     pending_refit = Some((fits, rate));
                 }
-                Ok::<_, Error>(())
             };
             if let Some((budget, mark)) = &mut calibration {
                 if step == CALIBRATION_STEPS.start {
@@ -551,7 +550,7 @@ pub fn pretrain(
                     let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
                     let fits = steps_that_fit(step, rate, left);
                     if rate.is_finite() && fits < epoch_steps {
-                        refit(fits, rate, &mut config)?;
+                        refit(fits, rate);
                         refit_window = Some((*budget, Instant::now(), step));
                     }
                     calibration = None;
@@ -563,7 +562,7 @@ pub fn pretrain(
                     let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
                     let refitted = refitted_length(step, rate, left, current_length, epoch_steps);
                     if let Some(fits) = refitted {
-                        refit(fits, rate, &mut config)?;
+                        refit(fits, rate);
                     }
                     (*since, *from) = (Instant::now(), step);
                 }
