@@ -1,13 +1,19 @@
-//! Compiles the oneDNN convolution shim (csrc/onednn_conv.cpp) when Debian's `libdnnl-dev` (or a
-//! oneDNN under `DNNL_ROOT`) is installed, and sets `cfg(byol_onednn)`; without its headers the
+//! Compiles the oneDNN shim (csrc/: convolutions for training, frozen networks for inference)
+//! when Debian's `libdnnl-dev` (or a oneDNN under `DNNL_ROOT`) is installed, and sets `cfg(byol_onednn)`; without its headers the
 //! crate builds the pure-Rust kernels only. The shim opens libdnnl.so.2 at run time (nothing is
 //! linked), so the binaries also run where oneDNN is absent. `BYOL_ONEDNN=0` opts out; CUDA builds
 //! skip it (their convolutions run on the GPU).
 use std::path::PathBuf;
 
+/// The shim's translation units: the library loader, the training convolutions, frozen networks.
+const SHIM: [&str; 3] = ["onednn_api.cpp", "onednn_conv.cpp", "onednn_frozen.cpp"];
+
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(byol_onednn)");
-    println!("cargo:rerun-if-changed=csrc/onednn_conv.cpp");
+    for file in SHIM {
+        println!("cargo:rerun-if-changed=csrc/{file}");
+    }
+    println!("cargo:rerun-if-changed=csrc/onednn_api.h");
     println!("cargo:rerun-if-env-changed=BYOL_ONEDNN");
     println!("cargo:rerun-if-env-changed=DNNL_ROOT");
     if std::env::var("BYOL_ONEDNN").is_ok_and(|v| v == "0")
@@ -36,7 +42,7 @@ fn main() {
     let mut build = cc::Build::new();
     build
         .cpp(true)
-        .file("csrc/onednn_conv.cpp")
+        .files(SHIM.iter().map(|f| format!("csrc/{f}")))
         .include(&include)
         .flag("-std=c++17")
         .opt_level(2)

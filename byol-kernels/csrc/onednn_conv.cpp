@@ -1,79 +1,23 @@
 // Convolution forward / input-grad / weight-grad through oneDNN 2.x (Debian's libdnnl), behind a
 // small C interface for byol-core's `kernels::onednn`.
 //
-// libdnnl.so.2 is opened with dlopen on first use, not linked: a binary built with this shim
-// runs where oneDNN is absent (the Rust kernels take over), and the caller can set libgomp's
-// environment (its wait policy) before libgomp is loaded. Only dnnl.h's types and constants are
-// used at build time.
+// The library is opened by onednn_api.cpp (dlopen, never linked: where oneDNN is absent the Rust
+// kernels take over).
 //
 // Tensors stay plain NCHW / OIHW on the Rust side; each call reorders into the blocked layouts
 // oneDNN's kernels pick (as PyTorch does for NCHW tensors) and back. Primitives are cached per
 // thread and shape; the blocked copies live in per-thread buffers reused by every call.
-#include <oneapi/dnnl/dnnl.h>
-
-#include <dlfcn.h>
+#include "onednn_api.h"
 
 #include <array>
 #include <cstdint>
-#include <cstdio>
 #include <map>
 #include <memory>
 #include <vector>
 
+using namespace byol_onednn;
+
 namespace {
-
-// Every oneDNN function the shim calls, for the declarations and the dlsym lookups below.
-#define BYOL_DNNL_FUNCTIONS(X) \
-  X(dnnl_engine_create) \
-  X(dnnl_stream_create) \
-  X(dnnl_stream_wait) \
-  X(dnnl_memory_desc_init_by_tag) \
-  X(dnnl_memory_desc_equal) \
-  X(dnnl_memory_desc_get_size) \
-  X(dnnl_memory_create) \
-  X(dnnl_memory_set_data_handle) \
-  X(dnnl_convolution_forward_desc_init) \
-  X(dnnl_convolution_backward_data_desc_init) \
-  X(dnnl_convolution_backward_weights_desc_init) \
-  X(dnnl_primitive_desc_create) \
-  X(dnnl_primitive_desc_query_md) \
-  X(dnnl_primitive_desc_destroy) \
-  X(dnnl_reorder_primitive_desc_create) \
-  X(dnnl_primitive_create) \
-  X(dnnl_primitive_execute) \
-  X(dnnl_primitive_destroy) \
-  X(dnnl_memory_destroy) \
-  X(dnnl_stream_destroy)
-
-// The oneDNN (and OpenMP) entry points, resolved from the loaded library.
-struct Api {
-#define BYOL_DNNL_DECLARE(name) decltype(&::name) name = nullptr;
-  BYOL_DNNL_FUNCTIONS(BYOL_DNNL_DECLARE)
-#undef BYOL_DNNL_DECLARE
-  void (*omp_set_num_threads)(int) = nullptr;
-  dnnl_engine_t engine = nullptr;
-};
-
-Api *api = nullptr;
-
-struct Failure {
-  const char *what;
-  dnnl_status_t status;
-};
-
-void check(dnnl_status_t status, const char *what) {
-  if (status != dnnl_success) throw Failure{what, status};
-}
-
-const char *status_name(dnnl_status_t s) {
-  switch (s) {
-  case dnnl_out_of_memory: return "out of memory";
-  case dnnl_invalid_arguments: return "invalid arguments";
-  case dnnl_unimplemented: return "unimplemented";
-  case dnnl_runtime_error: return "runtime error";
-  default: return "error";
-  }
-}
 
 // One argument of a primitive: its plain (user) layout, the layout the primitive wants, and the
 // reorder between them when they differ; the memory objects are reused, only handles change.
@@ -129,14 +73,9 @@ void make_port(Port &p, int arg, const dnnl_memory_desc_t &plain, const dnnl_mem
   if (p.direct) return;
   check(api->dnnl_memory_create(&p.staged, &p.wanted, api->engine, DNNL_MEMORY_NONE),
         "memory_create");
-  dnnl_primitive_desc_t pd = nullptr;
   const dnnl_memory_desc_t *from = is_output ? &p.wanted : &p.plain;
   const dnnl_memory_desc_t *to = is_output ? &p.plain : &p.wanted;
-  check(api->dnnl_reorder_primitive_desc_create(&pd, from, api->engine, to, api->engine, nullptr),
-        "reorder_primitive_desc_create");
-  dnnl_status_t s = api->dnnl_primitive_create(&p.reorder, pd);
-  api->dnnl_primitive_desc_destroy(pd);
-  check(s, "reorder primitive_create");
+  p.reorder = make_reorder(from, to);
 }
 
 enum Kind { kForward = 0, kInputGrad = 1, kWeightGrad = 2 };
@@ -245,52 +184,9 @@ struct Scratch {
   }
 };
 
-void copy_message(char *err, size_t err_len, const char *fmt, const char *a, const char *b) {
-  if (err && err_len > 0) std::snprintf(err, err_len, fmt, a, b);
-}
-
-template <typename F> bool resolve(void *lib, const char *name, F &slot) {
-  slot = reinterpret_cast<F>(dlsym(lib, name));
-  return slot != nullptr;
-}
-
 } // namespace
 
 extern "C" {
-
-// Opens libdnnl.so.2 (or `path`) and resolves what the convolutions need. Returns 0, or 1 with a
-// message in err (the library or a symbol is missing). Call once, before byol_onednn_conv.
-int byol_onednn_load(const char *path, char *err, size_t err_len) {
-  if (api) return 0;
-  void *lib = dlopen(path && *path ? path : "libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
-  if (!lib) {
-    copy_message(err, err_len, "%s%s", dlerror(), "");
-    return 1;
-  }
-  auto *a = new Api();
-  bool ok = true;
-  const char *missing = nullptr;
-#define BYOL_DNNL_RESOLVE(name) \
-  if (ok && !resolve(lib, #name, a->name)) { ok = false; missing = #name; }
-  BYOL_DNNL_FUNCTIONS(BYOL_DNNL_RESOLVE)
-  BYOL_DNNL_RESOLVE(omp_set_num_threads)
-#undef BYOL_DNNL_RESOLVE
-  if (!ok) {
-    copy_message(err, err_len, "%s has no symbol %s", path && *path ? path : "libdnnl.so.2",
-                 missing);
-    delete a;
-    dlclose(lib);
-    return 1;
-  }
-  if (a->dnnl_engine_create(&a->engine, dnnl_cpu, 0) != dnnl_success) {
-    copy_message(err, err_len, "%s%s", "oneDNN could not create its CPU engine", "");
-    delete a;
-    dlclose(lib);
-    return 1;
-  }
-  api = a; // the library stays open for the life of the process
-  return 0;
-}
 
 // kind: 0 forward (a = x, b = w, out = y), 1 input grad (a = dy, b = w, out = dx),
 // 2 weight grad (a = x, b = dy, out = dw). g: n, cin, h, w, cout, kh, kw, stride, pad.
@@ -298,15 +194,11 @@ int byol_onednn_load(const char *path, char *err, size_t err_len) {
 // Returns 0, or 1 with a message in err.
 int byol_onednn_conv(int kind, const int64_t *g, int winograd, const float *a, const float *b,
                      float *out, int threads, char *err, size_t err_len) {
-  if (!api) {
-    copy_message(err, err_len, "%s%s", "oneDNN is not loaded", "");
-    return 1;
-  }
   thread_local std::map<Key, std::unique_ptr<Entry>> cache;
   thread_local Scratch scratch;
   thread_local Stream thread_stream;
   thread_local int threads_set = 0;
-  try {
+  return guarded(err, err_len, [&] {
     if (threads > 0 && threads != threads_set) {
       api->omp_set_num_threads(threads);
       threads_set = threads;
@@ -342,17 +234,7 @@ int byol_onednn_conv(int kind, const int64_t *g, int winograd, const float *a, c
       check(api->dnnl_primitive_execute(o.reorder, stream, 2, r), "reorder");
     }
     check(api->dnnl_stream_wait(stream), "stream_wait");
-    return 0;
-  } catch (const Failure &f) {
-    copy_message(err, err_len, "%s: %s", f.what, status_name(f.status));
-    return 1;
-  } catch (const std::exception &ex) {
-    copy_message(err, err_len, "%s%s", ex.what(), "");
-    return 1;
-  } catch (...) {
-    copy_message(err, err_len, "%s%s", "unknown failure", "");
-    return 1;
-  }
+  });
 }
 
 } // extern "C"

@@ -11,13 +11,15 @@
 //! only while the [`Backend`] is not [`Backend::Stock`]; everything else (CUDA included) takes the
 //! stock candle ops, so the recipe code is the same on every device — except the convolution's
 //! backward off the CPU ([`device_conv2d`], through [`use_device_conv`]): candle's own runs naive
-//! CUDA kernels there.
+//! CUDA kernels there. Inference of a frozen encoder can run as one oneDNN network instead
+//! ([`FrozenNet`]: BatchNorm folded, activations kept in oneDNN's layouts, f32 or bf16).
 
 mod backend;
 mod bn;
 mod conv;
 mod cross_replica;
 mod device_conv;
+mod frozen;
 mod geometry;
 pub mod onednn;
 mod scratch;
@@ -32,5 +34,6 @@ pub use bn::{batch_norm_add_relu_train, batch_norm_relu_train, batch_norm_train,
 pub use conv::conv2d;
 pub use cross_replica::{channel_sum, with_channel_sum, ChannelSum};
 pub use device_conv::device_conv2d;
+pub use frozen::{FrozenConv, FrozenNet, FrozenOp};
 pub use geometry::Conv2dGeometry;
 pub use update::{ema, lars_update, LarsStep};

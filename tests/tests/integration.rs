@@ -11,6 +11,7 @@ mod eval_knn;
 mod eval_logistic;
 mod eval_metrics;
 mod eval_svm;
+mod frozen_encoder;
 mod hostile_input;
 mod hub_olah;
 mod kernels_ops;

@@ -41,6 +41,7 @@ fn setup_arch(dir: &Path, weights: Weights, arch: Option<ResNetConfig>) -> EvalS
         workers: 2,
         cache_dir: dir.join("features"),
         device: Device::Cpu,
+        precision: Default::default(),
         parallel: DataParallel::single(),
     }
 }

@@ -309,6 +309,7 @@ fn setup(dir: &Path, subset: &Path) -> EvalSetup {
         cache_dir: dir.join("features"),
         device: Device::Cpu,
         part: Default::default(),
+        precision: Default::default(),
         parallel: byol_core::distributed::DataParallel::single(),
     }
 }

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, ModuleT, Tensor};
+use candle_core::Device;
 
 use crate::data::loader::{Loader, LoaderConfig, Transform};
 use crate::data::Dataset;
 use crate::distributed::gather::gather_all;
 use crate::distributed::{Collective, SingleProcess};
 use crate::eval::matrix::OwnedFeatures;
-use crate::nn::ResNet;
+use crate::nn::{FrozenEncoder, Precision, ResNet};
 use crate::{Error, Result};
 
 /// Features and labels of a whole dataset, rows in dataset order.
@@ -19,35 +19,19 @@ pub struct LabelledFeatures {
     pub labels: Vec<usize>,
 }
 
-/// Runs `encoder` (pooled features of the frozen encoder; `None`: the transformed pixels
-/// themselves, the raw-pixel baseline) over every sample of `dataset` through `transform` (one view, `view_shape`
-/// = (channels, height, width)), in batches of `batch_size`, with `workers` loader threads.
-pub fn extract(
-    encoder: Option<&ResNet>,
-    dataset: Arc<dyn Dataset>,
-    transform: Arc<dyn Transform>,
-    view_shape: (usize, usize, usize),
-    batch_size: usize,
-    workers: usize,
-    device: &Device,
-) -> Result<LabelledFeatures> {
-    let pass = FeaturePass {
-        encoder,
-        dataset,
-        transform,
-        view_shape,
-        batch_size,
-        workers,
-        device,
-    };
-    let all = extract_shard(&pass, &SingleProcess)?;
+/// Runs `pass.encoder` (pooled features of the frozen encoder; `None`: the transformed pixels
+/// themselves, the raw-pixel baseline) over every sample of `pass.dataset`, in one process.
+pub fn extract(pass: &FeaturePass) -> Result<LabelledFeatures> {
+    let all = extract_shard(pass, &SingleProcess)?;
     Ok(LabelledFeatures {
         features: OwnedFeatures::new(all.data, all.cols)?,
         labels: all.labels,
     })
 }
 
-/// One pass of a frozen extractor over a dataset (the arguments of [`extract`]).
+/// One pass of a frozen extractor over a dataset: each sample through `transform` (one view of
+/// `view_shape` = (channels, height, width)), in batches of `batch_size`, with `workers` loader
+/// threads, the encoder in `precision`.
 pub struct FeaturePass<'a> {
     pub encoder: Option<&'a ResNet>,
     pub dataset: Arc<dyn Dataset>,
@@ -56,6 +40,7 @@ pub struct FeaturePass<'a> {
     pub batch_size: usize,
     pub workers: usize,
     pub device: &'a Device,
+    pub precision: Precision,
 }
 
 /// The rows one rank extracted (row-major, `cols` wide; none when its slices were empty), with
@@ -87,6 +72,10 @@ pub fn extract_shard(pass: &FeaturePass, group: &dyn Collective) -> Result<Shard
     let mut labels = Vec::new();
     let mut indices = Vec::new();
     let mut cols = 0;
+    let frozen = match pass.encoder {
+        Some(encoder) => Some(FrozenEncoder::new(encoder, pass.precision, pass.device)?),
+        None => None,
+    };
     for batch in loader.epoch(0)? {
         let batch = batch?;
         let n = batch.len();
@@ -94,16 +83,14 @@ pub fn extract_shard(pass: &FeaturePass, group: &dyn Collective) -> Result<Shard
             continue;
         }
         let pixels = &batch.view(0)[..n * view_len];
-        match pass.encoder {
+        match &frozen {
             None => {
                 data.extend_from_slice(pixels);
                 cols = view_len;
             }
             Some(encoder) => {
-                let x = Tensor::from_slice(pixels, (n, c, h, w), pass.device)?;
-                let f = encoder.forward_t(&x, false)?;
-                cols = f.dim(1)?;
-                data.extend(f.flatten_all()?.to_vec1::<f32>()?);
+                data.extend(encoder.forward(pixels, (n, c, h, w))?);
+                cols = encoder.features();
             }
         }
         labels.extend_from_slice(batch.labels());

@@ -27,7 +27,7 @@ use crate::eval::report::{
 };
 use crate::eval::sgd_probe::{sgd_probe, SgdProbeData, SgdProbeOptions};
 use crate::io::sha256_file;
-use crate::nn::{ResNet, ResNetConfig};
+use crate::nn::{Precision, ResNet, ResNetConfig};
 use crate::weights::{describe_architecture, load_encoder_part, LoadedEncoder, Part, Weights};
 use crate::{Error, Result};
 
@@ -58,6 +58,9 @@ pub struct EvalSetup {
     /// Where feature caches live.
     pub cache_dir: PathBuf,
     pub device: Device,
+    /// Arithmetic of the encoder's forward pass (bf16: oneDNN on the CPU); bf16 features are
+    /// cached apart from fp32 ones.
+    pub precision: Precision,
     /// The ranks of a data-parallel launch ([`DataParallel::single`] alone): they share the
     /// feature passes of [`EvalSetup::share_feature_extraction`].
     pub parallel: DataParallel,
@@ -191,6 +194,10 @@ impl EvalSetup {
             (Some(sha), Part::Online) => sha.clone(),
             (Some(sha), part) => format!("{sha} {part}"),
         };
+        let weights = match (&p.weights.sha256, self.precision) {
+            (Some(_), Precision::Bf16) => format!("{weights} bf16"),
+            _ => weights,
+        };
         let mut dataset = format!("{} {}", self.data.kind, self.data.dir()?.display());
         if let (Split::Train, Some(labels)) = (split, &p.labels) {
             dataset.push_str(&format!(" labels {} {}", labels.name, labels.digest));
@@ -218,6 +225,10 @@ impl EvalSetup {
             }
             Weights::None => "pixels".into(),
         };
+        let weights = match (&self.weights, self.precision) {
+            (Weights::File(_), Precision::Bf16) => format!("{weights}-bf16"),
+            _ => weights,
+        };
         // A label subset's features live beside the whole split's (another file, not a stale one).
         let labels = match (split, &p.labels) {
             (Split::Train, Some(l)) => format!("-labels-{}", &l.digest[..12]),
@@ -238,15 +249,16 @@ impl EvalSetup {
             let key = self.cache_key(p, split, set.len())?;
             let path = self.cache_path(p, split);
             let (features, status) = cached_features(&path, &key, || {
-                extract(
-                    p.extractor(),
-                    Arc::clone(set),
-                    transform.clone(),
-                    p.view_shape,
-                    self.batch_size,
-                    self.workers,
-                    &self.device,
-                )
+                extract(&FeaturePass {
+                    encoder: p.extractor(),
+                    dataset: Arc::clone(set),
+                    transform: transform.clone(),
+                    view_shape: p.view_shape,
+                    batch_size: self.batch_size,
+                    workers: self.workers,
+                    device: &self.device,
+                    precision: self.precision,
+                })
             })?;
             out.push((features, status, path));
         }
@@ -299,6 +311,7 @@ impl EvalSetup {
                 batch_size: self.batch_size,
                 workers: self.workers,
                 device: &self.device,
+                precision: self.precision,
             };
             if let Some(all) = extract_across(&pass, group)? {
                 save_features(&path, &all, &key)?;

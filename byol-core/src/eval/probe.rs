@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use crate::data::loader::Transform;
 use crate::data::Dataset;
-use crate::eval::features::{extract, LabelledFeatures};
+use crate::eval::features::{extract, FeaturePass, LabelledFeatures};
 use crate::eval::knn::{knn_classify, KnnOptions};
 use crate::eval::linear_protocol::{linear_protocol, LinearProtocolOptions};
-use crate::nn::ResNet;
+use crate::nn::{Precision, ResNet};
 use crate::Result;
 
 /// One row of the comparison.
@@ -42,15 +42,16 @@ impl ProbeData {
         dataset: &Arc<dyn Dataset>,
         device: &Device,
     ) -> Result<LabelledFeatures> {
-        extract(
+        extract(&FeaturePass {
             encoder,
-            Arc::clone(dataset),
-            Arc::clone(&self.transform),
-            self.view_shape,
-            256,
-            self.workers,
+            dataset: Arc::clone(dataset),
+            transform: Arc::clone(&self.transform),
+            view_shape: self.view_shape,
+            batch_size: 256,
+            workers: self.workers,
             device,
-        )
+            precision: Precision::F32,
+        })
     }
 }
 

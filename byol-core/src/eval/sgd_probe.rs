@@ -8,15 +8,15 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use crate::data::loader::{Loader, LoaderConfig, Transform};
 use crate::data::{Dataset, Subset};
-use crate::eval::features::{extract, LabelledFeatures};
+use crate::eval::features::{extract, FeaturePass, LabelledFeatures};
 use crate::eval::metrics;
 use crate::eval::split::train_val_split;
 use crate::nn::layers::Linear;
-use crate::nn::{ResNet, VarStore};
+use crate::nn::{FrozenEncoder, Precision, ResNet, VarStore};
 use crate::optim::{Sgd, SgdConfig};
 use crate::{Error, Result};
 
@@ -173,15 +173,16 @@ pub fn sgd_probe(
         held_out[i] = true;
     }
     let eval_features = |set: Arc<dyn Dataset>| {
-        extract(
-            Some(data.encoder),
-            set,
-            Arc::clone(&data.eval_transform),
-            data.view_shape,
-            opts.batch_size,
-            opts.workers,
+        extract(&FeaturePass {
+            encoder: Some(data.encoder),
+            dataset: set,
+            transform: Arc::clone(&data.eval_transform),
+            view_shape: data.view_shape,
+            batch_size: opts.batch_size,
+            workers: opts.workers,
             device,
-        )
+            precision: Precision::F32,
+        })
     };
     let val = eval_features(Arc::new(Subset::new(
         Arc::clone(&data.train),
@@ -220,6 +221,7 @@ pub fn sgd_probe(
     )?;
     let total_steps = (opts.epochs * n.div_ceil(opts.batch_size)) as f64;
     let mut step = 0usize;
+    let encoder = FrozenEncoder::new(data.encoder, Precision::F32, device)?;
     for epoch in 0..opts.epochs {
         let (mut loss_sum, mut batches) = (0.0, 0usize);
         for batch in loader.epoch(epoch)? {
@@ -228,8 +230,8 @@ pub fn sgd_probe(
             if m == 0 {
                 continue;
             }
-            let x = Tensor::from_slice(batch.view(0), (m, c, h, w), device)?;
-            let features = data.encoder.forward_t(&x, false)?.detach();
+            let features = encoder.forward(&batch.view(0)[..m * view_len], (m, c, h, w))?;
+            let features = Tensor::from_vec(features, (m, encoder.features()), device)?;
             if let Some(&l) = batch.labels().iter().find(|&&l| l >= classes) {
                 return Err(Error::Input(format!(
                     "train label {l} is out of range for {classes} classes"

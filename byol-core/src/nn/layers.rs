@@ -47,6 +47,17 @@ impl Conv2d {
         self
     }
 
+    /// The weights `[out, in, k, k]`, stride, symmetric padding and whether TensorFlow `SAME`
+    /// replaces it: what an inference engine needs to run this layer elsewhere.
+    pub(crate) fn parts(&self) -> (&Tensor, usize, usize, bool) {
+        (
+            self.weight.as_tensor(),
+            self.stride,
+            self.padding,
+            self.tf_same,
+        )
+    }
+
     fn conv(&self, xs: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
         if byol_kernels::use_fast(xs) {
             byol_kernels::conv2d(xs, &self.weight, padding, self.stride)

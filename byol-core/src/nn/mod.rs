@@ -1,6 +1,7 @@
-//! Networks: the parameter store, layers, ResNet encoders, the BYOL MLP heads and bilinear
-//! resizing.
+//! Networks: the parameter store, layers, ResNet encoders (and their frozen inference form), the
+//! BYOL MLP heads and bilinear resizing.
 
+pub mod frozen;
 pub mod layers;
 pub mod mlp;
 pub mod norm;
@@ -8,6 +9,7 @@ pub mod resize;
 pub mod resnet;
 pub mod var_store;
 
+pub use frozen::{FrozenEncoder, Precision};
 pub use mlp::{Mlp, MlpConfig};
 pub use norm::BatchNorm;
 pub use resnet::{Padding, ResNet, ResNetConfig, Stem};

@@ -89,6 +89,34 @@ impl BatchNorm {
         Ok(ys)
     }
 
+    /// This BatchNorm in inference mode folded into the convolution before it: `conv_weight`
+    /// (`[out, …]`) scaled per output channel by γ/√(var + ε), and the bias β − mean·γ/√(var + ε)
+    /// (computed in f64), so `bn(conv(x, w)) = conv(x, w') + b'`.
+    pub(crate) fn fold_into(&self, conv_weight: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+        let gamma = self.weight.as_tensor().to_vec1::<f32>()?;
+        let beta = self.bias.as_tensor().to_vec1::<f32>()?;
+        let mean = self.running_mean.as_tensor().to_vec1::<f32>()?;
+        let var = self.running_var.as_tensor().to_vec1::<f32>()?;
+        let mut weight = conv_weight.flatten_all()?.to_vec1::<f32>()?;
+        let channels = gamma.len();
+        if conv_weight.dim(0)? != channels || weight.len() % channels != 0 {
+            return Err(crate::Error::Input(format!(
+                "a BatchNorm of {channels} channels folded into a convolution of shape {:?}",
+                conv_weight.dims()
+            )));
+        }
+        let per_channel = weight.len() / channels;
+        let mut bias = Vec::with_capacity(channels);
+        for (c, row) in weight.chunks_exact_mut(per_channel).enumerate() {
+            let scale = f64::from(gamma[c]) / (f64::from(var[c]) + self.eps).sqrt();
+            for v in row {
+                *v = (f64::from(*v) * scale) as f32;
+            }
+            bias.push((f64::from(beta[c]) - f64::from(mean[c]) * scale) as f32);
+        }
+        Ok((weight, bias))
+    }
+
     /// Whether the fused kernels run this call: training mode on a CPU f32 input of rank 2 or 4.
     fn fast(xs: &Tensor, train: bool) -> bool {
         train && (xs.rank() == 2 || xs.rank() == 4) && byol_kernels::use_fast(xs)

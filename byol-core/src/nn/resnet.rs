@@ -9,6 +9,8 @@
 use candle_core::{Module, ModuleT, Tensor};
 use serde::{Deserialize, Serialize};
 
+use byol_kernels::{FrozenConv, FrozenOp};
+
 use super::layers::Conv2d;
 use super::norm::BatchNorm;
 use super::var_store::VarPath;
@@ -211,6 +213,27 @@ struct ConvBn {
 }
 
 impl ConvBn {
+    /// This layer, BatchNorm folded, as a frozen convolution from register `src` to `dst`.
+    fn frozen(&self, src: usize, dst: usize, relu: bool, sum: bool) -> Result<FrozenConv> {
+        let (weight, stride, pad, tf_same) = self.conv.parts();
+        let (_, cin, kernel, _) = weight.dims4()?;
+        let (weight, bias) = self.bn.fold_into(weight)?;
+        Ok(FrozenConv {
+            src,
+            dst,
+            cout: bias.len(),
+            weight,
+            bias,
+            cin,
+            kernel,
+            stride,
+            pad,
+            tf_same,
+            relu,
+            sum,
+        })
+    }
+
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.bn.forward_t(&self.conv.forward(xs)?, train)
     }
@@ -272,6 +295,31 @@ impl Block {
             None
         };
         Ok(Self { branch, downsample })
+    }
+
+    /// The block as frozen ops from register `x` (its input, which it overwrites with its
+    /// output unless there is a downsample branch) using `free` registers; returns the output's.
+    fn frozen(&self, x: usize, free: [usize; 3], ops: &mut Vec<FrozenOp>) -> Result<usize> {
+        let Some((last, inner)) = self.branch.split_last() else {
+            return Err(Error::Input("a residual block without convolutions".into()));
+        };
+        let [a, b, shortcut] = free;
+        // The shortcut first, where the last convolution will accumulate onto it.
+        let out = match &self.downsample {
+            Some(ds) => {
+                ops.push(FrozenOp::Conv(ds.frozen(x, shortcut, false, false)?));
+                shortcut
+            }
+            None => x,
+        };
+        let mut src = x;
+        for (i, cb) in inner.iter().enumerate() {
+            let dst = if i % 2 == 0 { a } else { b };
+            ops.push(FrozenOp::Conv(cb.frozen(src, dst, true, false)?));
+            src = dst;
+        }
+        ops.push(FrozenOp::Conv(last.frozen(src, out, true, true)?));
+        Ok(out)
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
@@ -366,6 +414,30 @@ impl ResNet {
             outs.push(ys.clone());
         }
         Ok(outs)
+    }
+
+    /// The encoder in inference mode (running statistics) as frozen ops for
+    /// `byol_kernels::FrozenNet`: every BatchNorm folded into its convolution, ReLU and the
+    /// residual add as the convolutions' post-ops, ending in the global average pool.
+    pub fn frozen_ops(&self) -> Result<Vec<FrozenOp>> {
+        let mut ops = Vec::new();
+        // Register 0 is the input; 1–4 hold activations in turn.
+        ops.push(FrozenOp::Conv(self.stem.frozen(0, 1, true, false)?));
+        let mut x = 1;
+        if self.config.stem == Stem::Imagenet {
+            ops.push(FrozenOp::MaxPool3x3s2 {
+                src: 1,
+                dst: 2,
+                tf_same: self.config.padding == Padding::TfSame,
+            });
+            x = 2;
+        }
+        for block in self.stages.iter().flatten() {
+            let free: Vec<usize> = (1..=4).filter(|&r| r != x).collect();
+            x = block.frozen(x, [free[0], free[1], free[2]], &mut ops)?;
+        }
+        ops.push(FrozenOp::GlobalAvgPool { src: x });
+        Ok(ops)
     }
 
     /// Channels of each stage's output.

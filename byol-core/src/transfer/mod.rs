@@ -27,9 +27,9 @@ use candle_core::Device;
 use crate::data::augment::{AugmentConfig, EvalTransform};
 use crate::data::loader::Transform;
 use crate::data::Dataset;
-use crate::eval::features::{extract, LabelledFeatures};
+use crate::eval::features::{extract, FeaturePass, LabelledFeatures};
 use crate::io::sha256_file;
-use crate::nn::{ResNet, ResNetConfig, VarStore};
+use crate::nn::{Precision, ResNet, ResNetConfig, VarStore};
 use crate::weights::{load_encoder_part, Part, Weights};
 use crate::{Error, Result};
 
@@ -173,15 +173,16 @@ pub fn features_of_all(
     let channels = encoder.map_or(3, |e| e.config().in_channels);
     let n = dataset.len();
     let s = opts.image_size;
-    let out = extract(
+    let out = extract(&FeaturePass {
         encoder,
         dataset,
         transform,
-        (channels, s, s),
-        opts.batch_size,
-        opts.workers.max(1),
-        &opts.device,
-    )?;
+        view_shape: (channels, s, s),
+        batch_size: opts.batch_size,
+        workers: opts.workers.max(1),
+        device: &opts.device,
+        precision: Precision::F32,
+    })?;
     if out.labels.len() != n {
         return Err(Error::Dataset(format!(
             "{what}: {} of {n} images were read; the others were skipped as corrupt (see the warnings)",

@@ -1,0 +1,122 @@
+//! A frozen encoder for feature extraction: the ResNet in inference mode, run as one oneDNN
+//! network (`byol_kernels::FrozenNet`: BatchNorm folded into the convolutions, ReLU and the
+//! residual add fused, activations kept in oneDNN's blocked layouts) on CPUs where oneDNN
+//! loads, else as the candle module (any device, any backend).
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{Device, ModuleT, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::ResNet;
+use crate::{Error, Result};
+
+/// The arithmetic of a frozen encoder's forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout (the default).
+    #[default]
+    F32,
+    /// Activations and weights in bfloat16, accumulation, bias and pooled features in f32
+    /// (oneDNN on CPUs with AVX-512; ~3 significant digits per activation).
+    Bf16,
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" | "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(Error::Config {
+                field: "precision".into(),
+                message: format!("'{other}' is not fp32 or bf16"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "fp32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// How a [`FrozenEncoder`] runs.
+enum Engine<'a> {
+    OneDnn(byol_kernels::FrozenNet),
+    Candle(&'a ResNet),
+}
+
+/// An encoder prepared for inference over many batches.
+pub struct FrozenEncoder<'a> {
+    engine: Engine<'a>,
+    device: Device,
+    features: usize,
+}
+
+impl<'a> FrozenEncoder<'a> {
+    /// Prepares `encoder` for inference on `device` in `precision`. oneDNN runs it when the
+    /// device is the CPU and the kernels' backend is oneDNN's; otherwise the candle module does
+    /// (f32 only: bf16 without oneDNN is refused, candle's bf16 convolutions on CPU being
+    /// slower than f32).
+    pub fn new(encoder: &'a ResNet, precision: Precision, device: &Device) -> Result<Self> {
+        let features = encoder.config().feature_dim()?;
+        let onednn = device.is_cpu()
+            && matches!(
+                byol_kernels::backend(),
+                byol_kernels::Backend::OneDnn | byol_kernels::Backend::OneDnnDirect
+            );
+        let engine = if onednn {
+            let net =
+                byol_kernels::FrozenNet::new(&encoder.frozen_ops()?, precision == Precision::Bf16)
+                    .map_err(|e| Error::Input(format!("building the frozen encoder: {e}")))?;
+            Engine::OneDnn(net)
+        } else if precision == Precision::Bf16 {
+            return Err(Error::Config {
+                field: "precision".into(),
+                message: "bf16 inference runs on oneDNN on the CPU, which this run does not use \
+                          (no libdnnl.so.2, BYOL_ONEDNN=0, another backend or a GPU device)"
+                    .into(),
+            });
+        } else {
+            Engine::Candle(encoder)
+        };
+        Ok(Self {
+            engine,
+            device: device.clone(),
+            features,
+        })
+    }
+
+    /// Width of the feature rows.
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    /// Whether the oneDNN network runs (else the candle module).
+    pub fn on_onednn(&self) -> bool {
+        matches!(self.engine, Engine::OneDnn(_))
+    }
+
+    /// Pooled features of `pixels` (`[n, c, h, w]` f32, row-major): `[n, features]` row-major.
+    pub fn forward(&self, pixels: &[f32], shape: (usize, usize, usize, usize)) -> Result<Vec<f32>> {
+        match &self.engine {
+            Engine::OneDnn(net) => net
+                .forward(pixels, shape)
+                .map_err(|e| Error::Input(format!("frozen encoder forward: {e}"))),
+            Engine::Candle(encoder) => {
+                let x = Tensor::from_slice(pixels, shape, &self.device)?;
+                Ok(encoder
+                    .forward_t(&x, false)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?)
+            }
+        }
+    }
+}
