@@ -79,7 +79,7 @@ void make_port(Port &p, int arg, const dnnl_memory_desc_t &plain, const dnnl_mem
 }
 
 enum Kind { kForward = 0, kInputGrad = 1, kWeightGrad = 2 };
-using Key = std::array<int64_t, 11>;
+using Key = std::array<int64_t, 12>;
 
 // Winograd F(4x4, 3x3) where it measured faster here than the direct kernels (2x on 64-512
 // channel maps of 4x4 and more; slower on 2x2 maps and on the 3-channel stem). Its fp32 results
@@ -88,7 +88,9 @@ bool winograd_suits(const int64_t *g, int64_t ho, int64_t wo) {
   return g[5] == 3 && g[6] == 3 && g[7] == 1 && g[1] >= 16 && g[4] >= 16 && ho >= 4 && wo >= 4;
 }
 
-std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd) {
+// bf16: the pass's two inputs are rounded to bf16 (by the reorders from the caller's f32), its
+// output stays f32 (oneDNN accumulates in f32): mixed precision as PyTorch's CPU autocast.
+std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd, bool bf16) {
   const int64_t n = g[0], cin = g[1], h = g[2], w = g[3], cout = g[4], kh = g[5], kw = g[6],
                 stride = g[7], pad = g[8];
   const int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
@@ -98,19 +100,27 @@ std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd) {
   check(api->dnnl_memory_desc_init_by_tag(&x_plain, 4, xd, dnnl_f32, dnnl_nchw), "md");
   check(api->dnnl_memory_desc_init_by_tag(&w_plain, 4, wd, dnnl_f32, dnnl_oihw), "md");
   check(api->dnnl_memory_desc_init_by_tag(&y_plain, 4, yd, dnnl_f32, dnnl_nchw), "md");
-  check(api->dnnl_memory_desc_init_by_tag(&x_any, 4, xd, dnnl_f32, dnnl_format_tag_any), "md");
-  check(api->dnnl_memory_desc_init_by_tag(&w_any, 4, wd, dnnl_f32, dnnl_format_tag_any), "md");
-  check(api->dnnl_memory_desc_init_by_tag(&y_any, 4, yd, dnnl_f32, dnnl_format_tag_any), "md");
+  // Inputs in `in`, outputs in f32; the forward descriptor (also the backward passes' hint)
+  // outputs y in f32 only when it is the pass.
+  const dnnl_data_type_t in = bf16 ? dnnl_bf16 : dnnl_f32;
+  dnnl_memory_desc_t x_out, w_out, y_out;
+  check(api->dnnl_memory_desc_init_by_tag(&x_any, 4, xd, in, dnnl_format_tag_any), "md");
+  check(api->dnnl_memory_desc_init_by_tag(&w_any, 4, wd, in, dnnl_format_tag_any), "md");
+  check(api->dnnl_memory_desc_init_by_tag(&y_any, 4, yd, in, dnnl_format_tag_any), "md");
+  check(api->dnnl_memory_desc_init_by_tag(&x_out, 4, xd, dnnl_f32, dnnl_format_tag_any), "md");
+  check(api->dnnl_memory_desc_init_by_tag(&w_out, 4, wd, dnnl_f32, dnnl_format_tag_any), "md");
+  check(api->dnnl_memory_desc_init_by_tag(&y_out, 4, yd, dnnl_f32, dnnl_format_tag_any), "md");
+  const dnnl_memory_desc_t *y_fwd = kind == kForward ? &y_out : &y_any;
 
   // The forward descriptor (also the hint the backward ones need); Winograd first where it suits,
   // direct when that is refused.
   dnnl_alg_kind_t algo = dnnl_convolution_direct;
   dnnl_primitive_desc_t fwd_pd = nullptr;
   dnnl_convolution_desc_t fwd;
-  if (winograd && winograd_suits(g, ho, wo)) {
+  if (winograd && !bf16 && winograd_suits(g, ho, wo)) {
     check(api->dnnl_convolution_forward_desc_init(&fwd, dnnl_forward_training,
                                                   dnnl_convolution_winograd, &x_any, &w_any,
-                                                  nullptr, &y_any, strides, padding, padding),
+                                                  nullptr, y_fwd, strides, padding, padding),
           "convolution_forward_desc_init");
     if (api->dnnl_primitive_desc_create(&fwd_pd, &fwd, nullptr, api->engine, nullptr) ==
         dnnl_success)
@@ -120,7 +130,7 @@ std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd) {
   }
   if (!fwd_pd) {
     check(api->dnnl_convolution_forward_desc_init(&fwd, dnnl_forward_training, algo, &x_any,
-                                                  &w_any, nullptr, &y_any, strides, padding,
+                                                  &w_any, nullptr, y_fwd, strides, padding,
                                                   padding),
           "convolution_forward_desc_init");
     check(api->dnnl_primitive_desc_create(&fwd_pd, &fwd, nullptr, api->engine, nullptr),
@@ -139,7 +149,7 @@ std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd) {
       make_port(entry->ports[2], DNNL_ARG_DST, y_plain, md(dnnl_query_dst_md), true);
       break;
     case kInputGrad:
-      check(api->dnnl_convolution_backward_data_desc_init(&bwd, algo, &x_any, &w_any, &y_any,
+      check(api->dnnl_convolution_backward_data_desc_init(&bwd, algo, &x_out, &w_any, &y_any,
                                                           strides, padding, padding),
             "convolution_backward_data_desc_init");
       check(api->dnnl_primitive_desc_create(&pd, &bwd, nullptr, api->engine, fwd_pd),
@@ -149,7 +159,7 @@ std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd) {
       make_port(entry->ports[2], DNNL_ARG_DIFF_SRC, x_plain, md(dnnl_query_diff_src_md), true);
       break;
     default:
-      check(api->dnnl_convolution_backward_weights_desc_init(&bwd, algo, &x_any, &w_any, nullptr,
+      check(api->dnnl_convolution_backward_weights_desc_init(&bwd, algo, &x_any, &w_out, nullptr,
                                                              &y_any, strides, padding, padding),
             "convolution_backward_weights_desc_init");
       check(api->dnnl_primitive_desc_create(&pd, &bwd, nullptr, api->engine, fwd_pd),
@@ -190,9 +200,11 @@ extern "C" {
 
 // kind: 0 forward (a = x, b = w, out = y), 1 input grad (a = dy, b = w, out = dx),
 // 2 weight grad (a = x, b = dy, out = dw). g: n, cin, h, w, cout, kh, kw, stride, pad.
-// winograd != 0 allows Winograd where it suits. threads > 0 sets oneDNN's OpenMP thread count.
+// winograd != 0 allows Winograd where it suits (never in bf16). bf16 != 0 rounds a and b to
+// bf16 (out stays f32). threads > 0 sets oneDNN's OpenMP thread count.
 // Returns 0, or 1 with a message in err.
-int byol_onednn_conv(int kind, const int64_t *g, int winograd, const float *a, const float *b,
+int byol_onednn_conv(int kind, const int64_t *g, int winograd, int bf16, const float *a,
+                     const float *b,
                      float *out, int threads, char *err, size_t err_len) {
   thread_local std::map<Key, std::unique_ptr<Entry>> cache;
   thread_local Scratch scratch;
@@ -207,9 +219,9 @@ int byol_onednn_conv(int kind, const int64_t *g, int winograd, const float *a, c
       check(api->dnnl_stream_create(&thread_stream.handle, api->engine, dnnl_stream_default_flags),
             "stream_create");
     dnnl_stream_t stream = thread_stream.handle;
-    Key key{kind, winograd != 0, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
+    Key key{kind, winograd != 0, bf16 != 0, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
     auto found = cache.find(key);
-    if (found == cache.end()) found = cache.emplace(key, build(kind, g, winograd != 0)).first;
+    if (found == cache.end()) found = cache.emplace(key, build(kind, g, winograd != 0, bf16 != 0)).first;
     Entry &e = *found->second;
     void *data[3] = {const_cast<float *>(a), const_cast<float *>(b), out};
     dnnl_exec_arg_t args[3];

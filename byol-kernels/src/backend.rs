@@ -21,11 +21,22 @@ pub enum Backend {
     OneDnn,
     /// [`Backend::OneDnn`] with oneDNN's direct kernels only (no Winograd).
     OneDnnDirect,
+    /// [`Backend::OneDnnDirect`] computing in bfloat16 (mixed precision): each convolution
+    /// rounds its two inputs to bf16 and accumulates and returns f32, so weights, gradients,
+    /// BatchNorm, the loss and the optimiser stay f32 (as PyTorch's CPU autocast).
+    OneDnnBf16,
+}
+
+impl Backend {
+    /// Whether the convolutions go to oneDNN.
+    pub fn is_onednn(self) -> bool {
+        matches!(self, Self::OneDnn | Self::OneDnnDirect | Self::OneDnnBf16)
+    }
 }
 
 /// A backend name that is none of `stock`, `fast`, `onednn`, `onednn-direct`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}`: use stock, fast, onednn or onednn-direct")]
+#[error("`{0}`: use stock, fast, onednn, onednn-direct or onednn-bf16")]
 pub struct UnknownBackend(pub String);
 
 impl std::str::FromStr for Backend {
@@ -36,6 +47,7 @@ impl std::str::FromStr for Backend {
             "fast" => Ok(Self::Fast),
             "onednn" => Ok(Self::OneDnn),
             "onednn-direct" => Ok(Self::OneDnnDirect),
+            "onednn-bf16" => Ok(Self::OneDnnBf16),
             _ => Err(UnknownBackend(s.to_string())),
         }
     }
@@ -50,11 +62,12 @@ thread_local! {
     static OVERRIDE: Cell<Option<Backend>> = const { Cell::new(None) };
 }
 
-const BACKENDS: [Backend; 4] = [
+const BACKENDS: [Backend; 5] = [
     Backend::Stock,
     Backend::Fast,
     Backend::OneDnn,
     Backend::OneDnnDirect,
+    Backend::OneDnnBf16,
 ];
 
 /// [`Backend::OneDnn`] when this build has oneDNN, else [`Backend::Fast`].
@@ -73,7 +86,8 @@ pub fn set_backend(backend: Backend) {
 }
 
 /// The backend in effect on this thread: the [`with_backend`] override, else the global one.
-/// A oneDNN backend asked of a build without oneDNN runs as [`Backend::Fast`].
+/// A oneDNN backend asked of a build without oneDNN runs as [`Backend::Fast`] (callers that
+/// promise bf16 check [`Backend::is_onednn`] first).
 pub fn backend() -> Backend {
     let chosen = OVERRIDE.with(|o| o.get()).unwrap_or_else(|| {
         BACKENDS
@@ -82,7 +96,9 @@ pub fn backend() -> Backend {
             .unwrap_or_else(default_backend)
     });
     match chosen {
-        Backend::OneDnn | Backend::OneDnnDirect if !onednn::available() => Backend::Fast,
+        Backend::OneDnn | Backend::OneDnnDirect | Backend::OneDnnBf16 if !onednn::available() => {
+            Backend::Fast
+        }
         b => b,
     }
 }

@@ -523,16 +523,27 @@ fn storage(v: Vec<f32>, shape: impl Into<Shape>) -> (CpuStorage, Shape) {
 pub(crate) enum ConvEngine {
     /// im2col/col2im + `gemm` (this file).
     Rust,
-    /// oneDNN's JIT kernels (`onednn.rs`), Winograd where it suits if `winograd`.
-    OneDnn { winograd: bool },
+    /// oneDNN's JIT kernels (`onednn.rs`), Winograd where it suits if `winograd`, the inputs
+    /// rounded to bf16 if `bf16`.
+    OneDnn { winograd: bool, bf16: bool },
 }
 
 impl ConvEngine {
     /// The engine of the backend in effect on this thread.
     fn current() -> Self {
         match crate::backend() {
-            Backend::OneDnn => Self::OneDnn { winograd: true },
-            Backend::OneDnnDirect => Self::OneDnn { winograd: false },
+            Backend::OneDnn => Self::OneDnn {
+                winograd: true,
+                bf16: false,
+            },
+            Backend::OneDnnDirect => Self::OneDnn {
+                winograd: false,
+                bf16: false,
+            },
+            Backend::OneDnnBf16 => Self::OneDnn {
+                winograd: false,
+                bf16: true,
+            },
             Backend::Fast | Backend::Stock => Self::Rust,
         }
     }
@@ -543,8 +554,8 @@ impl ConvEngine {
         // Narrow layers stay on the Rust kernels: oneDNN pads channels to blocks of 16 and adds
         // two reorders per call (the 8-channel quick-start model trained 35 % slower on it).
         let wide = g.cin >= 16 && g.cout >= 16;
-        if let (Self::OneDnn { winograd }, true) = (self, wide) {
-            match onednn::run(pass, g, winograd, a, b) {
+        if let (Self::OneDnn { winograd, bf16 }, true) = (self, wide) {
+            match onednn::run(pass, g, winograd, bf16, a, b) {
                 Ok(out) => return out,
                 Err(e) => {
                     static WARNED: std::sync::Once = std::sync::Once::new();

@@ -78,6 +78,7 @@ mod ffi {
             kind: i32,
             geometry: *const i64,
             winograd: i32,
+            bf16: i32,
             a: *const f32,
             b: *const f32,
             out: *mut f32,
@@ -88,13 +89,15 @@ mod ffi {
     }
 }
 
-/// Runs one pass; `a`/`b` are the pass's inputs in plain NCHW/OIHW order (see [`Pass`]).
-/// Errors carry oneDNN's message.
+/// Runs one pass; `a`/`b` are the pass's inputs in plain NCHW/OIHW order (see [`Pass`]), f32;
+/// with `bf16` oneDNN rounds them to bfloat16 and computes in bf16 with f32 accumulation and
+/// output. Errors carry oneDNN's message.
 #[cfg(byol_onednn)]
 pub(crate) fn run(
     pass: Pass,
     g: &Conv2dGeometry,
     winograd: bool,
+    bf16: bool,
     a: &[f32],
     b: &[f32],
 ) -> Result<Vec<f32>, String> {
@@ -128,6 +131,7 @@ pub(crate) fn run(
             pass as i32,
             geometry.as_ptr(),
             i32::from(winograd),
+            i32::from(bf16),
             a.as_ptr(),
             b.as_ptr(),
             out.as_mut_ptr(),
@@ -151,6 +155,7 @@ pub(crate) fn run(
     pass: Pass,
     _g: &Conv2dGeometry,
     _winograd: bool,
+    _bf16: bool,
     _a: &[f32],
     _b: &[f32],
 ) -> Result<Vec<f32>, String> {

@@ -14,7 +14,7 @@ use byol_core::eval::knn::KnnOptions;
 use byol_core::eval::linear_protocol::LinearProtocolOptions;
 use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
 use byol_core::metrics_log::StepLog;
-use byol_core::nn::Stem;
+use byol_core::nn::{Precision, Stem};
 use byol_core::train::{pretrain, Monitor, Observer, RunControl, RunLock, TrainData};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -75,6 +75,10 @@ struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// fp32, or bf16: mixed precision on oneDNN (CPU with AVX-512): the convolutions round their
+    /// inputs to bf16; weights, gradients, BatchNorm, loss and optimiser stay f32.
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     #[arg(long)]
     depth: Option<usize>,
     #[arg(long)]
@@ -362,6 +366,7 @@ fn train_and_probe(args: &Args, parallel: &DataParallel) -> Result<()> {
         }
         name => parse_device(name)?,
     };
+    byol_core::nn::precision::use_for_training(args.precision, &device).context("--precision")?;
     let source = DatasetSource::new(args.dataset, args.data.clone());
     let mut train: Arc<dyn Dataset> = source.open(Split::Train)?;
     if let Some(n) = args.train_subset {

@@ -115,6 +115,40 @@ fn conv_forward_and_gradients_match_stock_candle() {
 }
 
 #[test]
+fn bf16_convolutions_round_inputs_only() {
+    if !conv_backends().contains(&Backend::OneDnn) {
+        return;
+    }
+    // oneDNN layers (≥ 16 channels): 3×3, stride 2, 1×1, 7×7 stem-like, a 2×2 map.
+    let cases = [
+        (3, 16, 8, 8, 32, 3, 1, 1),
+        (2, 16, 9, 9, 32, 3, 2, 1),
+        (2, 32, 6, 6, 16, 1, 1, 0),
+        (1, 16, 15, 13, 16, 7, 2, 3),
+        (40, 16, 2, 2, 16, 3, 1, 1),
+    ];
+    for case in cases {
+        let (y0, dx0, dw0) = conv_case(case, Backend::Stock);
+        let (y1, dx1, dw1) = conv_case(case, Backend::OneDnnBf16);
+        let errs = [
+            relative_error(&y1, &y0),
+            relative_error(&dx1, &dx0),
+            relative_error(&dw1, &dw0),
+        ];
+        eprintln!(
+            "bf16 {case:?}: y {:.1e} dx {:.1e} dw {:.1e}",
+            errs[0], errs[1], errs[2]
+        );
+        // Inputs rounded to 8 mantissa bits (≤ 2^-9 relative each), sums in f32: a few 1e-3.
+        for (what, e) in ["output", "input grad", "weight grad"].iter().zip(errs) {
+            assert!(e < 1e-2, "bf16 {case:?} {what}: {e}");
+            assert!(e > 1e-5, "bf16 {case:?} {what}: {e} — bf16 did not run");
+        }
+        assert_eq!(y1.dtype(), candle_core::DType::F32);
+    }
+}
+
+#[test]
 fn conv_rejects_mismatched_shapes_without_panicking() {
     let x = rand(&[2, 3, 8, 8], 1);
     let err = kernels::conv2d(&x, &rand(&[4, 5, 3, 3], 2), 1, 1).unwrap_err();
@@ -417,6 +451,7 @@ fn backend_switch_is_scoped_and_the_default_is_the_fastest_available() {
     // The GPU convolution is for other devices only.
     assert!(!kernels::use_device_conv(&rand(&[2, 2], 1)));
     assert_eq!("onednn-direct".parse(), Ok(Backend::OneDnnDirect));
+    assert_eq!("onednn-bf16".parse(), Ok(Backend::OneDnnBf16));
     let err = "gpu".parse::<Backend>().unwrap_err();
     assert_eq!(err, kernels::UnknownBackend("gpu".into()));
     assert!(err.to_string().contains("onednn"), "{err}");

@@ -3,49 +3,10 @@
 //! residual add fused, activations kept in oneDNN's blocked layouts) on CPUs where oneDNN
 //! loads, else as the candle module (any device, any backend).
 
-use std::fmt;
-use std::str::FromStr;
-
 use candle_core::{Device, ModuleT, Tensor};
-use serde::{Deserialize, Serialize};
 
-use super::ResNet;
+use super::{Precision, ResNet};
 use crate::{Error, Result};
-
-/// The arithmetic of a frozen encoder's forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// f32 throughout (the default).
-    #[default]
-    F32,
-    /// Activations and weights in bfloat16, accumulation, bias and pooled features in f32
-    /// (oneDNN on CPUs with AVX-512; ~3 significant digits per activation).
-    Bf16,
-}
-
-impl FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "fp32" | "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(Error::Config {
-                field: "precision".into(),
-                message: format!("'{other}' is not fp32 or bf16"),
-            }),
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::F32 => "fp32",
-            Self::Bf16 => "bf16",
-        })
-    }
-}
 
 /// How a [`FrozenEncoder`] runs.
 enum Engine<'a> {
@@ -67,11 +28,7 @@ impl<'a> FrozenEncoder<'a> {
     /// slower than f32).
     pub fn new(encoder: &'a ResNet, precision: Precision, device: &Device) -> Result<Self> {
         let features = encoder.config().feature_dim()?;
-        let onednn = device.is_cpu()
-            && matches!(
-                byol_kernels::backend(),
-                byol_kernels::Backend::OneDnn | byol_kernels::Backend::OneDnnDirect
-            );
+        let onednn = device.is_cpu() && byol_kernels::backend().is_onednn();
         let engine = if onednn {
             let net =
                 byol_kernels::FrozenNet::new(&encoder.frozen_ops()?, precision == Precision::Bf16)

@@ -5,12 +5,14 @@ pub mod frozen;
 pub mod layers;
 pub mod mlp;
 pub mod norm;
+pub mod precision;
 pub mod resize;
 pub mod resnet;
 pub mod var_store;
 
-pub use frozen::{FrozenEncoder, Precision};
+pub use frozen::FrozenEncoder;
 pub use mlp::{Mlp, MlpConfig};
 pub use norm::BatchNorm;
+pub use precision::Precision;
 pub use resnet::{Padding, ResNet, ResNetConfig, Stem};
 pub use var_store::{Role, VarPath, VarStore};

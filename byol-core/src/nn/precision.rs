@@ -1,0 +1,66 @@
+//! The arithmetic precision of the convolutions: fp32, or bf16 on oneDNN.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The arithmetic of the convolutions: of a frozen encoder's forward pass (feature extraction),
+/// or of pretraining's (mixed precision: [`use_for_training`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout (the default).
+    #[default]
+    F32,
+    /// bfloat16 on oneDNN (CPUs with AVX-512): a frozen encoder keeps activations and weights in
+    /// bf16 (accumulation, bias and pooled features f32); training rounds each convolution's
+    /// inputs to bf16 and keeps everything else f32. ~3 significant digits per value.
+    Bf16,
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" | "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(Error::Config {
+                field: "precision".into(),
+                message: format!("'{other}' is not fp32 or bf16"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "fp32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Makes pretraining's convolutions run in `precision` on `device`: bf16 switches the kernels'
+/// backend to `OneDnnBf16` (mixed precision: each convolution's inputs rounded to bf16, its
+/// output, the weights, gradients, BatchNorm, loss, LARS and EMA in f32), and needs oneDNN on
+/// the CPU; fp32 leaves the backend as it is.
+pub fn use_for_training(precision: Precision, device: &Device) -> Result<()> {
+    if precision == Precision::F32 {
+        return Ok(());
+    }
+    if !device.is_cpu() || !byol_kernels::onednn::available() {
+        return Err(Error::Config {
+            field: "precision".into(),
+            message: "bf16 training runs on oneDNN on the CPU (this run has no libdnnl.so.2, \
+                      BYOL_ONEDNN=0, or a GPU device)"
+                .into(),
+        });
+    }
+    byol_kernels::set_backend(byol_kernels::Backend::OneDnnBf16);
+    Ok(())
+}
