@@ -22,6 +22,7 @@ pub mod nn;
 pub mod optim;
 pub mod plot;
 pub mod signals;
+pub mod threads;
 pub mod train;
 pub mod transfer;
 pub mod weights;

@@ -293,6 +293,7 @@ fn finish(report: &ClassificationReport, common: &Common) -> Result<()> {
 
 fn main() -> Result<()> {
     byol_core::allocator::keep_freed_memory();
+    byol_core::threads::park_idle_threads();
     byol_core::logging::init_logging();
     let cli = Cli::parse();
     // Under mpirun/srun: the feature passes are shared by the job's ranks.

@@ -67,6 +67,7 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 
 fn main() -> byol_core::Result<()> {
     byol_core::allocator::keep_freed_memory();
+    byol_core::threads::park_idle_threads();
     let args: Vec<String> = std::env::args().collect();
     let model: String = arg(&args, "--model", "r18-small".to_string());
     let size: usize = arg(&args, "--size", 32);

@@ -322,6 +322,7 @@ impl Observer for Progress {
 
 fn main() -> Result<()> {
     byol_core::allocator::keep_freed_memory();
+    byol_core::threads::park_idle_threads();
     byol_core::logging::init_logging();
     let args = Args::parse();
     if let Some(Command::Publish { out_dir, repo, hub }) = &args.command {

@@ -173,6 +173,7 @@ impl Run {
 
 fn main() -> Result<()> {
     byol_core::allocator::keep_freed_memory();
+    byol_core::threads::park_idle_threads();
     byol_core::logging::init_logging();
     let args = Args::parse();
     let run = match (args.task, args.suite) {
