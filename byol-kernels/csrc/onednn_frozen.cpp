@@ -162,12 +162,18 @@ private:
     return s;
   }
 
-  dnnl_primitive_t primitive(dnnl_primitive_desc_t pd) {
+  // The primitive of `pd` (destroyed here), owned by the plan.
+  dnnl_primitive_t primitive(dnnl_primitive_desc_t pd, const char *what) {
     dnnl_primitive_t p = nullptr;
-    check(api->dnnl_primitive_create(&p, pd), "primitive_create");
+    dnnl_status_t st = api->dnnl_primitive_create(&p, pd);
+    api->dnnl_primitive_desc_destroy(pd);
+    check(st, what);
     plan_.primitives.push_back(p);
     return p;
   }
+
+  // The buffer slot a primitive reads register r from (-1: the caller's input, register 0).
+  int read_slot(int64_t r) { return slot_of_.at(r); }
 
   // The register holding r's content in layout `want` (r itself, or a reorder into a temporary).
   int64_t in_layout(int64_t r, const dnnl_memory_desc_t &want) {
@@ -176,7 +182,7 @@ private:
     dnnl_primitive_t p = make_reorder(&src.md, &want);
     plan_.primitives.push_back(p);
     int64_t t = next_temp_++;
-    int from = slot_of_.at(r);
+    int from = read_slot(r);
     int to = write(t, want);
     plan_.steps.push_back(Step{p, {{DNNL_ARG_FROM, from, src.md}, {DNNL_ARG_TO, to, want}}, {}});
     return t;
@@ -269,14 +275,9 @@ private:
     dnnl_memory_desc_t w_want = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     dnnl_memory_desc_t b_want = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
     dnnl_memory_desc_t y_want = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
-    dnnl_primitive_t p = nullptr;
-    dnnl_status_t st = api->dnnl_primitive_create(&p, pd);
-    api->dnnl_primitive_desc_destroy(pd);
-    check(st, "convolution primitive_create");
-    plan_.primitives.push_back(p);
+    dnnl_primitive_t p = primitive(pd, "convolution primitive_create");
 
-    int64_t x_reg = in_layout(g[fSrc], x_want);
-    int x_slot = x_reg == 0 ? -1 : slot_of_.at(x_reg);
+    int x_slot = read_slot(in_layout(g[fSrc], x_want));
     dnnl_memory_t wm = constant(op.weight.data(), w_plain, w_want);
     dnnl_memory_t bm = constant(op.bias.data(), b_md, b_want);
     int y_slot = write(g[fDst], y_want);
@@ -336,7 +337,7 @@ private:
       dnnl_primitive_t ro = make_reorder(&p.md, &out_md);
       plan_.primitives.push_back(ro);
       plan_.steps.push_back(
-          Step{ro, {{DNNL_ARG_FROM, slot_of_.at(pooled), p.md}, {DNNL_ARG_TO, -2, out_md}}, {}});
+          Step{ro, {{DNNL_ARG_FROM, read_slot(pooled), p.md}, {DNNL_ARG_TO, -2, out_md}}, {}});
     }
     plan_.out_channels = c;
   }
@@ -347,13 +348,8 @@ private:
           "pooling primitive_desc_create");
     dnnl_memory_desc_t x_md = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
     dnnl_memory_desc_t y_md = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
-    dnnl_primitive_t p = nullptr;
-    dnnl_status_t st = api->dnnl_primitive_create(&p, pd);
-    api->dnnl_primitive_desc_destroy(pd);
-    check(st, "pooling primitive_create");
-    plan_.primitives.push_back(p);
-    int64_t x_reg = in_layout(src_reg, x_md);
-    int x_slot = x_reg == 0 ? -1 : slot_of_.at(x_reg);
+    dnnl_primitive_t p = primitive(pd, "pooling primitive_create");
+    int x_slot = read_slot(in_layout(src_reg, x_md));
     int y_slot = write(dst_reg, y_md);
     plan_.steps.push_back(Step{p, {{DNNL_ARG_SRC, x_slot, x_md}, {DNNL_ARG_DST, y_slot, y_md}}, {}});
   }

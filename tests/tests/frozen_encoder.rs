@@ -50,23 +50,33 @@ fn images(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 
-/// Relative error of the frozen network's features against stock candle's inference forward.
+/// Relative error of `frozen`'s features of random images of `shape` against stock candle's
+/// inference forward of `net`.
+fn error_against_candle(
+    net: &ResNet,
+    frozen: &FrozenEncoder,
+    shape: (usize, usize, usize, usize),
+) -> f64 {
+    let x = images(shape, shape.0 as u64 + 5);
+    let expected = with_backend(Backend::Stock, || net.forward_t(&x, false).unwrap());
+    let pixels: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let rows = frozen.forward(&pixels, shape).unwrap();
+    let actual = Tensor::from_vec(rows, (shape.0, frozen.features()), &Device::Cpu).unwrap();
+    relative_error(&actual, &expected)
+}
+
+/// The frozen oneDNN network of a randomised `config` in `precision`, and its error on `shape`.
 fn frozen_error(
     config: &ResNetConfig,
     shape: (usize, usize, usize, usize),
     precision: Precision,
 ) -> f64 {
     let (_vs, net) = randomised(config, 3);
-    let x = images(shape, 5);
-    let expected = with_backend(Backend::Stock, || net.forward_t(&x, false).unwrap());
     let frozen = with_backend(Backend::OneDnn, || {
         FrozenEncoder::new(&net, precision, &Device::Cpu).unwrap()
     });
     assert!(frozen.on_onednn());
-    let pixels: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-    let rows = frozen.forward(&pixels, shape).unwrap();
-    let actual = Tensor::from_vec(rows, (shape.0, frozen.features()), &Device::Cpu).unwrap();
-    relative_error(&actual, &expected)
+    error_against_candle(&net, &frozen, shape)
 }
 
 fn config(
@@ -158,12 +168,7 @@ fn frozen_network_plans_each_input_shape() {
         (4, 3, 16, 16),
         (2, 3, 24, 20),
     ] {
-        let x = images(shape, shape.0 as u64);
-        let expected = with_backend(Backend::Stock, || net.forward_t(&x, false).unwrap());
-        let pixels: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-        let rows = frozen.forward(&pixels, shape).unwrap();
-        let actual = Tensor::from_vec(rows, (shape.0, frozen.features()), &Device::Cpu).unwrap();
-        let err = relative_error(&actual, &expected);
+        let err = error_against_candle(&net, &frozen, shape);
         assert!(err < 1e-4, "{shape:?}: relative error {err:e}");
     }
     // A wrong input length is an error, not a read past the buffer.

@@ -86,32 +86,37 @@ fn conv_forward_and_gradients_match_stock_candle() {
         .iter()
         .flat_map(|c| conv_backends().into_iter().map(move |b| (*c, b)))
     {
-        let (y0, dx0, dw0) = conv_case(case, Backend::Stock);
-        let (y1, dx1, dw1) = conv_case(case, backend);
-        assert_eq!(y0.dims(), y1.dims(), "{case:?}");
-        let errs = [
-            relative_error(&y1, &y0),
-            relative_error(&dx1, &dx0),
-            relative_error(&dw1, &dw0),
-        ];
-        eprintln!(
-            "{backend:?} {case:?}: y {:.1e} dx {:.1e} dw {:.1e}",
-            errs[0], errs[1], errs[2]
-        );
-        for (what, e) in ["output", "input grad", "weight grad"].iter().zip(errs) {
+        for (what, e) in CONV_OUTPUTS.iter().zip(conv_errors(case, backend)) {
             assert!(e < TOL, "{backend:?} {case:?} {what}: {e}");
         }
-        // Real values, not two zero tensors agreeing.
-        assert!(
-            dw0.abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                > 0.1
-        );
     }
+}
+
+const CONV_OUTPUTS: [&str; 3] = ["output", "input grad", "weight grad"];
+
+/// Relative errors of the output, input grad and weight grad of `backend` against stock candle
+/// on one case (printed), after checking the reference gradients hold real values.
+fn conv_errors(
+    case: (usize, usize, usize, usize, usize, usize, usize, usize),
+    backend: Backend,
+) -> [f64; 3] {
+    let (y0, dx0, dw0) = conv_case(case, Backend::Stock);
+    let (y1, dx1, dw1) = conv_case(case, backend);
+    assert_eq!(y0.dims(), y1.dims(), "{case:?}");
+    assert_eq!(y1.dtype(), candle_core::DType::F32, "{case:?}");
+    // Real values, not two zero tensors agreeing.
+    let dw_sum = dw0.abs().unwrap().sum_all().unwrap();
+    assert!(dw_sum.to_scalar::<f32>().unwrap() > 0.1, "{case:?}");
+    let errs = [
+        relative_error(&y1, &y0),
+        relative_error(&dx1, &dx0),
+        relative_error(&dw1, &dw0),
+    ];
+    eprintln!(
+        "{backend:?} {case:?}: y {:.1e} dx {:.1e} dw {:.1e}",
+        errs[0], errs[1], errs[2]
+    );
+    errs
 }
 
 #[test]
@@ -128,23 +133,14 @@ fn bf16_convolutions_round_inputs_only() {
         (40, 16, 2, 2, 16, 3, 1, 1),
     ];
     for case in cases {
-        let (y0, dx0, dw0) = conv_case(case, Backend::Stock);
-        let (y1, dx1, dw1) = conv_case(case, Backend::OneDnnBf16);
-        let errs = [
-            relative_error(&y1, &y0),
-            relative_error(&dx1, &dx0),
-            relative_error(&dw1, &dw0),
-        ];
-        eprintln!(
-            "bf16 {case:?}: y {:.1e} dx {:.1e} dw {:.1e}",
-            errs[0], errs[1], errs[2]
-        );
         // Inputs rounded to 8 mantissa bits (≤ 2^-9 relative each), sums in f32: a few 1e-3.
-        for (what, e) in ["output", "input grad", "weight grad"].iter().zip(errs) {
+        for (what, e) in CONV_OUTPUTS
+            .iter()
+            .zip(conv_errors(case, Backend::OneDnnBf16))
+        {
             assert!(e < 1e-2, "bf16 {case:?} {what}: {e}");
             assert!(e > 1e-5, "bf16 {case:?} {what}: {e} — bf16 did not run");
         }
-        assert_eq!(y1.dtype(), candle_core::DType::F32);
     }
 }
 

@@ -242,6 +242,25 @@ impl EvalSetup {
         ))
     }
 
+    /// The feature pass of one split through `p`'s extractor with this setup's settings.
+    fn feature_pass<'a>(
+        &'a self,
+        p: &'a Prepared,
+        set: &Arc<dyn Dataset>,
+        transform: &Arc<EvalTransform>,
+    ) -> FeaturePass<'a> {
+        FeaturePass {
+            encoder: p.extractor(),
+            dataset: Arc::clone(set),
+            transform: transform.clone(),
+            view_shape: p.view_shape,
+            batch_size: self.batch_size,
+            workers: self.workers,
+            device: &self.device,
+            precision: self.precision,
+        }
+    }
+
     fn split_features(&self, p: &Prepared) -> Result<SplitFeatures> {
         let transform = Arc::new(EvalTransform::new(p.augment.clone())?);
         let mut out = Vec::with_capacity(2);
@@ -249,16 +268,7 @@ impl EvalSetup {
             let key = self.cache_key(p, split, set.len())?;
             let path = self.cache_path(p, split);
             let (features, status) = cached_features(&path, &key, || {
-                extract(&FeaturePass {
-                    encoder: p.extractor(),
-                    dataset: Arc::clone(set),
-                    transform: transform.clone(),
-                    view_shape: p.view_shape,
-                    batch_size: self.batch_size,
-                    workers: self.workers,
-                    device: &self.device,
-                    precision: self.precision,
-                })
+                extract(&self.feature_pass(p, set, &transform))
             })?;
             out.push((features, status, path));
         }
@@ -303,17 +313,7 @@ impl EvalSetup {
             if vote[0] > 0.0 {
                 continue;
             }
-            let pass = FeaturePass {
-                encoder: p.extractor(),
-                dataset: Arc::clone(set),
-                transform: transform.clone(),
-                view_shape: p.view_shape,
-                batch_size: self.batch_size,
-                workers: self.workers,
-                device: &self.device,
-                precision: self.precision,
-            };
-            if let Some(all) = extract_across(&pass, group)? {
+            if let Some(all) = extract_across(&self.feature_pass(&p, set, &transform), group)? {
                 save_features(&path, &all, &key)?;
             }
         }
