@@ -61,6 +61,19 @@ pub fn use_for_training(precision: Precision, device: &Device) -> Result<()> {
                 .into(),
         });
     }
+    if !native_bf16() {
+        tracing::warn!(
+            "this CPU has no AVX-512 BF16 instructions: oneDNN emulates bf16, likely slower than fp32"
+        );
+    }
     byol_kernels::set_backend(byol_kernels::Backend::OneDnnBf16);
     Ok(())
+}
+
+/// Whether the CPU computes bf16 dot products natively (AVX-512 BF16), where bf16 is faster.
+pub fn native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
