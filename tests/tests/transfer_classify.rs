@@ -97,6 +97,25 @@ fn linear_with_split_files_and_the_papers_metric() -> R {
 }
 
 #[test]
+fn linear_on_an_encoder_in_bf16_where_onednn_runs() -> R {
+    if !byol_kernels::onednn::available() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("mine");
+    folder_dataset(&root, 4, true);
+    let mut o = options(Weights::File(write_tiny_encoder(dir.path(), 3)));
+    o.common.image_size = 16;
+    let fp32 = run_classify(&root, &o)?;
+    o.common.precision = byol_core::nn::Precision::Bf16;
+    let bf16 = run_classify(&root, &o)?;
+    // The same protocol on features ~1e-2 apart: both solve the coloured classes.
+    assert!(fp32.value > 0.9, "fp32 top-1 {}", fp32.value);
+    assert!(bf16.value > 0.9, "bf16 top-1 {}", bf16.value);
+    Ok(())
+}
+
+#[test]
 fn finetune_runs_its_grid_and_reports_the_choice() -> R {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("cifar10");

@@ -605,6 +605,7 @@ impl EvalSetup {
             workers: self.workers,
             seed,
             device: self.device.clone(),
+            precision: self.precision,
         };
         common.validate()?;
         Ok((common, arch))

@@ -51,6 +51,9 @@ pub struct CommonOptions {
     pub workers: usize,
     pub seed: u64,
     pub device: Device,
+    /// Arithmetic of the frozen encoder's forward in the linear protocols (fine-tuning trains
+    /// in fp32).
+    pub precision: Precision,
 }
 
 impl CommonOptions {
@@ -64,6 +67,7 @@ impl CommonOptions {
             workers: 2,
             seed: 0,
             device: Device::Cpu,
+            precision: Precision::F32,
         }
     }
 
@@ -181,7 +185,7 @@ pub fn features_of_all(
         batch_size: opts.batch_size,
         workers: opts.workers.max(1),
         device: &opts.device,
-        precision: Precision::F32,
+        precision: opts.precision,
     })?;
     if out.labels.len() != n {
         return Err(Error::Dataset(format!(
