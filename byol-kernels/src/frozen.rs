@@ -203,15 +203,9 @@ fn output_channels(ops: &[FrozenOp]) -> Result<usize, String> {
     Err("a frozen network must end in a global pool".into())
 }
 
-/// Calls the C side with a message buffer; its message on failure.
+/// Calls the C side; its message, prefixed, on failure.
 fn call(f: impl FnOnce(*mut std::ffi::c_char, usize) -> i32) -> Result<(), String> {
-    let mut err = [0 as std::ffi::c_char; 512];
-    if f(err.as_mut_ptr(), err.len()) == 0 {
-        return Ok(());
-    }
-    // SAFETY: the C side writes a NUL-terminated message into `err` (snprintf).
-    let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
-    Err(format!("oneDNN frozen network: {}", msg.to_string_lossy()))
+    crate::onednn::call_shim(f).map_err(|msg| format!("oneDNN frozen network: {msg}"))
 }
 
 #[cfg(byol_onednn)]

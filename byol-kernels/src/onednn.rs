@@ -49,16 +49,21 @@ fn load() -> Result<(), String> {
     let path = std::env::var("BYOL_DNNL_LIBRARY")
         .unwrap_or_else(|_| env!("BYOL_DNNL_LIBRARY").to_string());
     let c_path = std::ffi::CString::new(path.clone()).map_err(|e| e.to_string())?;
+    // SAFETY: the path is a valid C string for the call.
+    call_shim(|err, len| unsafe { ffi::byol_onednn_load(c_path.as_ptr(), err, len) })
+        .map_err(|msg| format!("{path}: {msg}"))
+}
+
+/// Calls a shim function with a message buffer (`err`, its length); its message on failure
+/// (the C side writes a NUL-terminated one, snprintf, whenever it returns non-zero).
+pub(crate) fn call_shim(f: impl FnOnce(*mut std::ffi::c_char, usize) -> i32) -> Result<(), String> {
     let mut err = [0 as std::ffi::c_char; 512];
-    // SAFETY: both pointers are valid for the call; the C side writes a NUL-terminated message.
-    let status = unsafe { ffi::byol_onednn_load(c_path.as_ptr(), err.as_mut_ptr(), err.len()) };
-    if status == 0 {
-        Ok(())
-    } else {
-        // SAFETY: as above.
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
-        Err(format!("{path}: {}", msg.to_string_lossy()))
+    if f(err.as_mut_ptr(), err.len()) == 0 {
+        return Ok(());
     }
+    // SAFETY: the buffer is NUL-terminated (zeroed, and the C side writes with snprintf).
+    let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
+    Err(msg.to_string_lossy().into_owned())
 }
 
 #[cfg(not(byol_onednn))]
@@ -122,11 +127,10 @@ pub(crate) fn run(
     let out_len = o_len;
     let geometry = [g.n, g.cin, g.h, g.w, g.cout, g.kh, g.kw, g.stride, g.pad].map(|v| v as i64);
     let mut out = Vec::<f32>::with_capacity(out_len);
-    let mut err = [0 as std::ffi::c_char; 512];
     let threads = i32::try_from(rayon::current_num_threads()).unwrap_or(0);
     // SAFETY: the extents were checked above against the geometry the C side reads them with;
     // `out` has capacity for `out_len` floats and the C side writes all of them on success.
-    let status = unsafe {
+    call_shim(|err, len| unsafe {
         ffi::byol_onednn_conv(
             pass as i32,
             geometry.as_ptr(),
@@ -136,15 +140,11 @@ pub(crate) fn run(
             b.as_ptr(),
             out.as_mut_ptr(),
             threads,
-            err.as_mut_ptr(),
-            err.len(),
+            err,
+            len,
         )
-    };
-    if status != 0 {
-        // SAFETY: the C side writes a NUL-terminated message into `err` (snprintf).
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
-        return Err(format!("oneDNN {pass:?} {g:?}: {}", msg.to_string_lossy()));
-    }
+    })
+    .map_err(|msg| format!("oneDNN {pass:?} {g:?}: {msg}"))?;
     // SAFETY: a successful call wrote every element.
     unsafe { out.set_len(out_len) };
     Ok(out)

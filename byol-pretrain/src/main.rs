@@ -75,10 +75,11 @@ struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// fp32, or bf16: mixed precision on oneDNN (CPU with AVX-512): the convolutions round their
-    /// inputs to bf16; weights, gradients, BatchNorm, loss and optimiser stay f32.
-    #[arg(long, default_value = "fp32")]
-    precision: Precision,
+    /// fp32; bf16: mixed precision on oneDNN (CPU with AVX-512), the convolutions round their
+    /// inputs to bf16, weights, gradients, BatchNorm, loss and optimiser stay f32; auto: bf16
+    /// where the CPU has native bf16 and oneDNN runs, else fp32.
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16", "auto"])]
+    precision: String,
     #[arg(long)]
     depth: Option<usize>,
     #[arg(long)]
@@ -367,7 +368,14 @@ fn train_and_probe(args: &Args, parallel: &DataParallel) -> Result<()> {
         }
         name => parse_device(name)?,
     };
-    byol_core::nn::precision::use_for_training(args.precision, &device).context("--precision")?;
+    let precision = match args.precision.as_str() {
+        "auto" => byol_core::nn::precision::fastest_for_training(&device),
+        name => name.parse::<Precision>().context("--precision")?,
+    };
+    byol_core::nn::precision::use_for_training(precision, &device).context("--precision")?;
+    if writer {
+        tracing::info!("convolutions in {precision}");
+    }
     let source = DatasetSource::new(args.dataset, args.data.clone());
     let mut train: Arc<dyn Dataset> = source.open(Split::Train)?;
     if let Some(n) = args.train_subset {

@@ -81,6 +81,45 @@ pub fn strip_prefix(map: &HashMap<String, Tensor>, prefix: &str) -> HashMap<Stri
         .collect()
 }
 
+/// Whether oneDNN loads here. Where it does not, tests of the oneDNN paths narrow or skip — except
+/// under `BYOL_REQUIRE_ONEDNN=1` (CI), where a missing oneDNN fails instead.
+pub fn onednn_loads() -> bool {
+    if byol_kernels::onednn::available() {
+        return true;
+    }
+    let required = std::env::var("BYOL_REQUIRE_ONEDNN").is_ok_and(|v| v == "1");
+    assert!(!required, "BYOL_REQUIRE_ONEDNN=1 but oneDNN did not load");
+    eprintln!("oneDNN not available: its paths are not tested");
+    false
+}
+
+/// Deterministic values in [-1, 1) on the host (xorshift from `seed`).
+pub fn uniform_tensor(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+/// Σ|t| in f64, whatever `t`'s float dtype and device.
+pub fn abs_sum(t: &Tensor) -> f64 {
+    t.to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 /// max |a − b| / max |b|: the error relative to the scale of the reference.
 pub fn relative_error(actual: &Tensor, expected: &Tensor) -> f64 {
     let a: Vec<f32> = actual.flatten_all().unwrap().to_vec1().unwrap();

@@ -11,7 +11,9 @@ use byol_core::byol::Byol;
 use byol_core::nn::Stem;
 use byol_core::optim::{Lars, LarsConfig};
 use byol_kernels::{with_backend, Backend};
-use byol_tests::{device_tolerance, relative_error, test_device, tiny_byol_config, views};
+use byol_tests::{
+    abs_sum, device_tolerance, relative_error, test_device, tiny_byol_config, uniform_tensor, views,
+};
 use candle_core::{DType, Device, Tensor, Var};
 
 /// Losses of `steps` steps and then every tensor of both networks and the LARS momentum, on the
@@ -111,32 +113,8 @@ fn several_steps_on_the_test_device_stay_finite() {
             assert_eq!(t.to_scalar::<i64>().unwrap(), 8, "{name}");
             continue;
         }
-        let sum = t
-            .to_dtype(DType::F64)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert!(sum.is_finite(), "{name}");
+        assert!(abs_sum(t).is_finite(), "{name}");
     }
-}
-
-/// Deterministic values in [-1, 1) on the host.
-fn values(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 
 /// (y, dx, dw) of `sum(conv(x, w) · r)` on `device` (ours) or on the CPU (the reference), on the
@@ -147,13 +125,20 @@ fn conv_grads(
     ours: bool,
     x_is_var: bool,
 ) -> (Tensor, Option<Tensor>, Tensor) {
-    let x = values(&[n, cin, h, w], 1).to_device(device).unwrap();
+    let x = uniform_tensor(&[n, cin, h, w], 1)
+        .to_device(device)
+        .unwrap();
     let x = if x_is_var {
         Var::from_tensor(&x).unwrap().as_tensor().clone()
     } else {
         x
     };
-    let wt = Var::from_tensor(&values(&[cout, cin, k, k], 2).to_device(device).unwrap()).unwrap();
+    let wt = Var::from_tensor(
+        &uniform_tensor(&[cout, cin, k, k], 2)
+            .to_device(device)
+            .unwrap(),
+    )
+    .unwrap();
     let y = if ours {
         byol_kernels::device_conv2d(&x, &wt, pad, stride).unwrap()
     } else {
@@ -164,7 +149,7 @@ fn conv_grads(
             byol_kernels::conv2d(&x, &wt, pad, stride).unwrap()
         })
     };
-    let r = values(y.dims(), 3).to_device(device).unwrap();
+    let r = uniform_tensor(y.dims(), 3).to_device(device).unwrap();
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let host = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
     (

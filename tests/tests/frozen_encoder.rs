@@ -5,21 +5,10 @@
 use byol_core::nn::{
     FrozenEncoder, Padding, Precision, ResNet, ResNetConfig, Role, Stem, VarStore,
 };
-use byol_kernels::{self as kernels, with_backend, Backend};
+use byol_kernels::{with_backend, Backend};
 use byol_tests::eval_common::Rng;
-use byol_tests::relative_error;
+use byol_tests::{onednn_loads, relative_error, uniform_tensor};
 use candle_core::{Device, ModuleT, Tensor};
-
-/// oneDNN, or `None` (skip) where it does not load; CI requires it (`BYOL_REQUIRE_ONEDNN=1`).
-fn onednn_or_skip() -> Option<()> {
-    if kernels::onednn::available() {
-        return Some(());
-    }
-    let required = std::env::var("BYOL_REQUIRE_ONEDNN").is_ok_and(|v| v == "1");
-    assert!(!required, "BYOL_REQUIRE_ONEDNN=1 but oneDNN did not load");
-    eprintln!("oneDNN not available: the frozen network is not tested");
-    None
-}
 
 /// A ResNet whose BatchNorms have non-trivial scales, shifts and running statistics, so that
 /// folding them is exercised (a fresh network has γ = 1, β = 0, mean 0, var 1).
@@ -43,13 +32,6 @@ fn randomised(config: &ResNetConfig, seed: u64) -> (VarStore, ResNet) {
     (vs, net)
 }
 
-fn images(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
-    let mut rng = Rng::new(seed);
-    let n = shape.0 * shape.1 * shape.2 * shape.3;
-    let data: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
 /// Relative error of `frozen`'s features of random images of `shape` against stock candle's
 /// inference forward of `net`.
 fn error_against_candle(
@@ -57,7 +39,7 @@ fn error_against_candle(
     frozen: &FrozenEncoder,
     shape: (usize, usize, usize, usize),
 ) -> f64 {
-    let x = images(shape, shape.0 as u64 + 5);
+    let x = uniform_tensor(&[shape.0, shape.1, shape.2, shape.3], shape.0 as u64 + 5);
     let expected = with_backend(Backend::Stock, || net.forward_t(&x, false).unwrap());
     let pixels: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
     let rows = frozen.forward(&pixels, shape).unwrap();
@@ -97,7 +79,9 @@ fn config(
 
 #[test]
 fn frozen_network_matches_the_candle_module_in_f32() {
-    let Some(()) = onednn_or_skip() else { return };
+    if !onednn_loads() {
+        return;
+    }
     let cases = [
         // ResNet-50, ImageNet stem (max pool, downsample branches, bottlenecks), odd sizes.
         (
@@ -137,7 +121,9 @@ fn frozen_network_matches_the_candle_module_in_f32() {
 
 #[test]
 fn frozen_network_in_bf16_stays_within_bf16_rounding() {
-    let Some(()) = onednn_or_skip() else { return };
+    if !onednn_loads() {
+        return;
+    }
     // bf16 keeps 8 bits of mantissa (~4e-3 per rounding); through a ResNet-50 the pooled
     // features drift further, but by far less than their scale.
     let err = frozen_error(
@@ -155,7 +141,9 @@ fn frozen_network_in_bf16_stays_within_bf16_rounding() {
 
 #[test]
 fn frozen_network_plans_each_input_shape() {
-    let Some(()) = onednn_or_skip() else { return };
+    if !onednn_loads() {
+        return;
+    }
     let config = config(18, Stem::Small, 3, 16, Padding::Torch);
     let (_vs, net) = randomised(&config, 9);
     let frozen = with_backend(Backend::OneDnn, || {

@@ -4,36 +4,18 @@
 use byol_core::nn::{BatchNorm, VarStore};
 use byol_core::optim::{Lars, LarsConfig};
 use byol_kernels::{self as kernels, with_backend, Backend};
-use byol_tests::{relative_error, tiny_byol, views};
+use byol_tests::{abs_sum, onednn_loads, relative_error, tiny_byol, uniform_tensor, views};
 use candle_core::{Device, ModuleT, Tensor, Var};
 
 const TOL: f64 = 1e-4;
-
-/// Deterministic values in [-1, 1).
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
 
 /// The backends whose convolutions are ours to test: the Rust kernels, and oneDNN's direct and
 /// Winograd paths where oneDNN loads. CI sets `BYOL_REQUIRE_ONEDNN=1` so a missing oneDNN fails
 /// there instead of narrowing the test.
 fn conv_backends() -> Vec<Backend> {
-    let required = std::env::var("BYOL_REQUIRE_ONEDNN").is_ok_and(|v| v == "1");
-    if kernels::onednn::available() {
+    if onednn_loads() {
         vec![Backend::Fast, Backend::OneDnnDirect, Backend::OneDnn]
     } else {
-        assert!(!required, "BYOL_REQUIRE_ONEDNN=1 but oneDNN did not load");
-        eprintln!("oneDNN not available: testing the Rust kernels only");
         vec![Backend::Fast]
     }
 }
@@ -43,14 +25,14 @@ fn conv_case(
     (n, cin, h, w, cout, k, stride, pad): (usize, usize, usize, usize, usize, usize, usize, usize),
     backend: Backend,
 ) -> (Tensor, Tensor, Tensor) {
-    let x = Var::from_tensor(&rand(&[n, cin, h, w], 1)).unwrap();
-    let wt = Var::from_tensor(&rand(&[cout, cin, k, k], 2)).unwrap();
+    let x = Var::from_tensor(&uniform_tensor(&[n, cin, h, w], 1)).unwrap();
+    let wt = Var::from_tensor(&uniform_tensor(&[cout, cin, k, k], 2)).unwrap();
     let y = if backend == Backend::Stock {
         x.conv2d(&wt, pad, stride, 1, 1).unwrap()
     } else {
         with_backend(backend, || kernels::conv2d(&x, &wt, pad, stride).unwrap())
     };
-    let r = rand(y.dims(), 3);
+    let r = uniform_tensor(y.dims(), 3);
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let dx = grads.get(x.as_tensor()).unwrap().clone();
     let dw = grads.get(wt.as_tensor()).unwrap().clone();
@@ -105,8 +87,7 @@ fn conv_errors(
     assert_eq!(y0.dims(), y1.dims(), "{case:?}");
     assert_eq!(y1.dtype(), candle_core::DType::F32, "{case:?}");
     // Real values, not two zero tensors agreeing.
-    let dw_sum = dw0.abs().unwrap().sum_all().unwrap();
-    assert!(dw_sum.to_scalar::<f32>().unwrap() > 0.1, "{case:?}");
+    assert!(abs_sum(&dw0) > 0.1, "{case:?}");
     let errs = [
         relative_error(&y1, &y0),
         relative_error(&dx1, &dx0),
@@ -121,7 +102,7 @@ fn conv_errors(
 
 #[test]
 fn bf16_convolutions_round_inputs_only() {
-    if !conv_backends().contains(&Backend::OneDnn) {
+    if !onednn_loads() {
         return;
     }
     // oneDNN layers (≥ 16 channels): 3×3, stride 2, 1×1, 7×7 stem-like, a 2×2 map.
@@ -146,12 +127,18 @@ fn bf16_convolutions_round_inputs_only() {
 
 #[test]
 fn conv_rejects_mismatched_shapes_without_panicking() {
-    let x = rand(&[2, 3, 8, 8], 1);
-    let err = kernels::conv2d(&x, &rand(&[4, 5, 3, 3], 2), 1, 1).unwrap_err();
+    let x = uniform_tensor(&[2, 3, 8, 8], 1);
+    let err = kernels::conv2d(&x, &uniform_tensor(&[4, 5, 3, 3], 2), 1, 1).unwrap_err();
     assert!(err.to_string().contains("channels"), "{err}");
-    assert!(kernels::conv2d(&x, &rand(&[4, 3, 11, 11], 2), 1, 1).is_err());
-    assert!(kernels::conv2d(&x, &rand(&[4, 3, 3, 3], 2), 1, 0).is_err());
-    assert!(kernels::conv2d(&rand(&[2, 3, 8], 1), &rand(&[4, 3, 3, 3], 2), 1, 1).is_err());
+    assert!(kernels::conv2d(&x, &uniform_tensor(&[4, 3, 11, 11], 2), 1, 1).is_err());
+    assert!(kernels::conv2d(&x, &uniform_tensor(&[4, 3, 3, 3], 2), 1, 0).is_err());
+    assert!(kernels::conv2d(
+        &uniform_tensor(&[2, 3, 8], 1),
+        &uniform_tensor(&[4, 3, 3, 3], 2),
+        1,
+        1
+    )
+    .is_err());
 }
 
 /// A BatchNorm over `c` channels with seeded non-trivial scale and shift, and its store.
@@ -159,8 +146,8 @@ fn seeded_bn(c: usize) -> (VarStore, BatchNorm) {
     let mut store = VarStore::new(&Device::Cpu, 0);
     let bn = BatchNorm::new(&mut store.root().pp("bn"), c, false).unwrap();
     let var = |name: &str| store.get(name).unwrap().var.clone();
-    var("bn.weight").set(&rand(&[c], 4)).unwrap();
-    var("bn.bias").set(&rand(&[c], 5)).unwrap();
+    var("bn.weight").set(&uniform_tensor(&[c], 4)).unwrap();
+    var("bn.bias").set(&uniform_tensor(&[c], 5)).unwrap();
     (store, bn)
 }
 
@@ -171,9 +158,9 @@ fn bn_case(shape: &[usize], backend: Backend) -> Vec<Tensor> {
         let (store, bn) = seeded_bn(c);
         let var = |name: &str| store.get(name).unwrap().var.clone();
         // An offset mean and unequal scales, as activations have.
-        let x = Var::from_tensor(&rand(shape, 6).affine(3.0, 0.5).unwrap()).unwrap();
+        let x = Var::from_tensor(&uniform_tensor(shape, 6).affine(3.0, 0.5).unwrap()).unwrap();
         let y = bn.forward_t(&x, true).unwrap();
-        let r = rand(y.dims(), 7);
+        let r = uniform_tensor(y.dims(), 7);
         let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let g = |t: &Tensor| grads.get(t).unwrap().clone();
         vec![
@@ -216,14 +203,14 @@ fn bn_relu_case(shape: &[usize], residual: bool, backend: Backend) -> Vec<Tensor
         let c = shape[1];
         let (store, bn) = seeded_bn(c);
         let var = |name: &str| store.get(name).unwrap().var.clone();
-        let x = Var::from_tensor(&rand(shape, 6).affine(3.0, 0.5).unwrap()).unwrap();
-        let r = Var::from_tensor(&rand(shape, 8)).unwrap();
+        let x = Var::from_tensor(&uniform_tensor(shape, 6).affine(3.0, 0.5).unwrap()).unwrap();
+        let r = Var::from_tensor(&uniform_tensor(shape, 8)).unwrap();
         let y = if residual {
             bn.forward_add_relu(&x, &r, true).unwrap()
         } else {
             bn.forward_relu(&x, true).unwrap()
         };
-        let w = rand(y.dims(), 7);
+        let w = uniform_tensor(y.dims(), 7);
         let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let g = |t: &Tensor| grads.get(t).unwrap().clone();
         let mut out = vec![
@@ -270,9 +257,9 @@ fn fused_relu_propagates_nan_like_pytorch() {
         v[i] = f32::NAN;
         Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
     };
-    let (gamma, beta) = (rand(&[3], 2), rand(&[3], 3));
+    let (gamma, beta) = (uniform_tensor(&[3], 2), uniform_tensor(&[3], 3));
     // A NaN input poisons its channel's statistics: the whole channel is NaN, not 0.
-    let x = nan_at(&rand(&[4, 3, 2, 2], 1), 0);
+    let x = nan_at(&uniform_tensor(&[4, 3, 2, 2], 1), 0);
     let (y, _) = kernels::batch_norm_relu_train(&x, &gamma, &beta, 1e-5).unwrap();
     let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
     for (i, v) in y.iter().enumerate() {
@@ -280,8 +267,8 @@ fn fused_relu_propagates_nan_like_pytorch() {
         assert_eq!(v.is_nan(), channel == 0, "element {i}: {v}");
     }
     // A NaN in the residual shows up at its own position only.
-    let x = rand(&[4, 3, 2, 2], 1);
-    let r = nan_at(&rand(&[4, 3, 2, 2], 4), 5);
+    let x = uniform_tensor(&[4, 3, 2, 2], 1);
+    let r = nan_at(&uniform_tensor(&[4, 3, 2, 2], 4), 5);
     let (y, _) = kernels::batch_norm_add_relu_train(&x, &gamma, &beta, &r, 1e-5).unwrap();
     let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
     for (i, v) in y.iter().enumerate() {
@@ -291,10 +278,16 @@ fn fused_relu_propagates_nan_like_pytorch() {
 
 #[test]
 fn batch_norm_rejects_single_values() {
-    let x = rand(&[1, 3], 1);
-    let g = rand(&[3], 2);
+    let x = uniform_tensor(&[1, 3], 1);
+    let g = uniform_tensor(&[3], 2);
     assert!(kernels::batch_norm_train(&x, &g, &g, 1e-5).is_err());
-    assert!(kernels::batch_norm_train(&rand(&[4, 3], 1), &rand(&[2], 2), &g, 1e-5).is_err());
+    assert!(kernels::batch_norm_train(
+        &uniform_tensor(&[4, 3], 1),
+        &uniform_tensor(&[2], 2),
+        &g,
+        1e-5
+    )
+    .is_err());
 }
 
 const STEPS: u64 = 1;
@@ -440,19 +433,21 @@ fn backend_switch_is_scoped_and_the_default_is_the_fastest_available() {
     assert_eq!(kernels::backend(), default);
     with_backend(Backend::Stock, || {
         assert_eq!(kernels::backend(), Backend::Stock);
-        assert!(!kernels::use_fast(&rand(&[2, 2], 1)));
+        assert!(!kernels::use_fast(&uniform_tensor(&[2, 2], 1)));
     });
     assert_eq!(kernels::backend(), default);
-    assert!(kernels::use_fast(&rand(&[2, 2], 1)));
+    assert!(kernels::use_fast(&uniform_tensor(&[2, 2], 1)));
     // The GPU convolution is for other devices only.
-    assert!(!kernels::use_device_conv(&rand(&[2, 2], 1)));
+    assert!(!kernels::use_device_conv(&uniform_tensor(&[2, 2], 1)));
     assert_eq!("onednn-direct".parse(), Ok(Backend::OneDnnDirect));
     assert_eq!("onednn-bf16".parse(), Ok(Backend::OneDnnBf16));
     let err = "gpu".parse::<Backend>().unwrap_err();
     assert_eq!(err, kernels::UnknownBackend("gpu".into()));
     assert!(err.to_string().contains("onednn"), "{err}");
     assert!(!kernels::use_fast(
-        &rand(&[2, 2], 1).to_dtype(candle_core::DType::F64).unwrap()
+        &uniform_tensor(&[2, 2], 1)
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
     ));
 }
 
@@ -472,10 +467,10 @@ fn lars_and_ema_case(backend: Backend) -> Vec<(String, Tensor)> {
         let mut vars = Vec::new();
         for (i, (name, shape, role)) in shapes.iter().enumerate() {
             let v = store.root().constant(name, shape, 0.0, *role).unwrap();
-            v.set(&rand(shape, 10 + i as u64)).unwrap();
+            v.set(&uniform_tensor(shape, 10 + i as u64)).unwrap();
             let t = target.root().constant(name, shape, 0.0, *role).unwrap();
-            t.set(&rand(shape, 20 + i as u64)).unwrap();
-            vars.push((v, rand(shape, 30 + i as u64)));
+            t.set(&uniform_tensor(shape, 20 + i as u64)).unwrap();
+            vars.push((v, uniform_tensor(shape, 30 + i as u64)));
         }
         let cfg = LarsConfig {
             momentum: 0.9,

@@ -98,7 +98,7 @@ fn linear_with_split_files_and_the_papers_metric() -> R {
 
 #[test]
 fn linear_on_an_encoder_in_bf16_where_onednn_runs() -> R {
-    if !byol_kernels::onednn::available() {
+    if !byol_tests::onednn_loads() {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

@@ -230,8 +230,7 @@ pub fn sgd_probe(
             if m == 0 {
                 continue;
             }
-            let features = encoder.forward(&batch.view(0)[..m * view_len], (m, c, h, w))?;
-            let features = Tensor::from_vec(features, (m, encoder.features()), device)?;
+            let features = encoder.forward_tensor(&batch.view(0)[..m * view_len], (m, c, h, w))?;
             if let Some(&l) = batch.labels().iter().find(|&&l| l >= classes) {
                 return Err(Error::Input(format!(
                     "train label {l} is out of range for {classes} classes"

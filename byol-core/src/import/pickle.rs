@@ -479,6 +479,13 @@ impl Machine {
             _ => err("stack underflow"),
         }
     }
+    /// The values since the last MARK, charged to the budget of values built (what every op that
+    /// keeps them does; POP_MARK alone discards them).
+    fn pop_items(&mut self) -> R<Vec<Value>> {
+        let v = self.pop_mark()?;
+        self.charge_children(&v)?;
+        Ok(v)
+    }
     fn pop_mark(&mut self) -> R<Vec<Value>> {
         let m = self
             .marks
@@ -828,35 +835,21 @@ pub fn read_at(data: &[u8], start: usize, globals: Globals) -> R<(Value, usize)>
                 m.charge_child(&top)?;
                 m.push(top)
             }
-            // EMPTY_SET / ADDITEMS / FROZENSET: sets read as lists and tuples.
+            // EMPTY_SET / ADDITEMS (with APPENDS below) / FROZENSET: sets read as lists and tuples.
             0x8f => m.push(Value::List(Vec::new())),
-            0x90 => {
-                let v = m.pop_mark()?;
-                m.charge_children(&v)?;
-                m.with_top(|t| match t {
-                    Value::List(l) => {
-                        l.extend(v);
-                        Ok(())
-                    }
-                    _ => err("ADDITEMS to something that is not a set"),
-                })?
-            }
             b']' => m.push(Value::List(Vec::new())),
             b'}' => m.push(Value::Dict(Vec::new())),
             // TUPLE, and FROZENSET read as a tuple.
             b't' | 0x91 => {
-                let v = m.pop_mark()?;
-                m.charge_children(&v)?;
+                let v = m.pop_items()?;
                 m.push(Value::Tuple(v))
             }
             b'l' => {
-                let v = m.pop_mark()?;
-                m.charge_children(&v)?;
+                let v = m.pop_items()?;
                 m.push(Value::List(v))
             }
             b'd' => {
-                let v = m.pop_mark()?;
-                m.charge_children(&v)?;
+                let v = m.pop_items()?;
                 let mut d = Value::Dict(Vec::new());
                 add_items(&mut d, v)?;
                 m.push(d)
@@ -884,16 +877,17 @@ pub fn read_at(data: &[u8], start: usize, globals: Globals) -> R<(Value, usize)>
                     _ => err("APPEND to something that is not a list"),
                 })?
             }
-            b'e' => {
-                let v = m.pop_mark()?;
-                m.charge_children(&v)?;
+            // APPENDS, and ADDITEMS (sets read as lists).
+            b'e' | 0x90 => {
+                let v = m.pop_items()?;
                 m.with_top(|t| match t {
                     Value::List(l) => {
                         l.extend(v);
                         Ok(())
                     }
+                    // The items of a list or set subclass instance: not data we read.
                     Value::Record { .. } if inert => Ok(()),
-                    _ => err("APPENDS to something that is not a list"),
+                    _ => err("APPENDS/ADDITEMS to something that is not a list or set"),
                 })?
             }
             b's' => {
@@ -903,8 +897,7 @@ pub fn read_at(data: &[u8], start: usize, globals: Globals) -> R<(Value, usize)>
                 m.with_top(|t| add_items(t, vec![k, v]))?
             }
             b'u' => {
-                let v = m.pop_mark()?;
-                m.charge_children(&v)?;
+                let v = m.pop_items()?;
                 m.with_top(|t| add_items(t, v))?
             }
             b'c' => {

@@ -61,18 +61,36 @@ impl<'a> FrozenEncoder<'a> {
         matches!(self.engine, Engine::OneDnn(_))
     }
 
-    /// Pooled features of `pixels` (`[n, c, h, w]` f32, row-major): `[n, features]` row-major.
+    /// Pooled features of `pixels` (`[n, c, h, w]` f32, row-major): `[n, features]` row-major,
+    /// on the host.
     pub fn forward(&self, pixels: &[f32], shape: (usize, usize, usize, usize)) -> Result<Vec<f32>> {
         match &self.engine {
             Engine::OneDnn(net) => net
                 .forward(pixels, shape)
                 .map_err(|e| Error::Input(format!("frozen encoder forward: {e}"))),
+            Engine::Candle(_) => Ok(self
+                .forward_tensor(pixels, shape)?
+                .flatten_all()?
+                .to_vec1::<f32>()?),
+        }
+    }
+
+    /// The same features as a `[n, features]` tensor on this encoder's device (no trip through
+    /// the host when the candle module runs on a GPU).
+    pub fn forward_tensor(
+        &self,
+        pixels: &[f32],
+        shape: (usize, usize, usize, usize),
+    ) -> Result<Tensor> {
+        match &self.engine {
+            Engine::OneDnn(_) => Ok(Tensor::from_vec(
+                self.forward(pixels, shape)?,
+                (shape.0, self.features),
+                &self.device,
+            )?),
             Engine::Candle(encoder) => {
                 let x = Tensor::from_slice(pixels, shape, &self.device)?;
-                Ok(encoder
-                    .forward_t(&x, false)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?)
+                Ok(encoder.forward_t(&x, false)?.detach())
             }
         }
     }
