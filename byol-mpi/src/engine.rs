@@ -53,6 +53,12 @@ impl MpiCollective {
             .map_err(|_| Error::Distributed("the MPI communicator lock is poisoned".into()))
     }
 
+    /// Rank 0's `bytes` on every rank (NCCL's unique id travels this way).
+    pub fn broadcast_bytes(&self, bytes: &mut [u8]) -> Result<()> {
+        self.world()?.process_at_rank(0).broadcast_into(bytes);
+        Ok(())
+    }
+
     /// Ends every process of the job at once (after an error on this one: the others would
     /// otherwise wait in their next collective).
     pub fn abort(&self, code: i32) -> ! {

@@ -13,6 +13,8 @@
 
 #[cfg(feature = "mpi")]
 mod engine;
+#[cfg(feature = "nccl")]
+mod nccl;
 #[cfg(feature = "mpi")]
 use std::sync::Arc;
 
@@ -24,6 +26,8 @@ use byol_core::Error;
 use byol_core::Result;
 #[cfg(feature = "mpi")]
 pub use engine::MpiCollective;
+#[cfg(feature = "nccl")]
+pub use nccl::NcclCollective;
 
 /// Environment variables the launchers set in each process they start (OpenMPI's mpirun,
 /// MPICH/Hydra and Slurm's PMI/PMIx).
@@ -95,6 +99,24 @@ impl Group {
                 launched_world_size().map_or("several".into(), |n| n.to_string())
             )))
         }
+    }
+
+    /// The rank's device is chosen: on a GPU of a build with the `nccl` feature, the tensors'
+    /// all-reduces (the gradient buckets) move to NCCL on that device, with MPI still carrying
+    /// the rest. Alone, on the CPU or without NCCL, nothing changes (device tensors then travel
+    /// through host memory to MPI).
+    pub fn use_device(&mut self, device: &candle_core::Device) -> Result<()> {
+        #[cfg(feature = "nccl")]
+        if let (Some(mpi), true) = (&self.mpi, device.is_cuda()) {
+            let nccl = NcclCollective::init(Arc::clone(mpi), device)?;
+            self.parallel.collective = Arc::new(nccl);
+            tracing::info!(
+                "rank {}: gradients all-reduced by NCCL on {device:?}",
+                self.parallel.rank()
+            );
+        }
+        let _ = device;
+        Ok(())
     }
 
     /// After an error on this rank: ends the whole job now (the other ranks would otherwise

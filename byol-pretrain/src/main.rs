@@ -16,6 +16,7 @@ use byol_core::eval::probe::{compare_linear, knn_top1, ProbeData};
 use byol_core::metrics_log::StepLog;
 use byol_core::nn::{Precision, Stem};
 use byol_core::train::{pretrain, Monitor, Observer, RunControl, RunLock, TrainData};
+use candle_core::Device;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -337,8 +338,13 @@ fn main() -> Result<()> {
         byol_hub::HubOptions::from_env().context("--push-to-hub")?;
     }
     // Under mpirun/srun: this process is one rank of a data-parallel job.
-    let group = byol_mpi::Group::join(!args.no_sync_batch_norm)?;
-    let result = train_and_probe(&args, &group.parallel);
+    let mut group = byol_mpi::Group::join(!args.no_sync_batch_norm)?;
+    let result = rank_device(&args, &group.parallel)
+        .and_then(|device| {
+            group.use_device(&device)?;
+            Ok(device)
+        })
+        .and_then(|device| train_and_probe(&args, &group.parallel, &device));
     if let Err(e) = &result {
         if group.parallel.world_size() > 1 {
             // The other ranks would wait in their next collective: end the job now.
@@ -349,9 +355,22 @@ fn main() -> Result<()> {
     result
 }
 
-/// Pretraining (as one rank of `parallel`), then the optional probe and publish on rank 0.
-fn train_and_probe(args: &Args, parallel: &DataParallel) -> Result<()> {
+/// The device of this rank: `--device`, except that `cuda` in a job of several processes means
+/// the GPU of this rank's index on its node.
+fn rank_device(args: &Args, parallel: &DataParallel) -> Result<Device> {
+    Ok(match args.device.as_str() {
+        "cuda" if parallel.world_size() > 1 => {
+            parse_device(&format!("cuda:{}", byol_mpi::local_rank()))?
+        }
+        name => parse_device(name)?,
+    })
+}
+
+/// Pretraining (as one rank of `parallel`, on `device`), then the optional probe and publish on
+/// rank 0.
+fn train_and_probe(args: &Args, parallel: &DataParallel, device: &Device) -> Result<()> {
     let writer = parallel.is_writer();
+    let device = device.clone();
     let config = build_config(args)?;
     if config.knn_every > 0 && (args.knn_bank == 0 || args.knn_queries == 0) {
         bail!(
@@ -361,13 +380,6 @@ fn train_and_probe(args: &Args, parallel: &DataParallel) -> Result<()> {
             args.knn_queries
         );
     }
-    let device = match args.device.as_str() {
-        // One GPU per process: each rank takes the device of its rank on its node.
-        "cuda" if parallel.world_size() > 1 => {
-            parse_device(&format!("cuda:{}", byol_mpi::local_rank()))?
-        }
-        name => parse_device(name)?,
-    };
     let precision = match args.precision.as_str() {
         "auto" => byol_core::nn::precision::fastest_for_training(&device),
         name => name.parse::<Precision>().context("--precision")?,

@@ -2,6 +2,7 @@
 //! residual add fused, activations in blocked layouts) gives the features of the candle module in
 //! inference mode, on every stem, padding convention and width, f32 and bf16.
 
+use byol_core::nn::precision::bf16_convolutions;
 use byol_core::nn::{
     FrozenEncoder, Padding, Precision, ResNet, ResNetConfig, Role, Stem, VarStore,
 };
@@ -122,6 +123,18 @@ fn frozen_network_matches_the_candle_module_in_f32() {
 #[test]
 fn frozen_network_in_bf16_stays_within_bf16_rounding() {
     if !onednn_loads() {
+        return;
+    }
+    if !bf16_convolutions() {
+        // AVX2-only CPUs: oneDNN has no bf16 convolutions, and bf16 is refused up front.
+        let config = config(18, Stem::Small, 3, 8, Padding::Torch);
+        let (_vs, net) = randomised(&config, 1);
+        let err = with_backend(Backend::OneDnn, || {
+            FrozenEncoder::new(&net, Precision::Bf16, &Device::Cpu)
+                .err()
+                .expect("bf16 on a CPU without AVX-512")
+        });
+        assert!(err.to_string().contains("AVX-512"), "{err}");
         return;
     }
     // bf16 keeps 8 bits of mantissa (~4e-3 per rounding); through a ResNet-50 the pooled

@@ -108,6 +108,14 @@ fn linear_on_an_encoder_in_bf16_where_onednn_runs() -> R {
     o.common.image_size = 16;
     let fp32 = run_classify(&root, &o)?;
     o.common.precision = byol_core::nn::Precision::Bf16;
+    if !byol_core::nn::precision::bf16_convolutions() {
+        // AVX2-only CPUs: refused before any feature pass, naming what is missing.
+        let Err(err) = run_classify(&root, &o) else {
+            panic!("bf16 ran on a CPU without AVX-512");
+        };
+        assert!(format!("{err:#}").contains("AVX-512"), "{err:#}");
+        return Ok(());
+    }
     let bf16 = run_classify(&root, &o)?;
     // The same protocol on features ~1e-2 apart: both solve the coloured classes.
     assert!(fp32.value > 0.9, "fp32 top-1 {}", fp32.value);

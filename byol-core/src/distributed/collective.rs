@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+use candle_core::{DType, Tensor};
+
 use crate::Result;
 
 /// The processes of one data-parallel job. Every process calls every method, in the same order
@@ -18,6 +20,12 @@ pub trait Collective: Send + Sync {
     /// Rank 0 receives every process's `values` (lengths may differ), in rank order; the
     /// other ranks receive `None`.
     fn gather_f32(&self, values: &[f32]) -> Result<Option<Vec<Vec<f32>>>>;
+    /// Element-wise sum over every process of a tensor on any device: a new f32 tensor of the
+    /// same shape on the same device. Engines that reduce device memory directly (NCCL)
+    /// override it; by default the values travel through host memory ([`all_reduce_via_host`]).
+    fn all_reduce_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        all_reduce_via_host(self, t)
+    }
     /// The engine, for logs ("single", "mpi", ...).
     fn engine(&self) -> &str;
 }
@@ -32,6 +40,13 @@ impl fmt::Debug for dyn Collective {
             self.world_size()
         )
     }
+}
+
+/// [`Collective::all_reduce_tensor`] through host memory and [`Collective::all_reduce_f32`].
+pub fn all_reduce_via_host<C: Collective + ?Sized>(collective: &C, t: &Tensor) -> Result<Tensor> {
+    let mut host = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    collective.all_reduce_f32(&mut host)?;
+    Ok(Tensor::from_vec(host, t.shape(), t.device())?)
 }
 
 /// One process alone: every collective is the identity.
@@ -53,6 +68,9 @@ impl Collective for SingleProcess {
     }
     fn gather_f32(&self, values: &[f32]) -> Result<Option<Vec<Vec<f32>>>> {
         Ok(Some(vec![values.to_vec()]))
+    }
+    fn all_reduce_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.to_dtype(DType::F32)?)
     }
     fn engine(&self) -> &str {
         "single"

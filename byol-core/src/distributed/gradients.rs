@@ -15,7 +15,8 @@ pub const BUCKET_FLOATS: usize = 1 << 22;
 /// Replaces the gradient of every trainable tensor of `store` in `grads` by its sum over the
 /// ranks. When each rank back-propagated its share of the global batch's mean loss, that is
 /// the single-process gradient, the same on every rank. A tensor without a gradient here
-/// counts as zeros, so every rank sends the same layout.
+/// counts as zeros, so every rank sends the same layout. Buckets stay on the gradients'
+/// device: an engine that reduces device memory (NCCL) never copies them to the host.
 pub fn all_reduce_gradients(
     store: &VarStore,
     grads: &mut GradStore,
@@ -25,30 +26,35 @@ pub fn all_reduce_gradients(
         return Ok(());
     }
     let entries: Vec<_> = store.trainable().collect();
-    let mut bucket: Vec<f32> = Vec::with_capacity(BUCKET_FLOATS);
+    let mut parts: Vec<Tensor> = Vec::new();
     let mut members = Vec::new();
+    let mut bucket_len = 0;
     for (i, entry) in entries.iter().enumerate() {
         let var = entry.var.as_tensor();
-        match grads.get(var) {
-            Some(g) => bucket.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-            None => bucket.resize(bucket.len() + var.elem_count(), 0.0),
-        }
+        let flat = match grads.get(var) {
+            Some(g) => g.to_dtype(DType::F32)?.flatten_all()?,
+            None => Tensor::zeros(var.elem_count(), DType::F32, var.device())?,
+        };
+        bucket_len += flat.elem_count();
+        parts.push(flat);
         members.push(i);
         let last = i + 1 == entries.len();
-        if bucket.len() >= BUCKET_FLOATS || last {
-            collective.all_reduce_f32(&mut bucket)?;
+        if bucket_len >= BUCKET_FLOATS || last {
+            let summed = collective.all_reduce_tensor(&Tensor::cat(&parts, 0)?)?;
             let mut offset = 0;
             for &m in &members {
                 let var = entries[m].var.as_tensor();
                 let n = var.elem_count();
-                let summed =
-                    Tensor::from_slice(&bucket[offset..offset + n], var.shape(), var.device())?
-                        .to_dtype(var.dtype())?;
-                grads.insert(var, summed);
+                let g = summed
+                    .narrow(0, offset, n)?
+                    .reshape(var.shape())?
+                    .to_dtype(var.dtype())?;
+                grads.insert(var, g);
                 offset += n;
             }
-            bucket.clear();
+            parts.clear();
             members.clear();
+            bucket_len = 0;
         }
     }
     Ok(())

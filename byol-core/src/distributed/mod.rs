@@ -13,4 +13,4 @@ pub mod gradients;
 pub mod shard;
 pub mod sync_bn;
 
-pub use collective::{Collective, DataParallel, SingleProcess};
+pub use collective::{all_reduce_via_host, Collective, DataParallel, SingleProcess};

@@ -30,6 +30,9 @@ impl<'a> FrozenEncoder<'a> {
         let features = encoder.config().feature_dim()?;
         let onednn = device.is_cpu() && byol_kernels::backend().is_onednn();
         let engine = if onednn {
+            if precision == Precision::Bf16 {
+                super::precision::refuse_bf16_without_avx512()?;
+            }
             let net =
                 byol_kernels::FrozenNet::new(&encoder.frozen_ops()?, precision == Precision::Bf16)
                     .map_err(|e| Error::Input(format!("building the frozen encoder: {e}")))?;

@@ -61,6 +61,7 @@ pub fn use_for_training(precision: Precision, device: &Device) -> Result<()> {
                 .into(),
         });
     }
+    refuse_bf16_without_avx512()?;
     if !native_bf16() {
         tracing::warn!(
             "this CPU has no AVX-512 BF16 instructions: oneDNN emulates bf16, likely slower than fp32"
@@ -79,6 +80,31 @@ pub fn fastest_for_training(device: &Device) -> Precision {
     } else {
         Precision::F32
     }
+}
+
+/// Whether oneDNN has bf16 convolutions for this CPU: AVX-512 (its `avx512_core`: F, BW, VL,
+/// DQ), natively with AVX-512 BF16 or AMX, emulated without. On AVX2-only CPUs it has none.
+pub fn bf16_convolutions() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512dq");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// An error naming the precision when oneDNN has no bf16 convolutions for this CPU (instead
+/// of each convolution falling back to slow f32 kernels).
+pub fn refuse_bf16_without_avx512() -> Result<()> {
+    if bf16_convolutions() {
+        return Ok(());
+    }
+    Err(Error::Config {
+        field: "precision".into(),
+        message: "bf16 needs a CPU with AVX-512 (oneDNN has no bf16 convolutions for this one);                   use fp32 (or `auto` in byol-pretrain)"
+            .into(),
+    })
 }
 
 /// Whether the CPU computes bf16 dot products natively (AVX-512 BF16), where bf16 is faster.
