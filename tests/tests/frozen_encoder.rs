@@ -127,14 +127,8 @@ fn frozen_network_in_bf16_stays_within_bf16_rounding() {
     }
     if !bf16_convolutions() {
         // AVX2-only CPUs: oneDNN has no bf16 convolutions, and bf16 is refused up front.
-        let config = config(18, Stem::Small, 3, 8, Padding::Torch);
-        let (_vs, net) = randomised(&config, 1);
-        let err = with_backend(Backend::OneDnn, || {
-            FrozenEncoder::new(&net, Precision::Bf16, &Device::Cpu)
-                .err()
-                .expect("bf16 on a CPU without AVX-512")
-        });
-        assert!(err.to_string().contains("AVX-512"), "{err}");
+        let err = bf16_refusal(Backend::OneDnn);
+        assert!(err.contains("AVX-512"), "{err}");
         return;
     }
     // bf16 keeps 8 bits of mantissa (~4e-3 per rounding); through a ResNet-50 the pooled
@@ -178,17 +172,25 @@ fn frozen_network_plans_each_input_shape() {
 
 #[test]
 fn bf16_without_onednn_is_refused_with_a_clear_error() {
+    let err = bf16_refusal(Backend::Fast);
+    assert!(err.contains("bf16"), "{err}");
+    // f32 falls back to the candle module.
     let config = config(18, Stem::Small, 3, 8, Padding::Torch);
     let (_vs, net) = randomised(&config, 1);
-    let err = with_backend(Backend::Fast, || {
-        FrozenEncoder::new(&net, Precision::Bf16, &Device::Cpu)
-            .err()
-            .expect("bf16 on the Rust kernels")
-    });
-    assert!(err.to_string().contains("bf16"), "{err}");
-    // f32 falls back to the candle module.
     let frozen = with_backend(Backend::Fast, || {
         FrozenEncoder::new(&net, Precision::F32, &Device::Cpu).unwrap()
     });
     assert!(!frozen.on_onednn());
+}
+
+/// The error of a bf16 frozen encoder on `backend`, where it must be refused.
+fn bf16_refusal(backend: Backend) -> String {
+    let config = config(18, Stem::Small, 3, 8, Padding::Torch);
+    let (_vs, net) = randomised(&config, 1);
+    with_backend(backend, || {
+        match FrozenEncoder::new(&net, Precision::Bf16, &Device::Cpu) {
+            Ok(_) => panic!("bf16 ran on {backend:?}"),
+            Err(e) => e.to_string(),
+        }
+    })
 }
