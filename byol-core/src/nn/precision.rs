@@ -102,7 +102,8 @@ pub fn refuse_bf16_without_avx512() -> Result<()> {
     }
     Err(Error::Config {
         field: "precision".into(),
-        message: "bf16 needs a CPU with AVX-512 (oneDNN has no bf16 convolutions for this one);                   use fp32 (or `auto` in byol-pretrain)"
+        message: "bf16 needs a CPU with AVX-512 (oneDNN has no bf16 convolutions for this one); \
+                  use fp32 (or `auto` in byol-pretrain)"
             .into(),
     })
 }
