@@ -183,6 +183,17 @@ pub fn refitted_length(done: u64, rate: f64, left: f64, current: u64, longest: u
     (shortfall > REFIT_TOLERANCE).then_some(fits)
 }
 
+/// The schedule length a time-budgeted run follows while its step rate is being calibrated,
+/// after `done` steps of which the last `timed` took `seconds`, with `left` seconds of budget.
+/// Without it those first steps would follow the schedule of all epochs — a warm-up of
+/// thousands of steps, so a learning rate near 0 — and the learning rate would then jump to
+/// the calibrated schedule's: on the quick start's recipe, a 1-minute budget (86 steps) probed
+/// 72.18 % against 80.53 % for the same 86 steps on a fixed schedule (seed 0).
+pub fn provisional_length(done: u64, timed: u64, seconds: f64, left: f64) -> Option<u64> {
+    let rate = timed as f64 / seconds;
+    (timed > 0 && rate.is_finite()).then(|| steps_that_fit(done, rate, left))
+}
+
 /// The learning-rate schedule of `config` (its length is `total_steps`, which the τ schedule
 /// shares): all epochs, or `schedule_steps` when fewer, with the warm-up shrunk in proportion so
 /// a shortened run warms up for the same share of its length.
@@ -190,6 +201,17 @@ pub fn lr_schedule(config: &TrainConfig, steps_per_epoch: u64, epoch_steps: u64)
     let total = config
         .schedule_steps
         .map_or(epoch_steps, |s| s.min(epoch_steps));
+    lr_schedule_over(config, steps_per_epoch, epoch_steps, total)
+}
+
+/// [`lr_schedule`] over `total` steps (at most `epoch_steps`), whatever `schedule_steps` says.
+fn lr_schedule_over(
+    config: &TrainConfig,
+    steps_per_epoch: u64,
+    epoch_steps: u64,
+    total: u64,
+) -> LrSchedule {
+    let total = total.min(epoch_steps);
     let share = total as f64 / epoch_steps.max(1) as f64;
     let warmup = (config.warmup_epochs * steps_per_epoch as f64 * share).round() as u64;
     LrSchedule::new(config.base_lr, config.batch_size, warmup, total)
@@ -422,6 +444,9 @@ pub fn pretrain(
         Some(budget) if step == 0 && config.schedule_steps.is_none() => Some((budget, None)),
         _ => None,
     };
+    // During calibration: when the step after the first began (the first step is slow: caches,
+    // the loader), to time the provisional schedules the calibration steps follow.
+    let mut after_first_step: Option<Instant> = None;
     // After calibration: (budget, start, first step) of the window the rate is re-measured over.
     let mut refit_window: Option<(Duration, Instant, u64)> = None;
     let mut log = match writer {
@@ -467,7 +492,10 @@ pub fn pretrain(
     };
     // A schedule length found by rank 0's clock, applied by every rank at the next step.
     let mut pending_refit: Option<(u64, f64)> = None;
+    // A provisional schedule length (calibration), applied the same way but not recorded.
+    let mut pending_provisional: Option<u64> = None;
 
+    let started_first_step = Instant::now();
     'epochs: while step < end_step {
         let epoch = (step / steps_per_epoch) as usize;
         let first = (step % steps_per_epoch) as usize;
@@ -482,6 +510,7 @@ pub fn pretrain(
                 // can leave a few of the schedule's last steps, whose learning rate is nearly 0).
                 budget_spent: time_budget.is_some_and(|b| started.elapsed() >= b),
                 refit: pending_refit.take(),
+                provisional: pending_provisional.take(),
             };
             if world > 1 {
                 control = control.agreed(parallel)?;
@@ -498,6 +527,9 @@ pub fn pretrain(
                     "{rate:.2} steps/s: the schedules span {} steps to fit the time budget",
                     schedule.total_steps
                 );
+            }
+            if let Some(length) = control.provisional {
+                schedule = lr_schedule_over(&config, steps_per_epoch, epoch_steps, length);
             }
             if step >= end_step {
                 break 'epochs;
@@ -541,19 +573,32 @@ pub fn pretrain(
                 }
             };
             if let Some((budget, mark)) = &mut calibration {
+                let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
                 if step == CALIBRATION_STEPS.start {
                     *mark = Some(Instant::now());
-                } else if step == CALIBRATION_STEPS.end {
+                }
+                if step == CALIBRATION_STEPS.end {
                     let measured = CALIBRATION_STEPS.end - CALIBRATION_STEPS.start;
                     let rate =
                         measured as f64 / mark.map_or(f64::NAN, |m| m.elapsed().as_secs_f64());
-                    let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
                     let fits = steps_that_fit(step, rate, left);
                     if rate.is_finite() && fits < epoch_steps {
                         refit(fits, rate);
                         refit_window = Some((*budget, Instant::now(), step));
+                    } else if writer {
+                        // All epochs fit: back from the provisional schedule to theirs.
+                        pending_provisional = Some(epoch_steps);
                     }
                     calibration = None;
+                } else if writer {
+                    // Until then, the schedule the steps so far predict (the first one untimed
+                    // once others are), so the warm-up climbs as the calibrated one will.
+                    let (timed, seconds) = match after_first_step {
+                        Some(t) => (step - 1, t.elapsed().as_secs_f64()),
+                        None => (step, started_first_step.elapsed().as_secs_f64()),
+                    };
+                    pending_provisional = provisional_length(step, timed, seconds, left);
+                    after_first_step.get_or_insert_with(Instant::now);
                 }
             } else if let Some((budget, since, from)) = &mut refit_window {
                 let window = since.elapsed().as_secs_f64();
@@ -635,6 +680,8 @@ struct RunDecision {
     budget_spent: bool,
     /// A new schedule length and the step rate it was fitted to.
     refit: Option<(u64, f64)>,
+    /// A schedule length to follow until the rate is calibrated (not recorded in the config).
+    provisional: Option<u64>,
 }
 
 impl RunDecision {
@@ -649,12 +696,14 @@ impl RunDecision {
             mine(f64::from(u8::from(self.budget_spent))),
             mine(fits as f64),
             mine(rate),
+            mine(self.provisional.unwrap_or(0) as f64),
         ];
         parallel.collective.all_reduce_f64(&mut v)?;
         Ok(Self {
             stop: v[0] > 0.0,
             budget_spent: v[1] > 0.0,
             refit: (v[2] > 0.0).then_some((v[2] as u64, v[3])),
+            provisional: (v[4] > 0.0).then_some(v[4] as u64),
         })
     }
 }

@@ -426,6 +426,48 @@ fn a_time_budget_fits_the_schedules_and_ends_the_run_without_interrupting_it() {
 }
 
 #[test]
+fn a_calibrating_run_warms_up_on_the_schedule_the_budget_will_fit() {
+    use byol_core::train::provisional_length;
+    // 2 steps/s with 60 s left, 7 % kept in reserve: 111 more steps.
+    assert_eq!(provisional_length(5, 4, 2.0, 60.0), Some(5 + 111));
+    assert_eq!(provisional_length(5, 0, 0.0, 60.0), None);
+    assert_eq!(provisional_length(5, 4, 0.0, 60.0), None);
+
+    // Epochs far beyond the budget, warming up for a quarter of the run: while the rate is
+    // calibrated (steps 0-22), the learning rate climbs the fitted schedule's warm-up, not the
+    // warm-up of all epochs (which would leave it near 0 and then jump at step 23).
+    let mut c = config();
+    c.epochs = 100_000;
+    c.warmup_epochs = 25_000.0;
+    c.checkpoint_every = 0;
+    let stop = AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let control = RunControl {
+        time_budget: Some(std::time::Duration::from_secs(6)),
+        ..run(dir.path(), false, &stop)
+    };
+    let summary = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
+    let fitted = summary.config.schedule_steps.expect("a fitted schedule");
+    assert!(
+        summary.steps_done > 30,
+        "only {} steps in 6 s",
+        summary.steps_done
+    );
+    let logs = byol_core::metrics_log::read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    let lr = |step: u64| logs.iter().find(|l| l.step == step).unwrap().lr;
+    let full_warmup_lr = 0.5 * 4.0 / 256.0 * 22.0 / 100_000.0;
+    assert!(lr(23) > 100.0 * full_warmup_lr, "step 22: {}", lr(23));
+    // The provisional and the calibrated schedules agree within the rate's noise.
+    let ratio = lr(23) / lr(25);
+    assert!(
+        (0.4..=1.6).contains(&ratio),
+        "lr {} then {} (fitted {fitted})",
+        lr(23),
+        lr(25)
+    );
+}
+
+#[test]
 fn config_files_with_empty_heads_or_unknown_keys_are_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let good = TrainConfig::fashion_mnist().to_toml().unwrap();
