@@ -198,9 +198,7 @@ pub fn provisional_length(done: u64, timed: u64, seconds: f64, left: f64) -> Opt
 /// shares): all epochs, or `schedule_steps` when fewer, with the warm-up shrunk in proportion so
 /// a shortened run warms up for the same share of its length.
 pub fn lr_schedule(config: &TrainConfig, steps_per_epoch: u64, epoch_steps: u64) -> LrSchedule {
-    let total = config
-        .schedule_steps
-        .map_or(epoch_steps, |s| s.min(epoch_steps));
+    let total = config.schedule_steps.unwrap_or(epoch_steps);
     lr_schedule_over(config, steps_per_epoch, epoch_steps, total)
 }
 
