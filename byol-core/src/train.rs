@@ -151,8 +151,8 @@ pub struct RunControl<'a> {
 /// slower steps that warm caches and fill the loader).
 const CALIBRATION_STEPS: std::ops::Range<u64> = 3..23;
 /// Share of the budget the rate is measured over at least: on a VM whose rate swings ±10 %
-/// from one 20-step window to the next, 20 steps misjudged the quick start's five minutes by
-/// up to 10 %, which the refits then had to correct.
+/// between 40-step windows, 20 steps misjudged a quick start's five minutes by ~11 % (session
+/// 10, seed 0: calibrated to 573 steps, refitted to 509), which the refits then corrected.
 const CALIBRATION_SHARE: f64 = 0.05;
 /// Share of the measured rate the budget is planned with. A run that proves slower loses its
 /// schedule's last steps to the budget's stop, where the learning rate is nearly 0; one that

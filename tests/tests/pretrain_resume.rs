@@ -435,8 +435,8 @@ fn a_calibrating_run_warms_up_on_the_schedule_the_budget_will_fit() {
     assert_eq!(provisional_length(5, 4, 0.0, 60.0), None);
 
     // Epochs far beyond the budget, warming up for a quarter of the run: while the rate is
-    // calibrated (steps 0-22 at least), the learning rate climbs the fitted schedule's warm-up, not the
-    // warm-up of all epochs (which would leave it near 0 and then jump at step 23).
+    // calibrated (steps 0-22 at least), the learning rate climbs the fitted schedule's warm-up,
+    // not the warm-up of all epochs (which would leave it near 0 and then jump at step 23).
     let mut c = config();
     c.epochs = 100_000;
     c.warmup_epochs = 25_000.0;
