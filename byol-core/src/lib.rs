@@ -23,6 +23,7 @@ pub mod optim;
 pub mod plot;
 pub mod signals;
 pub mod threads;
+pub mod time_budget;
 pub mod train;
 pub mod transfer;
 pub mod weights;

@@ -22,6 +22,10 @@ use crate::distributed::DataParallel;
 use crate::metrics_log::{read_metrics, MetricsLog, StepLog, METRICS_FILE};
 use crate::optim::{Lars, LarsConfig, LrSchedule};
 use crate::plot::plot_training_curves;
+use crate::time_budget::{
+    calibration_done, provisional_length, refit_due, refitted_length, steps_that_fit, RateWindow,
+    CALIBRATION_STEPS,
+};
 use crate::weights::save_encoder;
 use crate::{Error, Result};
 
@@ -145,61 +149,6 @@ pub struct RunControl<'a> {
     /// The ranks of a data-parallel job ([`DataParallel::single`] for one process): each trains
     /// on its slice of every global batch; rank 0 alone writes files and runs the monitor.
     pub parallel: &'a DataParallel,
-}
-
-/// Steps over which the step rate of a time-budgeted run is measured at least (after the first,
-/// slower steps that warm caches and fill the loader).
-const CALIBRATION_STEPS: std::ops::Range<u64> = 3..23;
-/// Share of the budget the rate is measured over at least: on a VM whose rate swings ±10 %
-/// between 40-step windows, 20 steps misjudged a quick start's five minutes by ~11 % (session
-/// 10, seed 0: calibrated to 573 steps, refitted to 509), which the refits then corrected.
-const CALIBRATION_SHARE: f64 = 0.05;
-/// Share of the measured rate the budget is planned with. A run that proves slower loses its
-/// schedule's last steps to the budget's stop, where the learning rate is nearly 0; one that
-/// plans low leaves budget unused (at 0.93, the quick starts ended 20-41 s before their 300 s).
-const BUDGET_SAFETY: f64 = 0.97;
-
-/// The schedule length of a time-budgeted run: the `done` steps plus what `rate` (steps/s)
-/// fits in the `left` seconds with [`BUDGET_SAFETY`] to spare; at least one more step.
-pub fn steps_that_fit(done: u64, rate: f64, left: f64) -> u64 {
-    let more = (left * rate * BUDGET_SAFETY).max(0.0);
-    done + (more as u64).max(1)
-}
-
-/// A calibrated run re-measures its step rate over every tenth of its budget (the kNN monitor
-/// and checkpoints not counted): a machine that slows down (another job starts) would otherwise
-/// stop the run long before its schedules end.
-const REFIT_WINDOW: f64 = 0.1;
-/// Shortfall of the fitted length below which the schedules are left as they are: each refit
-/// moves the learning rate and τ, and rate noise (±10 % over a window here) should not — the
-/// budget's stop costs a slightly slow run only steps at a learning rate near 0.
-const REFIT_TOLERANCE: f64 = 0.1;
-
-/// The new schedule length of a calibrated run that has done `done` of `current` steps and now
-/// runs at `rate` steps/s with `left` seconds of budget: only ever shorter, and only when the
-/// steps that fit fall more than [`REFIT_TOLERANCE`] short of `current` — a run that speeds up
-/// keeps its schedule and ends a little early. Under the earlier rule (93 % planning, 3 %
-/// tolerance) three quick starts shortened two or three times each probed 83.75 % against
-/// 83.85 % for the same steps on a schedule fixed from the start, but ended 20-41 s early
-/// (README, "The Fashion-MNIST recipe").
-pub fn refitted_length(done: u64, rate: f64, left: f64, current: u64, longest: u64) -> Option<u64> {
-    if !rate.is_finite() || rate <= 0.0 {
-        return None;
-    }
-    let fits = steps_that_fit(done, rate, left).min(longest);
-    let shortfall = (current as f64 - fits as f64) / current.max(1) as f64;
-    (shortfall > REFIT_TOLERANCE).then_some(fits)
-}
-
-/// The schedule length a time-budgeted run follows while its step rate is being calibrated,
-/// after `done` steps of which the last `timed` took `seconds`, with `left` seconds of budget.
-/// Without it those first steps would follow the schedule of all epochs — a warm-up of
-/// thousands of steps, so a learning rate near 0 — and the learning rate would then jump to
-/// the calibrated schedule's: on the quick start's recipe, a 1-minute budget (86 steps) probed
-/// 72.18 % against 80.53 % for the same 86 steps on a fixed schedule (seed 0).
-pub fn provisional_length(done: u64, timed: u64, seconds: f64, left: f64) -> Option<u64> {
-    let rate = timed as f64 / seconds;
-    (timed > 0 && rate.is_finite()).then(|| steps_that_fit(done, rate, left))
 }
 
 /// The learning-rate schedule of `config` (its length is `total_steps`, which the τ schedule
@@ -447,16 +396,17 @@ pub fn pretrain(
     let mut end_step = end_of(&schedule, &config);
     // Only a fresh run is calibrated: a resumed one keeps the schedule its state was saved with.
     let mut calibration = match time_budget {
-        Some(budget) if step == 0 && config.schedule_steps.is_none() => Some((budget, None)),
+        Some(budget) if step == 0 && config.schedule_steps.is_none() => Some(budget),
         _ => None,
     };
     // During calibration: when the step after the first began (the first step is slow: caches,
     // the loader), to time the provisional schedules the calibration steps follow.
     let mut after_first_step: Option<Instant> = None;
-    // After calibration: (budget, start, first step) of the window the rate is re-measured over.
-    let mut refit_window: Option<(Duration, Instant, u64)> = None;
-    // Time the kNN monitor and checkpoints took since the current rate window began: not steps.
-    let mut paused = Duration::ZERO;
+    // After calibration: the budget whose rate is re-measured.
+    let mut refit_budget: Option<Duration> = None;
+    // The step rate being measured: the calibration's from its first timed step, then each
+    // refit's.
+    let mut rate_window: Option<RateWindow> = None;
     let mut log = match writer {
         true => Some(MetricsLog::open(&out_dir.join(METRICS_FILE), step)?),
         false => None,
@@ -580,23 +530,19 @@ pub fn pretrain(
                     pending_refit = Some((fits, rate));
                 }
             };
-            if let Some((budget, mark)) = &mut calibration {
+            if let Some(budget) = calibration {
                 let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
                 if step == CALIBRATION_STEPS.start {
-                    *mark = Some(Instant::now());
-                    paused = Duration::ZERO;
+                    rate_window = Some(RateWindow::open(step));
                 }
-                let measured_for = mark.map_or(0.0, |m| m.elapsed().as_secs_f64());
-                if step >= CALIBRATION_STEPS.end
-                    && measured_for >= budget.as_secs_f64() * CALIBRATION_SHARE
-                {
-                    let measured = step - CALIBRATION_STEPS.start;
-                    let rate = measured as f64 / (measured_for - paused.as_secs_f64());
+                let measured = rate_window.filter(|w| calibration_done(step, w.seconds(), budget));
+                if let Some(window) = measured {
+                    let rate = window.rate(step);
                     let fits = steps_that_fit(step, rate, left);
                     if rate.is_finite() && rate > 0.0 && fits < epoch_steps {
                         refit(fits, rate);
-                        refit_window = Some((*budget, Instant::now(), step));
-                        paused = Duration::ZERO;
+                        refit_budget = Some(budget);
+                        rate_window = Some(RateWindow::open(step));
                     } else if writer {
                         // All epochs fit: back from the provisional schedule to theirs.
                         pending_provisional = Some(epoch_steps);
@@ -612,17 +558,15 @@ pub fn pretrain(
                     pending_provisional = provisional_length(step, timed, seconds, left);
                     after_first_step.get_or_insert_with(Instant::now);
                 }
-            } else if let Some((budget, since, from)) = &mut refit_window {
-                let window = since.elapsed().as_secs_f64();
-                if window >= budget.as_secs_f64() * REFIT_WINDOW {
-                    let rate = (step - *from) as f64 / (window - paused.as_secs_f64());
+            } else if let (Some(budget), Some(window)) = (refit_budget, rate_window) {
+                if refit_due(window.seconds(), budget) {
+                    let rate = window.rate(step);
                     let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
                     let refitted = refitted_length(step, rate, left, current_length, epoch_steps);
                     if let Some(fits) = refitted {
                         refit(fits, rate);
                     }
-                    (*since, *from) = (Instant::now(), step);
-                    paused = Duration::ZERO;
+                    rate_window = Some(RateWindow::open(step));
                 }
             }
             let elapsed = tick.elapsed().as_secs_f64();
@@ -653,7 +597,9 @@ pub fn pretrain(
                 {
                     let monitoring = Instant::now();
                     entry.knn_top1 = Some(m(&model)?);
-                    paused += monitoring.elapsed();
+                    if let Some(w) = rate_window.as_mut() {
+                        w.pause(monitoring.elapsed());
+                    }
                 }
             }
             if let Some(log) = log.as_mut() {
@@ -664,7 +610,9 @@ pub fn pretrain(
             {
                 let saving = Instant::now();
                 save(&model, &optimizer, step, &config, observer)?;
-                paused += saving.elapsed();
+                if let Some(w) = rate_window.as_mut() {
+                    w.pause(saving.elapsed());
+                }
             }
         }
     }

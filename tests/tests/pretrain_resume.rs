@@ -379,7 +379,7 @@ fn a_shortened_schedule_ends_the_run_and_shrinks_the_warm_up() {
 
 #[test]
 fn a_calibrated_run_shortens_its_schedules_when_the_machine_slows_down() {
-    use byol_core::train::refitted_length;
+    use byol_core::time_budget::refitted_length;
     // 300 steps planned; at step 100 the machine runs 1 step/s with 100 s left: 97 more fit.
     assert_eq!(refitted_length(100, 1.0, 100.0, 300, 10_000), Some(197));
     // Twice as fast: 194 more would fit, but the schedule is never lengthened.
@@ -396,7 +396,7 @@ fn a_calibrated_run_shortens_its_schedules_when_the_machine_slows_down() {
 
 #[test]
 fn a_time_budget_fits_the_schedules_and_ends_the_run_without_interrupting_it() {
-    use byol_core::train::steps_that_fit;
+    use byol_core::time_budget::steps_that_fit;
     // 10 steps/s with 60 s left, 3 % kept in reserve: 582 more steps.
     assert_eq!(steps_that_fit(23, 10.0, 60.0), 23 + 582);
     assert_eq!(steps_that_fit(23, 10.0, 0.0), 24);
@@ -428,7 +428,7 @@ fn a_time_budget_fits_the_schedules_and_ends_the_run_without_interrupting_it() {
 
 #[test]
 fn a_calibrating_run_warms_up_on_the_schedule_the_budget_will_fit() {
-    use byol_core::train::provisional_length;
+    use byol_core::time_budget::provisional_length;
     // 2 steps/s with 60 s left, 3 % kept in reserve: 116 more steps.
     assert_eq!(provisional_length(5, 4, 2.0, 60.0), Some(5 + 116));
     assert_eq!(provisional_length(5, 0, 0.0, 60.0), None);
