@@ -12,8 +12,11 @@ and reproduces byol-core's semantics:
   predictor's lr multiplier; EMA of the target's parameters (not its BN statistics) with
   tau_k = 1 - (1 - tau_base)(cos(pi k/K) + 1)/2;
 - lr = base_lr * batch/256, linear warm-up then cosine to 0 over the schedule, the schedule
-  shortened to `schedule_steps` (warm-up in proportion) or, with --minutes, to what the step rate
-  measured over steps 3..23 fits in the budget (93 % of it), as byol-core's time budget;
+  shortened to `schedule_steps` (warm-up in proportion) or, with --minutes, fitted to the budget
+  by byol-core's rule (byol-core/src/time_budget.rs): a provisional length from the steps so far
+  until the rate is calibrated over steps 3..23 and at least 5 % of the budget, the steps that fit
+  at 97 % of that rate, then shorten-only refits every tenth of the budget when the steps that
+  fit fall more than 10 % short;
 - views: torchvision's RandomResizedCrop(28, scale=(crop_min_scale, 1), bicubic, antialias),
   flip p 0.5, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, RandomGrayscale p 0.2 (identities on grey),
   solarize p 0.2 on the second view only, no blur, normalised with Fashion-MNIST's mean/std.
@@ -43,7 +46,14 @@ from make_parity_fixtures import BLOCKS, narrow_resnet  # noqa: E402
 FMNIST = "/usr/share/datasets/fashion-mnist"
 MEAN, STD = 0.2860, 0.3530
 CALIBRATION = (3, 23)
-BUDGET_SAFETY = 0.93
+CALIBRATION_SHARE = 0.05
+BUDGET_SAFETY = 0.97
+REFIT_WINDOW = 0.1
+REFIT_TOLERANCE = 0.1
+
+
+def steps_that_fit(done, rate, left):
+    return done + max(int(max(left * rate * BUDGET_SAFETY, 0.0)), 1)
 
 
 def read_idx_images(path):
@@ -188,7 +198,11 @@ def main():
         TwoViews(images, c["crop_min_scale"]), batch_size=batch, shuffle=True, drop_last=True,
         num_workers=c["workers"], persistent_workers=True, generator=loader_gen)
     log = open(os.path.join(a.out, "metrics.jsonl"), "w")
-    step, mark = 0, None
+    step = 0
+    # The time budget's state: the window the step rate is measured over (its start time and
+    # step), the end of the first (slower) step, and whether the rate is calibrated yet.
+    window, after_first, refitting = None, None, False
+    first_step_start = time.perf_counter()
     done = False
     while not done:
         tick = time.perf_counter()
@@ -229,14 +243,36 @@ def main():
             log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "tau": tau,
                                   "images_per_sec": batch / (now - tick)}) + "\n")
             tick = now
-            if calibrate and step == CALIBRATION[0]:
-                mark = now
-            elif calibrate and step == CALIBRATION[1]:
-                rate = (CALIBRATION[1] - CALIBRATION[0]) / (now - mark)
-                fits = step + int(max(budget - (now - started), 0) * rate * BUDGET_SAFETY)
-                if fits < epoch_steps:
-                    warmup, total = schedule(max(fits, step + 1))
-                calibrate = False
+            left = max(budget - (now - started), 0.0)
+            if calibrate:
+                if step == CALIBRATION[0]:
+                    window = (now, step)
+                if (window is not None and step >= CALIBRATION[1]
+                        and now - window[0] >= budget * CALIBRATION_SHARE):
+                    rate = (step - window[1]) / (now - window[0])
+                    fits = steps_that_fit(step, rate, left)
+                    if fits < epoch_steps:
+                        warmup, total = schedule(fits)
+                        window, refitting = (now, step), True
+                    else:
+                        warmup, total = schedule(epoch_steps)
+                    calibrate = False
+                else:
+                    # The provisional schedule: what the steps so far (the first one untimed
+                    # once others are) predict.
+                    timed, seconds = ((step - 1, now - after_first) if after_first is not None
+                                      else (step, now - first_step_start))
+                    if timed > 0 and seconds > 0:
+                        warmup, total = schedule(min(steps_that_fit(step, timed / seconds, left),
+                                                     epoch_steps))
+                    if after_first is None:
+                        after_first = now
+            elif refitting and now - window[0] >= budget * REFIT_WINDOW:
+                rate = (step - window[1]) / (now - window[0])
+                fits = min(steps_that_fit(step, rate, left), epoch_steps)
+                if (total - fits) / max(total, 1) > REFIT_TOLERANCE:
+                    warmup, total = schedule(fits)
+                window = (now, step)
     log.close()
     state = {k: v.contiguous() for k, v in online.encoder.state_dict().items()}
     save_file(state, os.path.join(a.out, "encoder.safetensors"))
