@@ -168,7 +168,9 @@ def main():
     total = min(c.get("schedule_steps", epoch_steps), epoch_steps)
 
     def schedule(total):
-        warmup = round(c["warmup_epochs"] * per_epoch * total / epoch_steps)
+        # byol-core's rounding (f64::round: half away from zero; Python's round() halves to
+        # even: 62.5 gave 62 warm-up steps against our 63) and its order of operations.
+        warmup = math.floor(c["warmup_epochs"] * per_epoch * (total / epoch_steps) + 0.5)
         return warmup, total
 
     warmup, total = schedule(total)
