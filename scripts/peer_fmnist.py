@@ -148,6 +148,9 @@ def main():
     ap.add_argument("--minutes", type=float, help="wall-clock budget (schedules fitted to it)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: CPU autocast around the networks (PyTorch's mixed precision: "
+                         "bf16 convolutions and matmuls, fp32 weights; the loss in fp32)")
     a = ap.parse_args()
     with open(a.config, "rb") as f:
         c = tomllib.load(f)
@@ -214,13 +217,15 @@ def main():
                 break
             lr = lr_at(step, peak, warmup, total)
             tau = tau_at(c["tau_base"], step, total)
-            z1, z2 = online(v1), online(v2)
-            p1, p2 = predictor(z1), predictor(z2)
-            with torch.no_grad():
-                if target is not None:
-                    t1, t2 = target(v1), target(v2)
-                else:
-                    t1, t2 = z1.detach(), z2.detach()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+                z1, z2 = online(v1), online(v2)
+                p1, p2 = predictor(z1), predictor(z2)
+                with torch.no_grad():
+                    if target is not None:
+                        t1, t2 = target(v1), target(v2)
+                    else:
+                        t1, t2 = z1.detach(), z2.detach()
+            p1, p2, t1, t2 = p1.float(), p2.float(), t1.float(), t2.float()
             loss = (regression(p1, t2) + regression(p2, t1)).mean()
             for p in params:
                 p.grad = None
