@@ -12,11 +12,9 @@ and reproduces byol-core's semantics:
   predictor's lr multiplier; EMA of the target's parameters (not its BN statistics) with
   tau_k = 1 - (1 - tau_base)(cos(pi k/K) + 1)/2;
 - lr = base_lr * batch/256, linear warm-up then cosine to 0 over the schedule, the schedule
-  shortened to `schedule_steps` (warm-up in proportion) or, with --minutes, fitted to the budget
-  by byol-core's rule (byol-core/src/time_budget.rs): a provisional length from the steps so far
-  until the rate is calibrated over steps 3..23 and at least 5 % of the budget, the steps that fit
-  at 97 % of that rate, then shorten-only refits every tenth of the budget when the steps that
-  fit fall more than 10 % short;
+  shortened to `schedule_steps` (warm-up in proportion); with --minutes, lr and tau follow
+  byol-core's time-indexed rule (byol-core/src/time_budget.rs): progress = seconds spent in steps /
+  (budget - seconds spent off them), or the steps' progress when that is further along;
 - views: torchvision's RandomResizedCrop(28, scale=(crop_min_scale, 1), bicubic, antialias),
   flip p 0.5, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, RandomGrayscale p 0.2 (identities on grey),
   solarize p 0.2 on the second view only, no blur, normalised with Fashion-MNIST's mean/std.
@@ -45,15 +43,12 @@ from make_parity_fixtures import BLOCKS, narrow_resnet  # noqa: E402
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 MEAN, STD = 0.2860, 0.3530
-CALIBRATION = (3, 23)
-CALIBRATION_SHARE = 0.05
-BUDGET_SAFETY = 0.97
-REFIT_WINDOW = 0.1
-REFIT_TOLERANCE = 0.1
-
-
-def steps_that_fit(done, rate, left):
-    return done + max(int(max(left * rate * BUDGET_SAFETY, 0.0)), 1)
+def budget_progress(trained, spent, budget):
+    """byol-core's time_budget::budget_progress: the share of the budget spent training."""
+    available = budget - max(spent - trained, 0.0)
+    if available <= 0 or trained >= available:
+        return 1.0
+    return min(max(trained / available, 0.0), 1.0)
 
 
 def read_idx_images(path):
@@ -127,18 +122,23 @@ def regression(p, z):
     return 2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(-1)
 
 
-def lr_at(step, peak, warmup, total):
-    if step < warmup:
-        return peak * step / warmup
-    decay = max(total - warmup, 0)
-    if decay == 0:
+def lr_at(progress, peak, warmup, total):
+    """The learning rate at `progress` in [0, 1] of a schedule of `total` steps (byol-core's
+    LrSchedule::lr_at; at progress step/total it is LrSchedule::lr(step))."""
+    progress = min(max(progress, 0.0), 1.0)
+    if total == 0:
         return 0.0
-    progress = min(step - warmup, decay) / decay
-    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    share = min(warmup, total) / total
+    if progress < share:
+        return peak * progress / share
+    if share >= 1.0:
+        return 0.0
+    return peak * 0.5 * (1 + math.cos(math.pi * (progress - share) / (1 - share)))
 
 
-def tau_at(tau_base, step, total):
-    return 1 - (1 - tau_base) * (math.cos(math.pi * step / total) + 1) / 2
+def tau_at(tau_base, progress):
+    progress = min(max(progress, 0.0), 1.0)
+    return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
 
 
 def main():
@@ -177,8 +177,7 @@ def main():
         return warmup, total
 
     warmup, total = schedule(total)
-    calibrate = a.minutes is not None and "schedule_steps" not in c
-    budget = a.minutes * 60 if a.minutes is not None else math.inf
+    budget = a.minutes * 60 if a.minutes is not None else None
 
     online = Network(model)
     predictor = mlp(model["projector"]["output_dim"], model["predictor"]) \
@@ -204,19 +203,24 @@ def main():
         num_workers=c["workers"], persistent_workers=True, generator=loader_gen)
     log = open(os.path.join(a.out, "metrics.jsonl"), "w")
     step = 0
-    # The time budget's state: the window the step rate is measured over (its start time and
-    # step), the end of the first (slower) step, and whether the rate is calibrated yet.
-    window, after_first, refitting = None, None, False
     first_step_start = time.perf_counter()
     done = False
     while not done:
         tick = time.perf_counter()
         for v1, v2 in loader:
-            if step >= total or time.perf_counter() - started >= budget:
+            now = time.perf_counter()
+            steps = step / total
+            if budget is None:
+                progress = steps
+            else:
+                # No monitor or checkpoints here: every second since the first step trains.
+                progress = max(budget_progress(now - first_step_start, now - started, budget),
+                               steps)
+            if step >= total or (budget is not None and progress >= 1.0):
                 done = True
                 break
-            lr = lr_at(step, peak, warmup, total)
-            tau = tau_at(c["tau_base"], step, total)
+            lr = lr_at(progress, peak, warmup, total)
+            tau = tau_at(c["tau_base"], progress)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
                 z1, z2 = online(v1), online(v2)
                 p1, p2 = predictor(z1), predictor(z2)
@@ -250,40 +254,10 @@ def main():
             log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "tau": tau,
                                   "images_per_sec": batch / (now - tick)}) + "\n")
             tick = now
-            left = max(budget - (now - started), 0.0)
-            if calibrate:
-                if step == CALIBRATION[0]:
-                    window = (now, step)
-                if (window is not None and step >= CALIBRATION[1]
-                        and now - window[0] >= budget * CALIBRATION_SHARE):
-                    rate = (step - window[1]) / (now - window[0])
-                    fits = steps_that_fit(step, rate, left)
-                    if fits < epoch_steps:
-                        warmup, total = schedule(fits)
-                        window, refitting = (now, step), True
-                    else:
-                        warmup, total = schedule(epoch_steps)
-                    calibrate = False
-                else:
-                    # The provisional schedule: what the steps so far (the first one untimed
-                    # once others are) predict.
-                    timed, seconds = ((step - 1, now - after_first) if after_first is not None
-                                      else (step, now - first_step_start))
-                    if timed > 0 and seconds > 0:
-                        warmup, total = schedule(min(steps_that_fit(step, timed / seconds, left),
-                                                     epoch_steps))
-                    if after_first is None:
-                        after_first = now
-            elif refitting and now - window[0] >= budget * REFIT_WINDOW:
-                rate = (step - window[1]) / (now - window[0])
-                fits = min(steps_that_fit(step, rate, left), epoch_steps)
-                if (total - fits) / max(total, 1) > REFIT_TOLERANCE:
-                    warmup, total = schedule(fits)
-                window = (now, step)
     log.close()
     state = {k: v.contiguous() for k, v in online.encoder.state_dict().items()}
     save_file(state, os.path.join(a.out, "encoder.safetensors"))
-    print(json.dumps({"steps": step, "schedule_steps": total,
+    print(json.dumps({"steps": step, "schedule_steps": total if budget is None else step,
                       "seconds": time.perf_counter() - started}))
 
 

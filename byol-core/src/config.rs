@@ -44,6 +44,12 @@ pub struct TrainConfig {
     /// the step rate; `byol-pretrain --max-steps` sets it; a resumed run keeps its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_steps: Option<u64>,
+    /// Seconds of wall clock the learning-rate and τ schedules span (`byol-pretrain
+    /// --time-limit`): they follow the share of this budget spent training
+    /// ([`crate::time_budget`]), or of `schedule_steps`/all epochs when that share is larger.
+    /// Set by a fresh run's time budget; a resumed run keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_seconds: Option<f64>,
     /// Run the kNN monitor every this many epochs (0: never).
     pub knn_every: usize,
     pub knn_k: usize,
@@ -83,6 +89,7 @@ impl TrainConfig {
             checkpoint_every: 5000,
             max_steps: None,
             schedule_steps: None,
+            schedule_seconds: None,
             knn_every: 10,
             knn_k: 20,
             knn_temperature: 0.07,
@@ -275,6 +282,14 @@ impl TrainConfig {
         }
         if self.schedule_steps == Some(0) {
             return Err(Error::config("schedule_steps", "must be at least 1"));
+        }
+        if let Some(seconds) = self.schedule_seconds {
+            if !(seconds.is_finite() && seconds > 0.0) {
+                return Err(Error::config(
+                    "schedule_seconds",
+                    format!("{seconds} is not a positive number of seconds"),
+                ));
+            }
         }
         if !(self.crop_min_scale > 0.0 && self.crop_min_scale <= 1.0) {
             return Err(Error::config(

@@ -1,116 +1,111 @@
-//! The schedule length of a run bounded by `--time-limit`: the step rate is measured (calibrated)
-//! over the run's first steps, the learning-rate and τ schedules are fitted to the steps that
-//! then fit in the budget, and re-measured windows shorten them when the machine slows down.
-//! Time the run spends off its steps (the kNN monitor, checkpoints) is left out of every rate.
+//! The progress of a run bounded by `--time-limit`: its learning-rate and τ schedules follow the
+//! share of the budget spent training, not a count of steps, so they end (learning rate 0, τ 1)
+//! exactly when the budget does, whatever the machine's speed does meanwhile. No step rate is
+//! measured or predicted: a run that slows down simply takes fewer steps per share of the budget.
+//!
+//! Progress is `trained / (budget − off)`: `trained` the seconds spent in steps, `off` the seconds
+//! of the budget spent elsewhere (start-up, the kNN monitor, checkpoints). Both move together, so
+//! progress rises monotonically and reaches 1 when the wall clock reaches the budget.
+//!
+//! Until 2026-12-03 (session 14) a budget fixed a number of steps instead, from a step rate
+//! measured over the first steps, shortened by refits when the rate fell; on this noisy VM the
+//! refits left up to 21 % of a 30-minute budget unused and each moved the learning rate
+//! (README, "The Fashion-MNIST recipe").
 
 use std::time::{Duration, Instant};
 
-/// Steps over which the step rate of a time-budgeted run is measured at least (after the first,
-/// slower steps that warm caches and fill the loader).
-pub const CALIBRATION_STEPS: std::ops::Range<u64> = 3..23;
-/// Share of the budget the rate is measured over at least: on a VM whose rate swings ±10 %
-/// between 40-step windows, 20 steps misjudged a quick start's five minutes by ~11 % (session
-/// 10, seed 0: calibrated to 573 steps, refitted to 509), which the refits then corrected.
-const CALIBRATION_SHARE: f64 = 0.05;
-/// Share of the measured rate the budget is planned with. A run that proves slower loses its
-/// schedule's last steps to the budget's stop, where the learning rate is nearly 0; one that
-/// plans low leaves budget unused (at 0.93, the quick starts ended 20-41 s before their 300 s).
-const BUDGET_SAFETY: f64 = 0.97;
+/// Checkpoint metadata of a time-indexed run: seconds trained so far (all processes).
+pub const TRAINED_SECONDS_KEY: &str = "byol.trained_seconds";
+/// Checkpoint metadata of a time-indexed run: the training seconds its schedules span.
+pub const PLANNED_SECONDS_KEY: &str = "byol.planned_seconds";
 
-/// The schedule length of a time-budgeted run: the `done` steps plus what `rate` (steps/s)
-/// fits in the `left` seconds with [`BUDGET_SAFETY`] to spare; at least one more step.
-pub fn steps_that_fit(done: u64, rate: f64, left: f64) -> u64 {
-    let more = (left * rate * BUDGET_SAFETY).max(0.0);
-    done + (more as u64).max(1)
-}
-
-/// A calibrated run re-measures its step rate over every tenth of its budget (the kNN monitor
-/// and checkpoints not counted): a machine that slows down (another job starts) would otherwise
-/// stop the run long before its schedules end.
-const REFIT_WINDOW: f64 = 0.1;
-/// Shortfall of the fitted length below which the schedules are left as they are: each refit
-/// moves the learning rate and τ, and rate noise (±10 % over a window here) should not — the
-/// budget's stop costs a slightly slow run only steps at a learning rate near 0.
-const REFIT_TOLERANCE: f64 = 0.1;
-
-/// The new schedule length of a calibrated run that has done `done` of `current` steps and now
-/// runs at `rate` steps/s with `left` seconds of budget: only ever shorter, and only when the
-/// steps that fit fall more than [`REFIT_TOLERANCE`] short of `current` — a run that speeds up
-/// keeps its schedule and ends a little early. Under the earlier rule (93 % planning, 3 %
-/// tolerance) three quick starts shortened two or three times each probed 83.75 % against
-/// 83.85 % for the same steps on a schedule fixed from the start, but ended 20-41 s early
-/// (README, "The Fashion-MNIST recipe").
-pub fn refitted_length(done: u64, rate: f64, left: f64, current: u64, longest: u64) -> Option<u64> {
-    if !rate.is_finite() || rate <= 0.0 {
-        return None;
+/// Progress through a budget: `trained` seconds of steps, after `spent` seconds of the wall-clock
+/// `budget` (`spent ≥ trained`; the rest was spent off the steps). In [0, 1]; 1 once spent.
+pub fn budget_progress(trained: f64, spent: f64, budget: f64) -> f64 {
+    let available = budget - (spent - trained).max(0.0);
+    if available.is_nan() || available <= 0.0 || trained >= available {
+        return 1.0;
     }
-    let fits = steps_that_fit(done, rate, left).min(longest);
-    let shortfall = (current as f64 - fits as f64) / current.max(1) as f64;
-    (shortfall > REFIT_TOLERANCE).then_some(fits)
+    (trained / available).clamp(0.0, 1.0)
 }
 
-/// The schedule length a time-budgeted run follows while its step rate is being calibrated,
-/// after `done` steps of which the last `timed` took `seconds`, with `left` seconds of budget.
-/// Without it those first steps would follow the schedule of all epochs — a warm-up of
-/// thousands of steps, so a learning rate near 0 — and the learning rate would then jump to
-/// the calibrated schedule's: on the quick start's recipe, a 1-minute budget (86 steps) probed
-/// 72.18 % against 80.53 % for the same 86 steps on a fixed schedule (seed 0).
-pub fn provisional_length(done: u64, timed: u64, seconds: f64, left: f64) -> Option<u64> {
-    let rate = timed as f64 / seconds;
-    (timed > 0 && rate.is_finite()).then(|| steps_that_fit(done, rate, left))
-}
-
-/// Whether a calibration that began at step [`CALIBRATION_STEPS`]`.start` has measured enough
-/// at `step`, `measured_for` seconds later: at least the calibration steps and at least
-/// [`CALIBRATION_SHARE`] of the `budget`.
-pub fn calibration_done(step: u64, measured_for: f64, budget: Duration) -> bool {
-    step >= CALIBRATION_STEPS.end && measured_for >= budget.as_secs_f64() * CALIBRATION_SHARE
-}
-
-/// Whether a refit window open for `seconds` of a `budget` is due to be measured.
-pub fn refit_due(seconds: f64, budget: Duration) -> bool {
-    seconds >= budget.as_secs_f64() * REFIT_WINDOW
-}
-
-/// The steps done since a moment, and the time the run paused off its steps since then: the
-/// step rate a calibration or a refit judges the budget by.
+/// The clock of a time-indexed run: the seconds it has trained and the seconds it may train.
 #[derive(Debug, Clone, Copy)]
-pub struct RateWindow {
-    since: Instant,
-    from: u64,
+pub struct BudgetClock {
+    /// Seconds trained by the processes before this one (a resumed run).
+    trained_before: f64,
+    /// When this process started stepping.
+    stepping_since: Instant,
+    /// Time this process spent off its steps since `stepping_since`.
     paused: Duration,
+    plan: Plan,
 }
 
-impl RateWindow {
-    /// A window opening now, at `step`.
-    pub fn open(step: u64) -> Self {
-        Self::opened_at(Instant::now(), step)
-    }
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    /// A fresh run: the budget counts from `started` (before start-up), and whatever is spent
+    /// off the steps is taken from it.
+    Budget { started: Instant, budget: Duration },
+    /// A resumed run: the training seconds its first process planned when it last saved. The
+    /// interruption broke that process's budget; the schedules keep their length in seconds.
+    Fixed(f64),
+}
 
-    /// A window that opened at `since`, at `step`.
-    pub fn opened_at(since: Instant, step: u64) -> Self {
+impl BudgetClock {
+    /// A fresh run with `budget` counted from `started`, stepping from `stepping_since`.
+    pub fn fresh(started: Instant, stepping_since: Instant, budget: Duration) -> Self {
         Self {
-            since,
-            from: step,
+            trained_before: 0.0,
+            stepping_since,
             paused: Duration::ZERO,
+            plan: Plan::Budget { started, budget },
         }
     }
 
-    /// Time spent off the steps (monitor, checkpoint) while the window was open.
+    /// A resumed run that had trained `trained` of `planned` seconds, stepping from now.
+    pub fn resumed(trained: f64, planned: f64) -> Self {
+        Self {
+            trained_before: trained,
+            stepping_since: Instant::now(),
+            paused: Duration::ZERO,
+            plan: Plan::Fixed(planned),
+        }
+    }
+
+    /// Time spent off the steps (monitor, checkpoint): not training.
     pub fn pause(&mut self, off_steps: Duration) {
         self.paused += off_steps;
     }
 
-    /// Wall-clock seconds since the window opened, pauses included.
-    pub fn seconds(&self) -> f64 {
-        self.since.elapsed().as_secs_f64()
+    /// Seconds trained so far, all processes.
+    pub fn trained_seconds(&self) -> f64 {
+        let stepping = self.stepping_since.elapsed().saturating_sub(self.paused);
+        self.trained_before + stepping.as_secs_f64()
     }
 
-    /// Steps per second of stepping from the window's opening to `step`: pauses left out. Not
-    /// finite or not positive when nothing was measured (the callers check).
-    pub fn rate(&self, step: u64) -> f64 {
-        let stepping = self.seconds() - self.paused.as_secs_f64();
-        step.saturating_sub(self.from) as f64 / stepping
+    /// The training seconds the schedules span, as the budget stands now.
+    pub fn planned_seconds(&self) -> f64 {
+        let trained = self.trained_seconds();
+        match self.plan {
+            Plan::Budget { started, budget } => {
+                let off = (started.elapsed().as_secs_f64() - trained).max(0.0);
+                (budget.as_secs_f64() - off).max(0.0)
+            }
+            Plan::Fixed(planned) => planned,
+        }
+    }
+
+    /// Progress through the schedules, in [0, 1].
+    pub fn progress(&self) -> f64 {
+        let trained = self.trained_seconds();
+        match self.plan {
+            Plan::Budget { started, budget } => budget_progress(
+                trained,
+                started.elapsed().as_secs_f64(),
+                budget.as_secs_f64(),
+            ),
+            Plan::Fixed(planned) => budget_progress(trained, trained, planned),
+        }
     }
 }
 
@@ -119,37 +114,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_rate_leaves_out_the_time_paused() {
-        // 40 steps in 10 s of which 6 s were the monitor and a checkpoint: 10 steps/s, not 4.
-        let since = Instant::now() - Duration::from_secs(10);
-        let mut window = RateWindow::opened_at(since, 60);
-        window.pause(Duration::from_secs(4));
-        window.pause(Duration::from_secs(2));
-        let rate = window.rate(100);
-        assert!((rate - 10.0).abs() < 0.1, "{rate}");
-        let unpaused = RateWindow::opened_at(since, 60).rate(100);
-        assert!((unpaused - 4.0).abs() < 0.1, "{unpaused}");
+    fn progress_leaves_out_the_time_spent_off_the_steps() {
+        // 100 s of a 300 s budget spent, 80 of them training: 80 of the 280 s left to train.
+        assert!((budget_progress(80.0, 100.0, 300.0) - 80.0 / 280.0).abs() < 1e-12);
+        // Without time off the steps, the share of the budget.
+        assert!((budget_progress(150.0, 150.0, 300.0) - 0.5).abs() < 1e-12);
+        // The budget spent: 1, however much of it went to the monitor.
+        assert_eq!(budget_progress(200.0, 300.0, 300.0), 1.0);
+        assert_eq!(budget_progress(10.0, 400.0, 300.0), 1.0);
+        assert_eq!(budget_progress(0.0, 0.0, 0.0), 1.0);
+        assert_eq!(budget_progress(0.0, 0.0, 300.0), 0.0);
     }
 
     #[test]
-    fn calibration_measures_at_least_its_steps_and_its_share_of_the_budget() {
-        let five_minutes = Duration::from_secs(300);
-        // 5 % of 300 s is 15 s: 20 steps in 10 s are not enough, 20 in 15 s are.
-        assert!(!calibration_done(CALIBRATION_STEPS.end, 10.0, five_minutes));
-        assert!(calibration_done(CALIBRATION_STEPS.end, 15.0, five_minutes));
-        // However long it took, fewer than the calibration steps are not enough.
-        assert!(!calibration_done(
-            CALIBRATION_STEPS.end - 1,
-            100.0,
-            five_minutes
-        ));
-        // A one-minute budget needs 3 s.
-        assert!(calibration_done(40, 3.0, Duration::from_secs(60)));
+    fn progress_never_goes_back_when_time_is_spent_off_the_steps() {
+        // A minute of monitoring at 40 % of the budget: progress holds, then goes on rising.
+        let before = budget_progress(120.0, 120.0, 300.0);
+        let monitored = budget_progress(120.0, 180.0, 300.0);
+        let after = budget_progress(150.0, 210.0, 300.0);
+        assert!(
+            before <= monitored && monitored < after,
+            "{before} {monitored} {after}"
+        );
     }
 
     #[test]
-    fn refits_measure_over_a_tenth_of_the_budget() {
-        assert!(!refit_due(29.9, Duration::from_secs(300)));
-        assert!(refit_due(30.0, Duration::from_secs(300)));
+    fn a_clock_counts_pauses_and_start_up_off_the_training_seconds() {
+        let now = Instant::now();
+        // Started 12 s ago, stepping for 10 s, 4 of them paused: 6 s trained, 6 s off.
+        let mut clock = BudgetClock::fresh(
+            now - Duration::from_secs(12),
+            now - Duration::from_secs(10),
+            Duration::from_secs(60),
+        );
+        clock.pause(Duration::from_secs(4));
+        assert!((clock.trained_seconds() - 6.0).abs() < 0.1);
+        assert!((clock.planned_seconds() - 54.0).abs() < 0.1);
+        assert!((clock.progress() - 6.0 / 54.0).abs() < 0.01);
+        // A resumed run keeps the planned seconds it saved.
+        let resumed = BudgetClock::resumed(30.0, 54.0);
+        assert!((resumed.planned_seconds() - 54.0).abs() < 1e-12);
+        assert!((resumed.progress() - 30.0 / 54.0).abs() < 0.01);
+        assert_eq!(BudgetClock::resumed(60.0, 54.0).progress(), 1.0);
     }
 }

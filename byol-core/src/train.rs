@@ -3,7 +3,8 @@
 //!
 //! Resuming is exact because nothing depends on history except what the training state holds:
 //! the data order is a function of (seed, epoch), each view of (seed, epoch, index), and the
-//! learning rate and τ of the step number.
+//! learning rate and τ of the step number (or, under a time budget, of the seconds trained,
+//! which the state stores).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 
-use crate::byol::{tau_schedule, Byol};
+use crate::byol::{tau_at, tau_schedule, Byol};
 use crate::checkpoint::{load_training_state, save_training_state, TrainingState};
 use crate::config::TrainConfig;
 use crate::data::loader::{Loader, LoaderConfig, Transform};
@@ -22,10 +23,7 @@ use crate::distributed::DataParallel;
 use crate::metrics_log::{read_metrics, MetricsLog, StepLog, METRICS_FILE};
 use crate::optim::{Lars, LarsConfig, LrSchedule};
 use crate::plot::plot_training_curves;
-use crate::time_budget::{
-    calibration_done, provisional_length, refit_due, refitted_length, steps_that_fit, RateWindow,
-    CALIBRATION_STEPS,
-};
+use crate::time_budget::{BudgetClock, PLANNED_SECONDS_KEY, TRAINED_SECONDS_KEY};
 use crate::weights::save_encoder;
 use crate::{Error, Result};
 
@@ -75,7 +73,7 @@ pub struct RunSummary {
     /// True when a stop request (SIGINT) ended the run early.
     pub interrupted: bool,
     pub encoder_path: PathBuf,
-    /// The configuration the run ended with (`schedule_steps` fixed by a time budget included).
+    /// The configuration the run ended with (`schedule_seconds` set by a time budget included).
     pub config: TrainConfig,
 }
 
@@ -138,10 +136,9 @@ pub struct RunControl<'a> {
     /// Polled between steps: when set (by a SIGINT handler), the loop saves a checkpoint and
     /// returns with `interrupted`.
     pub stop: &'a AtomicBool,
-    /// Wall-clock budget: a fresh run whose config fixes no `schedule_steps` measures its step
-    /// rate over the first steps and shortens the schedules to the steps that fit, so the
-    /// learning rate and τ reach their final values before the budget ends; any run stops (a
-    /// finished run, not an interrupted one) once the budget is spent.
+    /// Wall-clock budget: a fresh run's learning-rate and τ schedules follow the share of it
+    /// spent training ([`crate::time_budget`]), so they reach their final values as the budget
+    /// ends; any run stops (a finished run, not an interrupted one) once the budget is spent.
     pub time_budget: Option<Duration>,
     /// A resume may change recipe settings (learning rate, batch size, seed, ...) against the
     /// ones its state was trained with; otherwise that is an error listing them.
@@ -155,18 +152,10 @@ pub struct RunControl<'a> {
 /// shares): all epochs, or `schedule_steps` when fewer, with the warm-up shrunk in proportion so
 /// a shortened run warms up for the same share of its length.
 pub fn lr_schedule(config: &TrainConfig, steps_per_epoch: u64, epoch_steps: u64) -> LrSchedule {
-    let total = config.schedule_steps.unwrap_or(epoch_steps);
-    lr_schedule_over(config, steps_per_epoch, epoch_steps, total)
-}
-
-/// [`lr_schedule`] over `total` steps (at most `epoch_steps`), whatever `schedule_steps` says.
-fn lr_schedule_over(
-    config: &TrainConfig,
-    steps_per_epoch: u64,
-    epoch_steps: u64,
-    total: u64,
-) -> LrSchedule {
-    let total = total.min(epoch_steps);
+    let total = config
+        .schedule_steps
+        .unwrap_or(epoch_steps)
+        .min(epoch_steps);
     let share = total as f64 / epoch_steps.max(1) as f64;
     let warmup = (config.warmup_epochs * steps_per_epoch as f64 * share).round() as u64;
     LrSchedule::new(config.base_lr, config.batch_size, warmup, total)
@@ -245,9 +234,40 @@ fn resumed_config(
         )),
         (_, kept) => {
             config.schedule_steps = kept;
+            // A time-indexed run's schedules span the seconds it started with.
+            config.schedule_seconds = stored.schedule_seconds;
             Ok(())
         }
     }
+}
+
+/// The clock a resumed time-indexed state continues with (its config has `schedule_seconds`):
+/// the seconds it trained and the seconds its schedules span, from its metadata.
+fn resumed_clock(
+    config: &TrainConfig,
+    path: &Path,
+    state: &TrainingState,
+) -> Result<Option<BudgetClock>> {
+    if config.schedule_seconds.is_none() {
+        return Ok(None);
+    }
+    let seconds = |key: &str| {
+        let value = state
+            .metadata
+            .get(key)
+            .ok_or_else(|| Error::format(path, format!("a time-budgeted state without {key}")))?;
+        match value.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+            _ => Err(Error::format(
+                path,
+                format!("{key} `{value}` is not a number of seconds"),
+            )),
+        }
+    };
+    Ok(Some(BudgetClock::resumed(
+        seconds(TRAINED_SECONDS_KEY)?,
+        seconds(PLANNED_SECONDS_KEY)?,
+    )))
 }
 
 /// The newest training state of `dir` that reads back; unreadable newer ones (a truncated
@@ -332,7 +352,7 @@ pub fn pretrain(
     }
     let (steps_per_epoch, epoch_steps) = step_counts(&config, data.dataset.len())?;
 
-    let (mut model, mut optimizer, mut step) = if resume {
+    let (mut model, mut optimizer, mut step, resumed) = if resume {
         let Some((path, state)) = newest_readable_state(out_dir, device, observer)? else {
             return Err(Error::config(
                 "resume",
@@ -351,7 +371,8 @@ pub fn pretrain(
             state.metadata.get(TRAIN_CONFIG_KEY),
             allow_config_change,
         )?;
-        (state.model, state.optimizer, state.step)
+        let clock = resumed_clock(&config, &path, &state)?;
+        (state.model, state.optimizer, state.step, clock)
     } else {
         // A fresh run must not mix its checkpoints with an older run's: pruning keeps the
         // highest steps, and a later resume would pick the old run's state.
@@ -380,33 +401,19 @@ pub fn pretrain(
             eta: config.eta,
             weight_decay: config.weight_decay,
         });
-        (model, optimizer, 0)
+        // A budget indexes the schedules by time (whichever of it and the steps is further).
+        config.schedule_seconds = time_budget.map(|b| b.as_secs_f64());
+        (model, optimizer, 0, None)
     };
     model.set_data_parallel(parallel.clone());
     // Every check has passed: the run's configuration may now replace an older one.
     if writer {
         write_config(out_dir, &config)?;
     }
-    let mut schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
-    let end_of = |schedule: &LrSchedule, config: &TrainConfig| {
-        config
-            .max_steps
-            .map_or(schedule.total_steps, |m| m.min(schedule.total_steps))
-    };
-    let mut end_step = end_of(&schedule, &config);
-    // Only a fresh run is calibrated: a resumed one keeps the schedule its state was saved with.
-    let mut calibration = match time_budget {
-        Some(budget) if step == 0 && config.schedule_steps.is_none() => Some(budget),
-        _ => None,
-    };
-    // During calibration: when the step after the first began (the first step is slow: caches,
-    // the loader), to time the provisional schedules the calibration steps follow.
-    let mut after_first_step: Option<Instant> = None;
-    // After calibration: the budget whose rate is re-measured.
-    let mut refit_budget: Option<Duration> = None;
-    // The step rate being measured: the calibration's from its first timed step, then each
-    // refit's.
-    let mut rate_window: Option<RateWindow> = None;
+    let schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
+    let end_step = config
+        .max_steps
+        .map_or(schedule.total_steps, |m| m.min(schedule.total_steps));
     let mut log = match writer {
         true => Some(MetricsLog::open(&out_dir.join(METRICS_FILE), step)?),
         false => None,
@@ -440,54 +447,45 @@ pub fn pretrain(
     let save = |model: &Byol,
                 optimizer: &Lars,
                 step: u64,
-                config: &TrainConfig,
+                clock: Option<&BudgetClock>,
                 observer: &mut dyn Observer| {
         if writer {
-            let path = save_checkpoint(out_dir, model, optimizer, step, config)?;
+            let path = save_checkpoint(out_dir, model, optimizer, step, &config, clock)?;
             observer.on_checkpoint(&path);
         }
         Ok::<_, Error>(())
     };
-    // A schedule length found by rank 0's clock, applied by every rank at the next step.
-    let mut pending_refit: Option<(u64, f64)> = None;
-    // A provisional schedule length (calibration), applied the same way but not recorded.
-    let mut pending_provisional: Option<u64> = None;
-
-    let started_first_step = Instant::now();
+    // Rank 0's clock decides every rank's progress through a time-indexed run's schedules.
+    let mut clock = match (resumed, config.schedule_seconds) {
+        (Some(clock), _) => Some(clock),
+        (None, Some(seconds)) => Some(BudgetClock::fresh(
+            started,
+            Instant::now(),
+            Duration::from_secs_f64(seconds),
+        )),
+        (None, None) => None,
+    };
+    if let Some(seconds) = config.schedule_seconds {
+        tracing::info!(
+            "the learning rate and τ follow the time budget: they end after {:.0} s of training",
+            clock.as_ref().map_or(seconds, BudgetClock::planned_seconds)
+        );
+    }
     'epochs: while step < end_step {
         let epoch = (step / steps_per_epoch) as usize;
         let first = (step % steps_per_epoch) as usize;
         let mut batches = loader.epoch_from(epoch, first)?;
         let mut tick = Instant::now();
         loop {
-            // What ends or reshapes the run is decided together: a stop request on any rank,
-            // and rank 0's clock (budget spent, a new schedule length).
+            // What ends the run, and where it stands in its schedules, is decided together: a
+            // stop request on any rank, rank 0's clock for the rest.
             let mut control = RunDecision {
                 stop: stop.load(Ordering::Relaxed),
-                // The budget ends the run like its last step (slower steps after calibration
-                // can leave a few of the schedule's last steps, whose learning rate is nearly 0).
                 budget_spent: time_budget.is_some_and(|b| started.elapsed() >= b),
-                refit: pending_refit.take(),
-                provisional: pending_provisional.take(),
+                progress: clock.as_ref().map_or(0.0, BudgetClock::progress),
             };
             if world > 1 {
                 control = control.agreed(parallel)?;
-            }
-            if let Some((fits, rate)) = control.refit {
-                config.schedule_steps = Some(fits);
-                if writer {
-                    write_config(out_dir, &config)?;
-                }
-                schedule = lr_schedule(&config, steps_per_epoch, epoch_steps);
-                end_step = end_of(&schedule, &config);
-                observer.on_start(step, end_step);
-                tracing::info!(
-                    "{rate:.2} steps/s: the schedules span {} steps to fit the time budget",
-                    schedule.total_steps
-                );
-            }
-            if let Some(length) = control.provisional {
-                schedule = lr_schedule_over(&config, steps_per_epoch, epoch_steps, length);
             }
             if step >= end_step {
                 break 'epochs;
@@ -496,7 +494,8 @@ pub fn pretrain(
                 interrupted = true;
                 break 'epochs;
             }
-            if control.budget_spent {
+            // A spent budget ends the run like its last step.
+            if control.budget_spent || (clock.is_some() && control.progress >= 1.0) {
                 break 'epochs;
             }
             let Some(batch) = batches.next() else { break };
@@ -509,8 +508,18 @@ pub fn pretrain(
             );
             let v1 = Tensor::from_slice(&batch.view(0)[..batch.len() * view_len], shape, device)?;
             let v2 = Tensor::from_slice(&batch.view(1)[..batch.len() * view_len], shape, device)?;
-            let lr = schedule.lr(step);
-            let tau = tau_schedule(config.tau_base, step, schedule.total_steps);
+            let (lr, tau) = match clock {
+                // Whichever of the budget and the steps is further along.
+                Some(_) => {
+                    let steps = step as f64 / schedule.total_steps.max(1) as f64;
+                    let progress = control.progress.max(steps);
+                    (schedule.lr_at(progress), tau_at(config.tau_base, progress))
+                }
+                None => (
+                    schedule.lr(step),
+                    tau_schedule(config.tau_base, step, schedule.total_steps),
+                ),
+            };
             let out = model
                 .train_step(&v1, &v2, &mut optimizer, lr, tau, &lr_scale)
                 .map_err(|e| match e {
@@ -522,52 +531,10 @@ pub fn pretrain(
                 })?;
             step += 1;
             last_loss = Some(out.loss);
-            let current_length = schedule.total_steps;
-            // A new schedule length (recorded in the config and every later checkpoint) takes
-            // effect before the next step, on every rank at once.
-            let mut refit = |fits: u64, rate: f64| {
-                if writer {
-                    pending_refit = Some((fits, rate));
-                }
-            };
-            if let Some(budget) = calibration {
-                let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
-                if step == CALIBRATION_STEPS.start {
-                    rate_window = Some(RateWindow::open(step));
-                }
-                let measured = rate_window.filter(|w| calibration_done(step, w.seconds(), budget));
-                if let Some(window) = measured {
-                    let rate = window.rate(step);
-                    let fits = steps_that_fit(step, rate, left);
-                    if rate.is_finite() && rate > 0.0 && fits < epoch_steps {
-                        refit(fits, rate);
-                        refit_budget = Some(budget);
-                        rate_window = Some(RateWindow::open(step));
-                    } else if writer {
-                        // All epochs fit: back from the provisional schedule to theirs.
-                        pending_provisional = Some(epoch_steps);
-                    }
-                    calibration = None;
-                } else if writer {
-                    // Until then, the schedule the steps so far predict (the first one untimed
-                    // once others are), so the warm-up climbs as the calibrated one will.
-                    let (timed, seconds) = match after_first_step {
-                        Some(t) => (step - 1, t.elapsed().as_secs_f64()),
-                        None => (step, started_first_step.elapsed().as_secs_f64()),
-                    };
-                    pending_provisional = provisional_length(step, timed, seconds, left);
-                    after_first_step.get_or_insert_with(Instant::now);
-                }
-            } else if let (Some(budget), Some(window)) = (refit_budget, rate_window) {
-                if refit_due(window.seconds(), budget) {
-                    let rate = window.rate(step);
-                    let left = budget.saturating_sub(started.elapsed()).as_secs_f64();
-                    let refitted = refitted_length(step, rate, left, current_length, epoch_steps);
-                    if let Some(fits) = refitted {
-                        refit(fits, rate);
-                    }
-                    rate_window = Some(RateWindow::open(step));
-                }
+            // The bar's length: the steps the budget's pace so far leads to.
+            if step.is_multiple_of(25) && control.progress > 0.01 {
+                let expected = (step as f64 / control.progress) as u64;
+                observer.on_start(step, expected.clamp(step, end_step));
             }
             let elapsed = tick.elapsed().as_secs_f64();
             tick = Instant::now();
@@ -597,8 +564,8 @@ pub fn pretrain(
                 {
                     let monitoring = Instant::now();
                     entry.knn_top1 = Some(m(&model)?);
-                    if let Some(w) = rate_window.as_mut() {
-                        w.pause(monitoring.elapsed());
+                    if let Some(c) = clock.as_mut() {
+                        c.pause(monitoring.elapsed());
                     }
                 }
             }
@@ -609,14 +576,14 @@ pub fn pretrain(
             if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && step < end_step
             {
                 let saving = Instant::now();
-                save(&model, &optimizer, step, &config, observer)?;
-                if let Some(w) = rate_window.as_mut() {
-                    w.pause(saving.elapsed());
+                save(&model, &optimizer, step, clock.as_ref(), observer)?;
+                if let Some(c) = clock.as_mut() {
+                    c.pause(saving.elapsed());
                 }
             }
         }
     }
-    save(&model, &optimizer, step, &config, observer)?;
+    save(&model, &optimizer, step, clock.as_ref(), observer)?;
     drop(log);
     // The plot is a convenience: failing to draw it must not fail a finished run.
     if writer {
@@ -628,7 +595,11 @@ pub fn pretrain(
     }
     Ok(RunSummary {
         steps_done: step,
-        total_steps: schedule.total_steps,
+        // A time-indexed run's length is what the budget gave it.
+        total_steps: match clock {
+            Some(_) if !interrupted => step,
+            _ => end_step,
+        },
         config,
         last_loss,
         interrupted,
@@ -643,10 +614,8 @@ struct RunDecision {
     stop: bool,
     /// The time budget is spent.
     budget_spent: bool,
-    /// A new schedule length and the step rate it was fitted to.
-    refit: Option<(u64, f64)>,
-    /// A schedule length to follow until the rate is calibrated (not recorded in the config).
-    provisional: Option<u64>,
+    /// Progress through a time-indexed run's schedules (0 when they follow the steps).
+    progress: f64,
 }
 
 impl RunDecision {
@@ -655,20 +624,16 @@ impl RunDecision {
     fn agreed(self, parallel: &DataParallel) -> Result<Self> {
         let rank0 = parallel.is_writer();
         let mine = |v: f64| if rank0 { v } else { 0.0 };
-        let (fits, rate) = self.refit.unwrap_or((0, 0.0));
         let mut v = [
             f64::from(u8::from(self.stop)),
             mine(f64::from(u8::from(self.budget_spent))),
-            mine(fits as f64),
-            mine(rate),
-            mine(self.provisional.unwrap_or(0) as f64),
+            mine(self.progress),
         ];
         parallel.collective.all_reduce_f64(&mut v)?;
         Ok(Self {
             stop: v[0] > 0.0,
             budget_spent: v[1] > 0.0,
-            refit: (v[2] > 0.0).then_some((v[2] as u64, v[3])),
-            provisional: (v[4] > 0.0).then_some(v[4] as u64),
+            progress: v[2],
         })
     }
 }
@@ -803,6 +768,7 @@ fn save_checkpoint(
     optimizer: &Lars,
     step: u64,
     config: &TrainConfig,
+    clock: Option<&BudgetClock>,
 ) -> Result<PathBuf> {
     if let Some(name) = non_finite_tensor(model, optimizer)? {
         return Err(Error::Diverged(format!(
@@ -812,6 +778,11 @@ fn save_checkpoint(
     }
     let mut meta = BTreeMap::new();
     meta.insert(TRAIN_CONFIG_KEY.to_string(), config.to_toml()?);
+    if let Some(clock) = clock {
+        let seconds = |s: f64| format!("{s:.3}");
+        meta.insert(TRAINED_SECONDS_KEY.into(), seconds(clock.trained_seconds()));
+        meta.insert(PLANNED_SECONDS_KEY.into(), seconds(clock.planned_seconds()));
+    }
     let path = out_dir.join(format!("{STATE_PREFIX}{step:09}.safetensors"));
     save_training_state(&path, model, optimizer, step, meta)?;
     let mut enc_meta = BTreeMap::new();

@@ -150,9 +150,9 @@ struct Args {
     /// kNN monitor: held-out queries (first N of test).
     #[arg(long, default_value_t = 1000)]
     knn_queries: usize,
-    /// Train for this many minutes: the step rate is measured over the first steps and the
-    /// schedules shortened to what fits; the run stops cleanly (checkpoint + encoder, as on
-    /// SIGINT) at the limit in any case.
+    /// Train for this many minutes: the learning rate and τ follow the share of the budget spent
+    /// training (the kNN monitor and checkpoints left out) and end with it; the run stops
+    /// cleanly (checkpoint + encoder) at the limit. A resumed run keeps its schedules' seconds.
     #[arg(long)]
     time_limit: Option<f64>,
     /// Run the kNN monitor every N epochs (0: never).

@@ -45,10 +45,10 @@ fn train_ranks(
     resume: bool,
 ) {
     let backend = byol_kernels::backend();
-    train_ranks_on(backend, config, out, world, sync_batch_norm, resume)
+    train_ranks_on(backend, config, out, world, sync_batch_norm, resume, None)
 }
 
-/// [`train_ranks`] with every rank on the kernels `backend`.
+/// [`train_ranks`] with every rank on the kernels `backend`, within `time_budget` if any.
 fn train_ranks_on(
     backend: Backend,
     config: &TrainConfig,
@@ -56,6 +56,7 @@ fn train_ranks_on(
     world: usize,
     sync_batch_norm: bool,
     resume: bool,
+    time_budget: Option<std::time::Duration>,
 ) {
     let ranks = thread_group(world);
     std::thread::scope(|scope| {
@@ -71,7 +72,10 @@ fn train_ranks_on(
                     let mut data = data();
                     data.dataset = crate::pretrain_resume::stripes(24);
                     with_backend(backend, || {
-                        let run = control(out, resume, &stop, &parallel);
+                        let run = RunControl {
+                            time_budget,
+                            ..control(out, resume, &stop, &parallel)
+                        };
                         pretrain(config, &data, &run, None, &mut Silent).expect("a rank trains")
                     })
                 })
@@ -124,6 +128,24 @@ fn two_ranks_with_synchronised_batch_norm_train_as_one_process() {
 }
 
 #[test]
+fn ranks_follow_rank_zeros_clock_through_a_time_budget() {
+    // Each rank's clock differs a little; rank 0's decides every step's learning rate and the
+    // last step for all (a rank that stopped apart would leave the others waiting forever).
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        epochs: 100_000,
+        ..recipe()
+    };
+    let budget = std::time::Duration::from_secs(3);
+    let backend = byol_kernels::backend();
+    train_ranks_on(backend, &config, dir.path(), 2, true, false, Some(budget));
+    let logs = byol_core::metrics_log::read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    assert!(logs.len() > 5, "{} steps in 3 s", logs.len());
+    let peak = logs.iter().map(|l| l.lr).fold(0.0, f64::max);
+    assert!(logs.last().unwrap().lr < 0.1 * peak, "{:?}", logs.last());
+}
+
+#[test]
 fn without_synchronised_batch_norm_the_ranks_normalise_apart() {
     let dir = tempfile::tempdir().unwrap();
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
@@ -166,8 +188,8 @@ fn the_stock_path_synchronises_batch_norm_too() {
         max_steps: Some(3),
         ..recipe()
     };
-    train_ranks_on(Backend::Stock, &short, &one, 1, true, false);
-    train_ranks_on(Backend::Stock, &short, &two, 2, true, false);
+    train_ranks_on(Backend::Stock, &short, &one, 1, true, false, None);
+    train_ranks_on(Backend::Stock, &short, &two, 2, true, false, None);
     let (loss, state) = (loss_difference(&one, &two), state_difference(&one, &two));
     assert!(loss < 1e-5, "loss differs by {loss:e}");
     // Stock candle sums the batch in f32 (the fused kernels in f64): the BatchNorm shifts,

@@ -378,29 +378,7 @@ fn a_shortened_schedule_ends_the_run_and_shrinks_the_warm_up() {
 }
 
 #[test]
-fn a_calibrated_run_shortens_its_schedules_when_the_machine_slows_down() {
-    use byol_core::time_budget::refitted_length;
-    // 300 steps planned; at step 100 the machine runs 1 step/s with 100 s left: 97 more fit.
-    assert_eq!(refitted_length(100, 1.0, 100.0, 300, 10_000), Some(197));
-    // Twice as fast: 194 more would fit, but the schedule is never lengthened.
-    assert_eq!(refitted_length(100, 2.0, 100.0, 197, 10_000), None);
-    // Within 10 % short of the plan: left as it is (rate noise must not move the learning
-    // rate; the budget's stop takes only the schedule's last steps).
-    assert_eq!(refitted_length(100, 1.0, 100.0, 218, 10_000), None);
-    assert_eq!(refitted_length(100, 1.0, 100.0, 220, 10_000), Some(197));
-    // Never past all epochs, never from a meaningless rate.
-    assert_eq!(refitted_length(100, 1.0, 1000.0, 5000, 1000), Some(1000));
-    assert_eq!(refitted_length(100, f64::NAN, 100.0, 300, 1000), None);
-    assert_eq!(refitted_length(100, 0.0, 100.0, 300, 1000), None);
-}
-
-#[test]
-fn a_time_budget_fits_the_schedules_and_ends_the_run_without_interrupting_it() {
-    use byol_core::time_budget::steps_that_fit;
-    // 10 steps/s with 60 s left, 3 % kept in reserve: 582 more steps.
-    assert_eq!(steps_that_fit(23, 10.0, 60.0), 23 + 582);
-    assert_eq!(steps_that_fit(23, 10.0, 0.0), 24);
-
+fn a_time_budget_ends_the_run_without_interrupting_it() {
     let mut c = config();
     c.epochs = 20; // 80 steps
     c.checkpoint_every = 0;
@@ -415,28 +393,28 @@ fn a_time_budget_fits_the_schedules_and_ends_the_run_without_interrupting_it() {
     assert!(!summary.interrupted);
     assert!(summary.steps_done < 80);
     assert!(latest_state(dir.path()).unwrap().is_some());
-    // A generous budget leaves the epochs' schedule alone.
+    // Resuming it trains nothing more: its schedules' seconds are spent.
+    let resumed = train(&c, dir.path(), true, &stop).unwrap();
+    assert_eq!(resumed.steps_done, summary.steps_done);
+    // A generous budget: the epochs end first, and their steps lead the schedules to 0.
     let dir = tempfile::tempdir().unwrap();
     let control = RunControl {
         time_budget: Some(std::time::Duration::from_secs(3600)),
         ..run(dir.path(), false, &stop)
     };
     let summary = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
-    assert_eq!(summary.config.schedule_steps, None);
+    assert_eq!(summary.config.schedule_seconds, Some(3600.0));
     assert_eq!(summary.steps_done, 80);
+    let logs = read_metrics(&dir.path().join(METRICS_FILE)).unwrap();
+    let peak = logs.iter().map(|l| l.lr).fold(0.0, f64::max);
+    assert!(logs.last().unwrap().lr < 0.01 * peak, "{:?}", logs.last());
 }
 
 #[test]
-fn a_calibrating_run_warms_up_on_the_schedule_the_budget_will_fit() {
-    use byol_core::time_budget::provisional_length;
-    // 2 steps/s with 60 s left, 3 % kept in reserve: 116 more steps.
-    assert_eq!(provisional_length(5, 4, 2.0, 60.0), Some(5 + 116));
-    assert_eq!(provisional_length(5, 0, 0.0, 60.0), None);
-    assert_eq!(provisional_length(5, 4, 0.0, 60.0), None);
-
-    // Epochs far beyond the budget, warming up for a quarter of the run: while the rate is
-    // calibrated (steps 0-22 at least), the learning rate climbs the fitted schedule's warm-up,
-    // not the warm-up of all epochs (which would leave it near 0 and then jump at step 23).
+fn a_time_budget_drives_the_schedules_to_their_end_as_it_runs_out() {
+    // Epochs far beyond the budget, warming up for a quarter of the run: the learning rate
+    // climbs for about a quarter of the 4 s, then decays to about 0 as the budget ends, and τ
+    // rises to about 1 — whatever the steps' pace.
     let mut c = config();
     c.epochs = 100_000;
     c.warmup_epochs = 25_000.0;
@@ -444,27 +422,83 @@ fn a_calibrating_run_warms_up_on_the_schedule_the_budget_will_fit() {
     let stop = AtomicBool::new(false);
     let dir = tempfile::tempdir().unwrap();
     let control = RunControl {
-        time_budget: Some(std::time::Duration::from_secs(6)),
+        time_budget: Some(std::time::Duration::from_secs(4)),
         ..run(dir.path(), false, &stop)
     };
     let summary = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
-    let fitted = summary.config.schedule_steps.expect("a fitted schedule");
+    assert!(!summary.interrupted);
     assert!(
-        summary.steps_done > 30,
-        "only {} steps in 6 s",
+        summary.steps_done > 20,
+        "only {} steps in 4 s",
         summary.steps_done
     );
-    let logs = byol_core::metrics_log::read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
-    let lr = |step: u64| logs.iter().find(|l| l.step == step).unwrap().lr;
-    let full_warmup_lr = 0.5 * 4.0 / 256.0 * 22.0 / 100_000.0;
-    assert!(lr(23) > 100.0 * full_warmup_lr, "step 22: {}", lr(23));
-    // The provisional and the calibrated schedules agree within the rate's noise.
-    let ratio = lr(23) / lr(25);
+    assert_eq!(summary.total_steps, summary.steps_done);
+    let logs = read_metrics(&dir.path().join(METRICS_FILE)).unwrap();
+    let lrs: Vec<f64> = logs.iter().map(|l| l.lr).collect();
+    let peak_at = (0..lrs.len())
+        .max_by(|&a, &b| lrs[a].total_cmp(&lrs[b]))
+        .unwrap();
+    let peak_lr = 0.5 * 4.0 / 256.0;
+    assert!(lrs[peak_at] > 0.8 * peak_lr, "peak {}", lrs[peak_at]);
+    let share = peak_at as f64 / lrs.len() as f64;
     assert!(
-        (0.4..=1.6).contains(&ratio),
-        "lr {} then {} (fitted {fitted})",
-        lr(23),
-        lr(25)
+        (0.1..0.45).contains(&share),
+        "peak at step {peak_at} of {}",
+        lrs.len()
+    );
+    // Up to the peak it rises, after it falls: the schedules never jump back.
+    assert!(lrs[..=peak_at].windows(2).all(|w| w[0] <= w[1]), "{lrs:?}");
+    assert!(lrs[peak_at..].windows(2).all(|w| w[0] >= w[1]), "{lrs:?}");
+    let last = logs.last().unwrap();
+    assert!(last.lr < 0.1 * peak_lr, "last lr {}", last.lr);
+    assert!(last.tau > 0.99 + 0.009 * 0.9, "last τ {}", last.tau);
+}
+
+#[test]
+fn a_time_budgeted_run_resumes_on_the_seconds_it_trained() {
+    let mut c = config();
+    c.epochs = 20; // 80 steps
+    c.checkpoint_every = 0;
+    c.max_steps = Some(5);
+    let stop = AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let control = RunControl {
+        time_budget: Some(std::time::Duration::from_secs(3600)),
+        ..run(dir.path(), false, &stop)
+    };
+    let first = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
+    assert_eq!(first.steps_done, 5);
+    let state = byol_core::checkpoint::load_training_state(
+        &latest_state(dir.path()).unwrap().unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let seconds = |key: &str| state.metadata[key].parse::<f64>().unwrap();
+    let trained = seconds(byol_core::time_budget::TRAINED_SECONDS_KEY);
+    let planned = seconds(byol_core::time_budget::PLANNED_SECONDS_KEY);
+    assert!(trained > 0.0 && trained < 600.0, "trained {trained}");
+    assert!(planned > 3000.0 && planned <= 3600.0, "planned {planned}");
+    // Resumed without a budget, the run keeps its schedules' seconds and the steps lead.
+    c.max_steps = None;
+    let resumed = train(&c, dir.path(), true, &stop).unwrap();
+    assert_eq!(resumed.config.schedule_seconds, Some(3600.0));
+    assert_eq!(resumed.steps_done, 80);
+    // Metadata that is not a number of seconds is named.
+    let path = latest_state(dir.path()).unwrap().unwrap();
+    let file = byol_core::io::SafetensorsFile::read(&path, &Device::Cpu).unwrap();
+    let mut metadata: std::collections::BTreeMap<_, _> = file.metadata.into_iter().collect();
+    metadata.insert(
+        byol_core::time_budget::TRAINED_SECONDS_KEY.into(),
+        "soon".into(),
+    );
+    byol_core::io::write_safetensors(&path, file.tensors.into_iter().collect(), metadata).unwrap();
+    let Err(err) = train(&c, dir.path(), true, &stop) else {
+        panic!("a state with unreadable seconds must be refused");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("byol.trained_seconds") && err.contains("soon"),
+        "{err}"
     );
 }
 

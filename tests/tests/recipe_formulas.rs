@@ -4,7 +4,7 @@
 //! The tensor tests run on `BYOL_TEST_DEVICE` (`byol_tests::test_device`, CPU by default): on CPU
 //! LARS and the EMA take the fused kernels, on a GPU candle's ops.
 
-use byol_core::byol::{ema_update, regression_loss, symmetric_loss, tau_schedule};
+use byol_core::byol::{ema_update, regression_loss, symmetric_loss, tau_at, tau_schedule};
 use byol_core::nn::{Role, VarStore};
 use byol_core::optim::{Lars, LarsConfig, LrSchedule, Preset};
 use byol_tests::test_device;
@@ -48,6 +48,35 @@ fn lr_warms_up_linearly_then_decays_by_cosine() {
         1e-12
     ));
     assert!(s.lr(110).abs() < 1e-12);
+}
+
+#[test]
+fn time_indexed_schedules_equal_the_step_ones_at_the_same_progress() {
+    // A time-budgeted run reads the schedules at its share of the budget: the same curves.
+    let s = LrSchedule::new(0.2, 4096, 10, 110);
+    for step in [0, 3, 5, 10, 35, 60, 97, 110] {
+        let progress = step as f64 / 110.0;
+        assert!(close(s.lr_at(progress), s.lr(step), 1e-12), "step {step}");
+        assert!(
+            close(tau_at(0.99, progress), tau_schedule(0.99, step, 110), 1e-12),
+            "step {step}"
+        );
+    }
+    // Between steps, continuous; past the end, the end.
+    assert!(s.lr_at(5.5 / 110.0) > s.lr(5) && s.lr_at(5.5 / 110.0) < s.lr(6));
+    assert_eq!(s.lr_at(1.5), 0.0);
+    assert!(close(tau_at(0.99, 1.5), 1.0, 1e-12));
+    // No warm-up, and a warm-up as long as the run.
+    assert!(close(
+        LrSchedule::new(0.2, 4096, 0, 110).lr_at(0.0),
+        3.2,
+        1e-12
+    ));
+    assert!(close(
+        LrSchedule::new(0.2, 4096, 110, 110).lr_at(0.5),
+        1.6,
+        1e-12
+    ));
 }
 
 #[test]

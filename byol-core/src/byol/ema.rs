@@ -10,6 +10,12 @@ pub fn tau_schedule(tau_base: f64, step: u64, total_steps: u64) -> f64 {
     } else {
         (step.min(total_steps)) as f64 / total_steps as f64
     };
+    tau_at(tau_base, progress)
+}
+
+/// τ at `progress` ∈ [0, 1] through the run (a time-indexed run's share of its budget).
+pub fn tau_at(tau_base: f64, progress: f64) -> f64 {
+    let progress = progress.clamp(0.0, 1.0);
     1.0 - (1.0 - tau_base) * ((std::f64::consts::PI * progress).cos() + 1.0) / 2.0
 }
 

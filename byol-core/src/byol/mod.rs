@@ -4,6 +4,6 @@ pub mod ema;
 pub mod loss;
 pub mod model;
 
-pub use ema::{ema_update, tau_schedule};
+pub use ema::{ema_update, tau_at, tau_schedule};
 pub use loss::{regression_loss, symmetric_loss};
 pub use model::{Byol, ByolConfig, StepOutput, TargetInit};

@@ -36,6 +36,24 @@ impl LrSchedule {
         let progress = (step - self.warmup_steps).min(decay_steps) as f64 / decay_steps as f64;
         self.peak_lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
+
+    /// The learning rate at `progress` ∈ [0, 1] through the schedule (a time-indexed run's share
+    /// of its budget): the same warm-up share and cosine as [`Self::lr`], continuous in progress.
+    pub fn lr_at(&self, progress: f64) -> f64 {
+        let progress = progress.clamp(0.0, 1.0);
+        if self.total_steps == 0 {
+            return 0.0;
+        }
+        let warmup = self.warmup_steps.min(self.total_steps) as f64 / self.total_steps as f64;
+        if progress < warmup {
+            return self.peak_lr * progress / warmup;
+        }
+        if warmup >= 1.0 {
+            return 0.0;
+        }
+        let decayed = (progress - warmup) / (1.0 - warmup);
+        self.peak_lr * 0.5 * (1.0 + (std::f64::consts::PI * decayed).cos())
+    }
 }
 
 /// The paper's ImageNet settings by training length.
