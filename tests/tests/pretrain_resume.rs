@@ -114,6 +114,20 @@ fn train(
     )
 }
 
+/// A fresh [`train`] within a time budget.
+fn train_within(
+    config: &TrainConfig,
+    out_dir: &std::path::Path,
+    budget: std::time::Duration,
+    stop: &AtomicBool,
+) -> Result<byol_core::train::RunSummary> {
+    let control = RunControl {
+        time_budget: Some(budget),
+        ..run(out_dir, false, stop)
+    };
+    pretrain(config, &data(), &control, None, &mut Silent)
+}
+
 pub(crate) fn losses(dir: &std::path::Path) -> Vec<(u64, f64)> {
     read_metrics(&dir.join(METRICS_FILE))
         .unwrap()
@@ -385,11 +399,7 @@ fn a_time_budget_ends_the_run_without_interrupting_it() {
     let stop = AtomicBool::new(false);
     // A budget spent before the first step: a finished (not interrupted) run, saved.
     let dir = tempfile::tempdir().unwrap();
-    let control = RunControl {
-        time_budget: Some(std::time::Duration::from_nanos(1)),
-        ..run(dir.path(), false, &stop)
-    };
-    let summary = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
+    let summary = train_within(&c, dir.path(), std::time::Duration::from_nanos(1), &stop).unwrap();
     assert!(!summary.interrupted);
     assert!(summary.steps_done < 80);
     assert!(latest_state(dir.path()).unwrap().is_some());
@@ -398,11 +408,8 @@ fn a_time_budget_ends_the_run_without_interrupting_it() {
     assert_eq!(resumed.steps_done, summary.steps_done);
     // A generous budget: the epochs end first, and their steps lead the schedules to 0.
     let dir = tempfile::tempdir().unwrap();
-    let control = RunControl {
-        time_budget: Some(std::time::Duration::from_secs(3600)),
-        ..run(dir.path(), false, &stop)
-    };
-    let summary = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
+    let summary =
+        train_within(&c, dir.path(), std::time::Duration::from_secs(3600), &stop).unwrap();
     assert_eq!(summary.config.schedule_seconds, Some(3600.0));
     assert_eq!(summary.steps_done, 80);
     let logs = read_metrics(&dir.path().join(METRICS_FILE)).unwrap();
@@ -421,11 +428,7 @@ fn a_time_budget_drives_the_schedules_to_their_end_as_it_runs_out() {
     c.checkpoint_every = 0;
     let stop = AtomicBool::new(false);
     let dir = tempfile::tempdir().unwrap();
-    let control = RunControl {
-        time_budget: Some(std::time::Duration::from_secs(4)),
-        ..run(dir.path(), false, &stop)
-    };
-    let summary = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
+    let summary = train_within(&c, dir.path(), std::time::Duration::from_secs(4), &stop).unwrap();
     assert!(!summary.interrupted);
     assert!(
         summary.steps_done > 20,
@@ -462,11 +465,7 @@ fn a_time_budgeted_run_resumes_on_the_seconds_it_trained() {
     c.max_steps = Some(5);
     let stop = AtomicBool::new(false);
     let dir = tempfile::tempdir().unwrap();
-    let control = RunControl {
-        time_budget: Some(std::time::Duration::from_secs(3600)),
-        ..run(dir.path(), false, &stop)
-    };
-    let first = pretrain(&c, &data(), &control, None, &mut Silent).unwrap();
+    let first = train_within(&c, dir.path(), std::time::Duration::from_secs(3600), &stop).unwrap();
     assert_eq!(first.steps_done, 5);
     let state = byol_core::checkpoint::load_training_state(
         &latest_state(dir.path()).unwrap().unwrap(),
