@@ -1,5 +1,5 @@
-// Convolution forward / input-grad / weight-grad through oneDNN 2.x (Debian's libdnnl), behind a
-// small C interface for byol-core's `kernels::onednn`.
+// Convolution forward / input-grad / weight-grad through oneDNN 2.x (Debian's libdnnl) or 3.x
+// (onednn_api.h bridges the two), behind a small C interface for byol-core's `kernels::onednn`.
 //
 // The library is opened by onednn_api.cpp (dlopen, never linked: where oneDNN is absent the Rust
 // kernels take over).
@@ -23,8 +23,8 @@ namespace {
 // reorder between them when they differ; the memory objects are reused, only handles change.
 struct Port {
   int arg = 0;
-  dnnl_memory_desc_t plain{};
-  dnnl_memory_desc_t wanted{};
+  Md plain;
+  Md wanted;
   bool direct = true;
   dnnl_primitive_t reorder = nullptr;
   dnnl_memory_t user = nullptr;
@@ -62,20 +62,17 @@ struct Stream {
   }
 };
 
-void make_port(Port &p, int arg, const dnnl_memory_desc_t &plain, const dnnl_memory_desc_t *wanted,
-               bool is_output) {
+void make_port(Port &p, int arg, const Md &plain, Md wanted, bool is_output) {
   p.arg = arg;
   p.plain = plain;
-  p.wanted = *wanted;
-  p.direct = api->dnnl_memory_desc_equal(&p.plain, &p.wanted) != 0;
-  check(api->dnnl_memory_create(&p.user, &p.plain, api->engine, DNNL_MEMORY_NONE),
+  p.wanted = std::move(wanted);
+  p.direct = p.plain == p.wanted;
+  check(api->dnnl_memory_create(&p.user, p.plain.get(), api->engine, DNNL_MEMORY_NONE),
         "memory_create");
   if (p.direct) return;
-  check(api->dnnl_memory_create(&p.staged, &p.wanted, api->engine, DNNL_MEMORY_NONE),
+  check(api->dnnl_memory_create(&p.staged, p.wanted.get(), api->engine, DNNL_MEMORY_NONE),
         "memory_create");
-  const dnnl_memory_desc_t *from = is_output ? &p.wanted : &p.plain;
-  const dnnl_memory_desc_t *to = is_output ? &p.plain : &p.wanted;
-  p.reorder = make_reorder(from, to);
+  p.reorder = is_output ? make_reorder(p.wanted, p.plain) : make_reorder(p.plain, p.wanted);
 }
 
 enum Kind { kForward = 0, kInputGrad = 1, kWeightGrad = 2 };
@@ -96,51 +93,39 @@ std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd, bool bf1
   const int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
   dnnl_dims_t xd = {n, cin, h, w}, wd = {cout, cin, kh, kw}, yd = {n, cout, ho, wo};
   dnnl_dims_t strides = {stride, stride}, padding = {pad, pad};
-  dnnl_memory_desc_t x_plain, w_plain, y_plain, x_any, w_any, y_any;
-  check(api->dnnl_memory_desc_init_by_tag(&x_plain, 4, xd, dnnl_f32, dnnl_nchw), "md");
-  check(api->dnnl_memory_desc_init_by_tag(&w_plain, 4, wd, dnnl_f32, dnnl_oihw), "md");
-  check(api->dnnl_memory_desc_init_by_tag(&y_plain, 4, yd, dnnl_f32, dnnl_nchw), "md");
+  const Md x_plain = Md::tag(4, xd, dnnl_f32, dnnl_nchw), w_plain = Md::tag(4, wd, dnnl_f32, dnnl_oihw),
+           y_plain = Md::tag(4, yd, dnnl_f32, dnnl_nchw);
   // Inputs in `in`, outputs in f32; the forward descriptor (also the backward passes' hint)
   // outputs y in f32 only when it is the pass.
   const dnnl_data_type_t in = bf16 ? dnnl_bf16 : dnnl_f32;
-  dnnl_memory_desc_t x_out, w_out, y_out;
-  check(api->dnnl_memory_desc_init_by_tag(&x_any, 4, xd, in, dnnl_format_tag_any), "md");
-  check(api->dnnl_memory_desc_init_by_tag(&w_any, 4, wd, in, dnnl_format_tag_any), "md");
-  check(api->dnnl_memory_desc_init_by_tag(&y_any, 4, yd, in, dnnl_format_tag_any), "md");
-  check(api->dnnl_memory_desc_init_by_tag(&x_out, 4, xd, dnnl_f32, dnnl_format_tag_any), "md");
-  check(api->dnnl_memory_desc_init_by_tag(&w_out, 4, wd, dnnl_f32, dnnl_format_tag_any), "md");
-  check(api->dnnl_memory_desc_init_by_tag(&y_out, 4, yd, dnnl_f32, dnnl_format_tag_any), "md");
-  const dnnl_memory_desc_t *y_fwd = kind == kForward ? &y_out : &y_any;
+  const Md x_any = Md::tag(4, xd, in, dnnl_format_tag_any),
+           w_any = Md::tag(4, wd, in, dnnl_format_tag_any),
+           y_any = Md::tag(4, yd, in, dnnl_format_tag_any),
+           x_out = Md::tag(4, xd, dnnl_f32, dnnl_format_tag_any),
+           w_out = Md::tag(4, wd, dnnl_f32, dnnl_format_tag_any),
+           y_out = Md::tag(4, yd, dnnl_f32, dnnl_format_tag_any);
+  const Md &y_fwd = kind == kForward ? y_out : y_any;
 
   // The forward descriptor (also the hint the backward ones need); Winograd first where it suits,
   // direct when that is refused.
   dnnl_alg_kind_t algo = dnnl_convolution_direct;
   dnnl_primitive_desc_t fwd_pd = nullptr;
-  dnnl_convolution_desc_t fwd;
   if (winograd && !bf16 && winograd_suits(g, ho, wo)) {
-    check(api->dnnl_convolution_forward_desc_init(&fwd, dnnl_forward_training,
-                                                  dnnl_convolution_winograd, &x_any, &w_any,
-                                                  nullptr, y_fwd, strides, padding, padding),
-          "convolution_forward_desc_init");
-    if (api->dnnl_primitive_desc_create(&fwd_pd, &fwd, nullptr, api->engine, nullptr) ==
-        dnnl_success)
+    if (convolution_forward_pd(&fwd_pd, dnnl_forward_training, dnnl_convolution_winograd, x_any,
+                               w_any, nullptr, y_fwd, strides, padding, padding,
+                               nullptr) == dnnl_success)
       algo = dnnl_convolution_winograd;
     else
       fwd_pd = nullptr;
   }
-  if (!fwd_pd) {
-    check(api->dnnl_convolution_forward_desc_init(&fwd, dnnl_forward_training, algo, &x_any,
-                                                  &w_any, nullptr, y_fwd, strides, padding,
-                                                  padding),
-          "convolution_forward_desc_init");
-    check(api->dnnl_primitive_desc_create(&fwd_pd, &fwd, nullptr, api->engine, nullptr),
+  if (!fwd_pd)
+    check(convolution_forward_pd(&fwd_pd, dnnl_forward_training, algo, x_any, w_any, nullptr,
+                                 y_fwd, strides, padding, padding, nullptr),
           "convolution forward primitive_desc_create");
-  }
 
   auto entry = std::make_unique<Entry>();
   dnnl_primitive_desc_t pd = fwd_pd;
-  dnnl_convolution_desc_t bwd;
-  auto md = [&](dnnl_query_t q) { return api->dnnl_primitive_desc_query_md(pd, q, 0); };
+  auto md = [&](dnnl_query_t q) { return query_md(pd, q); };
   try {
     switch (kind) {
     case kForward:
@@ -149,20 +134,16 @@ std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd, bool bf1
       make_port(entry->ports[2], DNNL_ARG_DST, y_plain, md(dnnl_query_dst_md), true);
       break;
     case kInputGrad:
-      check(api->dnnl_convolution_backward_data_desc_init(&bwd, algo, &x_out, &w_any, &y_any,
-                                                          strides, padding, padding),
-            "convolution_backward_data_desc_init");
-      check(api->dnnl_primitive_desc_create(&pd, &bwd, nullptr, api->engine, fwd_pd),
+      check(convolution_backward_data_pd(&pd, algo, x_out, w_any, y_any, strides, padding,
+                                         padding, fwd_pd),
             "convolution backward data primitive_desc_create");
       make_port(entry->ports[0], DNNL_ARG_DIFF_DST, y_plain, md(dnnl_query_diff_dst_md), false);
       make_port(entry->ports[1], DNNL_ARG_WEIGHTS, w_plain, md(dnnl_query_weights_md), false);
       make_port(entry->ports[2], DNNL_ARG_DIFF_SRC, x_plain, md(dnnl_query_diff_src_md), true);
       break;
     default:
-      check(api->dnnl_convolution_backward_weights_desc_init(&bwd, algo, &x_any, &w_out, nullptr,
-                                                             &y_any, strides, padding, padding),
-            "convolution_backward_weights_desc_init");
-      check(api->dnnl_primitive_desc_create(&pd, &bwd, nullptr, api->engine, fwd_pd),
+      check(convolution_backward_weights_pd(&pd, algo, x_any, w_out, y_any, strides, padding,
+                                            padding, fwd_pd),
             "convolution backward weights primitive_desc_create");
       make_port(entry->ports[0], DNNL_ARG_SRC, x_plain, md(dnnl_query_src_md), false);
       make_port(entry->ports[1], DNNL_ARG_DIFF_DST, y_plain, md(dnnl_query_diff_dst_md), false);
@@ -230,7 +211,7 @@ int byol_onednn_conv(int kind, const int64_t *g, int winograd, int bf16, const f
       check(api->dnnl_memory_set_data_handle(p.user, data[i]), "memory_set_data_handle");
       if (!p.direct) {
         check(api->dnnl_memory_set_data_handle(
-                  p.staged, scratch.get(i, api->dnnl_memory_desc_get_size(&p.wanted))),
+                  p.staged, scratch.get(i, p.wanted.size())),
               "memory_set_data_handle");
         if (i < 2) {
           dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, p.user}, {DNNL_ARG_TO, p.staged}};

@@ -41,7 +41,7 @@ struct Op {
 
 // A register's current content: its layout, and its buffer (by index; -1 input, -2 output).
 struct Reg {
-  dnnl_memory_desc_t md{};
+  Md md;
   bool written = false;
 };
 
@@ -49,7 +49,7 @@ struct Reg {
 struct Arg {
   int arg;
   int slot; // a register's buffer (>= 0), the caller's input (-1) or output (-2)
-  dnnl_memory_desc_t md;
+  Md md;
 };
 struct Step {
   dnnl_primitive_t primitive;
@@ -89,14 +89,6 @@ struct Plan {
   }
 };
 
-dnnl_memory_desc_t md_tag(int64_t a, int64_t b, int64_t c, int64_t d, dnnl_data_type_t dt,
-                          dnnl_format_tag_t tag) {
-  dnnl_dims_t dims = {a, b, c, d};
-  dnnl_memory_desc_t md;
-  check(api->dnnl_memory_desc_init_by_tag(&md, 4, dims, dt, tag), "memory_desc_init_by_tag");
-  return md;
-}
-
 // TensorFlow SAME padding (before, after) of one spatial dimension, as byol-core's
 // `nn::layers::tf_same_padding`.
 std::pair<int64_t, int64_t> tf_same(int64_t size, int64_t kernel, int64_t stride) {
@@ -111,7 +103,7 @@ public:
   Builder(Plan &plan, dnnl_stream_t stream, dnnl_data_type_t dt) : plan_(plan), stream_(stream), dt_(dt) {}
 
   void build(const std::vector<Op> &ops, int64_t n, int64_t c, int64_t h, int64_t w) {
-    input_md_ = md_tag(n, c, h, w, dnnl_f32, dnnl_nchw);
+    input_md_ = Md::tag4(n, c, h, w, dnnl_f32, dnnl_nchw);
     regs_[0] = Reg{input_md_, true};
     slot_of_[0] = -1;
     for (const Op &op : ops) {
@@ -130,7 +122,7 @@ private:
   Plan &plan_;
   dnnl_stream_t stream_;
   dnnl_data_type_t dt_;
-  dnnl_memory_desc_t input_md_{};
+  Md input_md_;
   std::map<int64_t, Reg> regs_;
   std::map<int64_t, int> slot_of_;        // register → buffer slot
   std::vector<size_t> slot_bytes_;        // largest content of each slot
@@ -153,10 +145,10 @@ private:
   }
 
   // Records that register r now holds a tensor of layout md; returns its slot.
-  int write(int64_t r, const dnnl_memory_desc_t &md) {
+  int write(int64_t r, const Md &md) {
     if (r == 0) throw std::runtime_error("an op writes the input register");
     int s = slot(r);
-    size_t bytes = api->dnnl_memory_desc_get_size(&md);
+    size_t bytes = md.size();
     if (bytes > slot_bytes_[s]) slot_bytes_[s] = bytes;
     regs_[r] = Reg{md, true};
     return s;
@@ -176,10 +168,10 @@ private:
   int read_slot(int64_t r) { return slot_of_.at(r); }
 
   // The register holding r's content in layout `want` (r itself, or a reorder into a temporary).
-  int64_t in_layout(int64_t r, const dnnl_memory_desc_t &want) {
+  int64_t in_layout(int64_t r, const Md &want) {
     Reg &src = reg(r);
-    if (api->dnnl_memory_desc_equal(&src.md, &want)) return r;
-    dnnl_primitive_t p = make_reorder(&src.md, &want);
+    if (src.md == want) return r;
+    dnnl_primitive_t p = make_reorder(src.md, want);
     plan_.primitives.push_back(p);
     int64_t t = next_temp_++;
     int from = read_slot(r);
@@ -189,18 +181,17 @@ private:
   }
 
   // A constant (weights, bias) in layout `want`, reordered once from the plain f32 `data`.
-  dnnl_memory_t constant(const float *data, const dnnl_memory_desc_t &plain,
-                         const dnnl_memory_desc_t &want) {
+  dnnl_memory_t constant(const float *data, const Md &plain, const Md &want) {
     dnnl_memory_t user = nullptr, m = nullptr;
-    check(api->dnnl_memory_create(&user, &plain, api->engine, const_cast<float *>(data)),
+    check(api->dnnl_memory_create(&user, plain.get(), api->engine, const_cast<float *>(data)),
           "memory_create");
     plan_.memories.push_back(user);
-    if (api->dnnl_memory_desc_equal(&plain, &want)) return user;
-    plan_.buffers.push_back(aligned_buffer(api->dnnl_memory_desc_get_size(&want)));
-    check(api->dnnl_memory_create(&m, &want, api->engine, plan_.buffers.back().get()),
+    if (plain == want) return user;
+    plan_.buffers.push_back(aligned_buffer(want.size()));
+    check(api->dnnl_memory_create(&m, want.get(), api->engine, plan_.buffers.back().get()),
           "memory_create");
     plan_.memories.push_back(m);
-    dnnl_primitive_t r = make_reorder(&plain, &want);
+    dnnl_primitive_t r = make_reorder(plain, want);
     plan_.primitives.push_back(r);
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, m}};
     check(api->dnnl_primitive_execute(r, stream_, 2, args), "weights reorder");
@@ -211,7 +202,7 @@ private:
   void conv(const Op &op) {
     const int64_t *g = op.rec;
     const Reg &src = reg(g[fSrc]);
-    const int64_t n = src.md.dims[0], cin = src.md.dims[1], h = src.md.dims[2], w = src.md.dims[3];
+    const int64_t n = src.md.dim(0), cin = src.md.dim(1), h = src.md.dim(2), w = src.md.dim(3);
     if (cin != g[fCin]) throw std::runtime_error("a convolution's input channels do not match");
     const int64_t k = g[fKernel], s = g[fStride], cout = g[fCout];
     int64_t pt = g[fPad], pb = g[fPad], pl = g[fPad], pr = g[fPad];
@@ -220,18 +211,17 @@ private:
       std::tie(pl, pr) = tf_same(w, k, s);
     }
     const int64_t oh = (h + pt + pb - k) / s + 1, ow = (w + pl + pr - k) / s + 1;
-    dnnl_memory_desc_t x_any = md_tag(n, cin, h, w, dt_, dnnl_format_tag_any);
-    dnnl_memory_desc_t w_any = md_tag(cout, cin, k, k, dt_, dnnl_format_tag_any);
-    dnnl_memory_desc_t w_plain = md_tag(cout, cin, k, k, dnnl_f32, dnnl_oihw);
-    dnnl_memory_desc_t b_md;
+    const Md x_any = Md::tag4(n, cin, h, w, dt_, dnnl_format_tag_any);
+    const Md w_any = Md::tag4(cout, cin, k, k, dt_, dnnl_format_tag_any);
+    const Md w_plain = Md::tag4(cout, cin, k, k, dnnl_f32, dnnl_oihw);
     dnnl_dims_t bdims = {cout};
-    check(api->dnnl_memory_desc_init_by_tag(&b_md, 1, bdims, dnnl_f32, dnnl_a), "bias md");
-    dnnl_memory_desc_t y_md = md_tag(n, cout, oh, ow, dt_, dnnl_format_tag_any);
+    const Md b_md = Md::tag(1, bdims, dnnl_f32, dnnl_a);
+    Md y_md = Md::tag4(n, cout, oh, ow, dt_, dnnl_format_tag_any);
     if (g[fSum]) {
       // Accumulates into the shortcut already in the destination register, in its layout.
       const Reg &shortcut = reg(g[fDst]);
       y_md = shortcut.md;
-      if (y_md.dims[0] != n || y_md.dims[1] != cout || y_md.dims[2] != oh || y_md.dims[3] != ow)
+      if (y_md.dim(0) != n || y_md.dim(1) != cout || y_md.dim(2) != oh || y_md.dim(3) != ow)
         throw std::runtime_error("a residual sum's shapes do not match");
     }
     dnnl_dims_t strides = {s, s}, pad_l = {pt, pl}, pad_r = {pb, pr};
@@ -242,23 +232,18 @@ private:
     check(api->dnnl_primitive_attr_create(&attr), "primitive_attr_create");
     dnnl_primitive_desc_t pd = nullptr;
     try {
-      if (g[fSum]) check(api->dnnl_post_ops_append_sum(po, 1.0f), "post_ops_append_sum");
+      if (g[fSum]) check(append_sum(po, 1.0f), "post_ops_append_sum");
       if (g[fRelu])
-        check(api->dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f),
-              "post_ops_append_eltwise");
+        check(append_eltwise(po, dnnl_eltwise_relu, 0.0f, 0.0f), "post_ops_append_eltwise");
       check(api->dnnl_primitive_attr_set_post_ops(attr, po), "primitive_attr_set_post_ops");
       // Winograd F(4x4, 3x3) where the training shim measured it faster (fp32, 3x3 stride 1,
       // >= 16 channels, maps >= 4x4); direct otherwise or when refused.
       bool wino = dt_ == dnnl_f32 && k == 3 && s == 1 && cin >= 16 && cout >= 16 && oh >= 4 &&
                   ow >= 4;
-      dnnl_convolution_desc_t desc;
       for (dnnl_alg_kind_t algo : {dnnl_convolution_winograd, dnnl_convolution_direct}) {
         if (algo == dnnl_convolution_winograd && !wino) continue;
-        if (api->dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, algo, &x_any,
-                                                    &w_any, &b_md, &y_md, strides, pad_l,
-                                                    pad_r) == dnnl_success &&
-            api->dnnl_primitive_desc_create(&pd, &desc, attr, api->engine, nullptr) ==
-                dnnl_success)
+        if (convolution_forward_pd(&pd, dnnl_forward_inference, algo, x_any, w_any, &b_md, y_md,
+                                   strides, pad_l, pad_r, attr) == dnnl_success)
           break;
         pd = nullptr;
       }
@@ -271,10 +256,8 @@ private:
     api->dnnl_post_ops_destroy(po);
     api->dnnl_primitive_attr_destroy(attr);
 
-    dnnl_memory_desc_t x_want = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
-    dnnl_memory_desc_t w_want = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    dnnl_memory_desc_t b_want = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
-    dnnl_memory_desc_t y_want = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    const Md x_want = query_md(pd, dnnl_query_src_md), w_want = query_md(pd, dnnl_query_weights_md),
+             b_want = query_md(pd, dnnl_query_weights_md, 1), y_want = query_md(pd, dnnl_query_dst_md);
     dnnl_primitive_t p = primitive(pd, "convolution primitive_create");
 
     int x_slot = read_slot(in_layout(g[fSrc], x_want));
@@ -289,7 +272,7 @@ private:
   void max_pool(const Op &op) {
     const int64_t *g = op.rec;
     const Reg &src = reg(g[fSrc]);
-    const int64_t n = src.md.dims[0], c = src.md.dims[1], h = src.md.dims[2], w = src.md.dims[3];
+    const int64_t n = src.md.dim(0), c = src.md.dim(1), h = src.md.dim(2), w = src.md.dim(3);
     // 3x3, stride 2, ceil(n / 2) outputs: PyTorch's padding 1, or TensorFlow SAME.
     int64_t pt = 1, pb = 1, pl = 1, pr = 1;
     if (g[fTfSame]) {
@@ -297,44 +280,41 @@ private:
       std::tie(pl, pr) = tf_same(w, 3, 2);
     }
     const int64_t oh = (h + pt + pb - 3) / 2 + 1, ow = (w + pl + pr - 3) / 2 + 1;
-    dnnl_memory_desc_t y_any = md_tag(n, c, oh, ow, src.md.data_type, dnnl_format_tag_any);
+    const Md y_any = Md::tag4(n, c, oh, ow, src.md.data_type(), dnnl_format_tag_any);
     dnnl_dims_t strides = {2, 2}, kernel = {3, 3}, pad_l = {pt, pl}, pad_r = {pb, pr};
-    dnnl_pooling_desc_t desc;
-    check(api->dnnl_pooling_forward_desc_init(&desc, dnnl_forward_inference, dnnl_pooling_max,
-                                              &src.md, &y_any, strides, kernel, pad_l, pad_r),
-          "pooling_forward_desc_init");
-    add_pool(desc, g[fSrc], g[fDst]);
+    dnnl_primitive_desc_t pd = nullptr;
+    check(pooling_forward_pd(&pd, dnnl_forward_inference, dnnl_pooling_max, src.md, y_any, strides,
+                             kernel, pad_l, pad_r),
+          "pooling primitive_desc_create");
+    add_pool(pd, g[fSrc], g[fDst]);
   }
 
   void global_avg_pool(const Op &op, int64_t n) {
     int64_t r = op.rec[fSrc];
     Reg src = reg(r);
-    if (src.md.data_type != dnnl_f32) {
+    if (src.md.data_type() != dnnl_f32) {
       // Averages of bf16 activations rounded to bf16 would lose the features' low bits: widen
       // first (the same blocked layout in f32).
-      dnnl_memory_desc_t wide = src.md;
-      wide.data_type = dnnl_f32;
-      r = in_layout(r, wide);
+      r = in_layout(r, src.md.with_data_type(dnnl_f32));
       src = reg(r);
     }
-    const int64_t c = src.md.dims[1], h = src.md.dims[2], w = src.md.dims[3];
-    dnnl_memory_desc_t y_any = md_tag(n, c, 1, 1, dnnl_f32, dnnl_format_tag_any);
+    const int64_t c = src.md.dim(1), h = src.md.dim(2), w = src.md.dim(3);
+    const Md y_any = Md::tag4(n, c, 1, 1, dnnl_f32, dnnl_format_tag_any);
     dnnl_dims_t strides = {1, 1}, kernel = {h, w}, zero = {0, 0};
-    dnnl_pooling_desc_t desc;
-    check(api->dnnl_pooling_forward_desc_init(&desc, dnnl_forward_inference,
-                                              dnnl_pooling_avg_exclude_padding, &src.md, &y_any,
-                                              strides, kernel, zero, zero),
-          "pooling_forward_desc_init");
+    dnnl_primitive_desc_t pd = nullptr;
+    check(pooling_forward_pd(&pd, dnnl_forward_inference, dnnl_pooling_avg_exclude_padding, src.md,
+                             y_any, strides, kernel, zero, zero),
+          "pooling primitive_desc_create");
     int64_t pooled = next_temp_++;
-    add_pool(desc, r, pooled);
+    add_pool(pd, r, pooled);
     // Into the caller's [n, c] rows.
-    dnnl_memory_desc_t out_md = md_tag(n, c, 1, 1, dnnl_f32, dnnl_nchw);
+    const Md out_md = Md::tag4(n, c, 1, 1, dnnl_f32, dnnl_nchw);
     const Reg &p = reg(pooled);
-    if (api->dnnl_memory_desc_equal(&p.md, &out_md)) {
+    if (p.md == out_md) {
       // Write straight into the output: retarget the pool's destination.
       plan_.steps.back().args.back().slot = -2;
     } else {
-      dnnl_primitive_t ro = make_reorder(&p.md, &out_md);
+      dnnl_primitive_t ro = make_reorder(p.md, out_md);
       plan_.primitives.push_back(ro);
       plan_.steps.push_back(
           Step{ro, {{DNNL_ARG_FROM, read_slot(pooled), p.md}, {DNNL_ARG_TO, -2, out_md}}, {}});
@@ -342,12 +322,9 @@ private:
     plan_.out_channels = c;
   }
 
-  void add_pool(const dnnl_pooling_desc_t &desc, int64_t src_reg, int64_t dst_reg) {
-    dnnl_primitive_desc_t pd = nullptr;
-    check(api->dnnl_primitive_desc_create(&pd, &desc, nullptr, api->engine, nullptr),
-          "pooling primitive_desc_create");
-    dnnl_memory_desc_t x_md = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
-    dnnl_memory_desc_t y_md = *api->dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+  // A pooling of `pd` (owned from here) from register src_reg into dst_reg.
+  void add_pool(dnnl_primitive_desc_t pd, int64_t src_reg, int64_t dst_reg) {
+    const Md x_md = query_md(pd, dnnl_query_src_md), y_md = query_md(pd, dnnl_query_dst_md);
     dnnl_primitive_t p = primitive(pd, "pooling primitive_create");
     int x_slot = read_slot(in_layout(src_reg, x_md));
     int y_slot = write(dst_reg, y_md);
@@ -366,7 +343,7 @@ private:
       for (const Arg &a : step.args) {
         dnnl_memory_t m = nullptr;
         void *handle = a.slot >= 0 ? base[a.slot] : DNNL_MEMORY_NONE;
-        check(api->dnnl_memory_create(&m, &a.md, api->engine, handle), "memory_create");
+        check(api->dnnl_memory_create(&m, a.md.get(), api->engine, handle), "memory_create");
         plan_.memories.push_back(m);
         if (a.slot == -1) plan_.input_memories.push_back(m);
         if (a.slot == -2) plan_.output_memories.push_back(m);

@@ -1,5 +1,6 @@
-//! Convolutions through oneDNN (`csrc/onednn_conv.cpp`, compiled by build.rs when libdnnl-dev is
-//! installed): the same three passes as `conv.rs`, on oneDNN's JIT direct and Winograd kernels.
+//! Convolutions through oneDNN (`csrc/onednn_conv.cpp`, compiled by build.rs when libdnnl-dev, or a
+//! oneDNN 2.x or 3.x under `DNNL_ROOT`, is installed): the same three passes as `conv.rs`, on
+//! oneDNN's JIT direct and Winograd kernels.
 //! The library is opened on first use; without it (at build or at run time), or with
 //! `BYOL_ONEDNN=0` in the environment, [`available`] is false and the Rust kernels run.
 
@@ -34,6 +35,18 @@ pub fn available() -> bool {
     })
 }
 
+/// The oneDNN library this process opens: `BYOL_DNNL_LIBRARY`, else the build's (libdnnl.so.2 or
+/// libdnnl.so.3, as its headers were; a full path under `DNNL_ROOT`). None without the shim.
+pub fn library() -> Option<String> {
+    #[cfg(byol_onednn)]
+    return Some(
+        std::env::var("BYOL_DNNL_LIBRARY")
+            .unwrap_or_else(|_| env!("BYOL_DNNL_LIBRARY").to_string()),
+    );
+    #[cfg(not(byol_onednn))]
+    None
+}
+
 /// Opens the library. libgomp (oneDNN's threads) reads its wait policy once, when it is loaded,
 /// and by default spins for milliseconds after every parallel region; between two convolutions
 /// those spinning threads take the cores from the rayon threads of the BatchNorm and elementwise
@@ -46,8 +59,7 @@ fn load() -> Result<(), String> {
         // std's environment lock guards this against concurrent std::env readers.
         std::env::set_var("GOMP_SPINCOUNT", "0");
     }
-    let path = std::env::var("BYOL_DNNL_LIBRARY")
-        .unwrap_or_else(|_| env!("BYOL_DNNL_LIBRARY").to_string());
+    let path = library().expect("a build with the shim names its library");
     let c_path = std::ffi::CString::new(path.clone()).map_err(|e| e.to_string())?;
     // SAFETY: the path is a valid C string for the call.
     call_shim(|err, len| unsafe { ffi::byol_onednn_load(c_path.as_ptr(), err, len) })

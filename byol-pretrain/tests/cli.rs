@@ -198,8 +198,8 @@ fn init_weights_names_a_missing_file_and_the_flag() {
 
 #[test]
 fn runs_on_the_rust_kernels_where_onednn_cannot_be_loaded() {
-    // A binary built with the oneDNN shim opens libdnnl.so.2 only at run time; a machine without
-    // it (here: a path that does not exist) must train on the pure-Rust kernels instead.
+    // A binary built with the oneDNN shim opens libdnnl.so.2 (or .so.3) only at run time; a machine
+    // without it (here: a path that does not exist) must train on the pure-Rust kernels instead.
     let (dir, data) = mnist_like(32, 16, 4, 3);
     let out = dir.path().join("run");
     let o = command(&data, &out, "1", &[])

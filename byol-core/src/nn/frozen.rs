@@ -40,9 +40,11 @@ impl<'a> FrozenEncoder<'a> {
         } else if precision == Precision::Bf16 {
             return Err(Error::Config {
                 field: "precision".into(),
-                message: "bf16 inference runs on oneDNN on the CPU, which this run does not use \
-                          (no libdnnl.so.2, BYOL_ONEDNN=0, another backend or a GPU device)"
-                    .into(),
+                message: format!(
+                    "bf16 inference runs on oneDNN on the CPU, which this run does not use \
+                     (no {}, BYOL_ONEDNN=0, another backend or a GPU device)",
+                    super::precision::onednn_library()
+                ),
             });
         } else {
             Engine::Candle(encoder)

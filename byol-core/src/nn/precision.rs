@@ -56,9 +56,11 @@ pub fn use_for_training(precision: Precision, device: &Device) -> Result<()> {
     if !device.is_cpu() || !byol_kernels::onednn::available() {
         return Err(Error::Config {
             field: "precision".into(),
-            message: "bf16 training runs on oneDNN on the CPU (this run has no libdnnl.so.2, \
-                      BYOL_ONEDNN=0, or a GPU device)"
-                .into(),
+            message: format!(
+                "bf16 training runs on oneDNN on the CPU (this run has no {}, BYOL_ONEDNN=0, \
+                 or a GPU device)",
+                onednn_library()
+            ),
         });
     }
     refuse_bf16_without_avx512()?;
@@ -114,4 +116,10 @@ pub fn native_bf16() -> bool {
     return std::arch::is_x86_feature_detected!("avx512bf16");
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// oneDNN's library as the messages name it: the file this build opens, or "oneDNN" in a
+/// build without the shim.
+pub(crate) fn onednn_library() -> String {
+    byol_kernels::onednn::library().unwrap_or_else(|| "oneDNN".into())
 }
