@@ -85,27 +85,26 @@ impl BudgetClock {
 
     /// The training seconds the schedules span, as the budget stands now.
     pub fn planned_seconds(&self) -> f64 {
+        self.trained_and_planned().1
+    }
+
+    /// Progress through the schedules, in [0, 1].
+    pub fn progress(&self) -> f64 {
+        let (trained, planned) = self.trained_and_planned();
+        budget_progress(trained, trained, planned)
+    }
+
+    /// Seconds trained and seconds the schedules span, from one reading of the clocks.
+    fn trained_and_planned(&self) -> (f64, f64) {
         let trained = self.trained_seconds();
-        match self.plan {
+        let planned = match self.plan {
             Plan::Budget { started, budget } => {
                 let off = (started.elapsed().as_secs_f64() - trained).max(0.0);
                 (budget.as_secs_f64() - off).max(0.0)
             }
             Plan::Fixed(planned) => planned,
-        }
-    }
-
-    /// Progress through the schedules, in [0, 1].
-    pub fn progress(&self) -> f64 {
-        let trained = self.trained_seconds();
-        match self.plan {
-            Plan::Budget { started, budget } => budget_progress(
-                trained,
-                started.elapsed().as_secs_f64(),
-                budget.as_secs_f64(),
-            ),
-            Plan::Fixed(planned) => budget_progress(trained, trained, planned),
-        }
+        };
+        (trained, planned)
     }
 }
 

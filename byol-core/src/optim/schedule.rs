@@ -24,17 +24,13 @@ impl LrSchedule {
         }
     }
 
-    /// The learning rate at `step` (0-based).
+    /// The learning rate at `step` (0-based): [`Self::lr_at`] at `step / total_steps`, except
+    /// while a warm-up longer than the whole schedule is still running.
     pub fn lr(&self, step: u64) -> f64 {
         if step < self.warmup_steps {
             return self.peak_lr * step as f64 / self.warmup_steps as f64;
         }
-        let decay_steps = self.total_steps.saturating_sub(self.warmup_steps);
-        if decay_steps == 0 {
-            return 0.0;
-        }
-        let progress = (step - self.warmup_steps).min(decay_steps) as f64 / decay_steps as f64;
-        self.peak_lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        self.lr_at(step as f64 / self.total_steps.max(1) as f64)
     }
 
     /// The learning rate at `progress` ∈ [0, 1] through the schedule (a time-indexed run's share
