@@ -1,7 +1,7 @@
 //! # byol-kernels
 //!
 //! Fast CPU kernels for the hot paths of a BYOL step: convolution (forward, input-grad,
-//! weight-grad) and train-mode BatchNorm, as candle custom ops.
+//! weight-grad), train-mode BatchNorm and the stem's max-pool, as candle custom ops.
 //!
 //! Stock candle spends most of a CPU training step in a single-threaded transposed convolution
 //! (input grad), a huge-im2col weight grad and ~35 tensor passes per BatchNorm (see
@@ -22,6 +22,7 @@ mod device_conv;
 mod frozen;
 mod geometry;
 pub mod onednn;
+mod pool;
 mod scratch;
 mod storage;
 mod update;
@@ -36,4 +37,5 @@ pub use cross_replica::{channel_sum, with_channel_sum, ChannelSum};
 pub use device_conv::device_conv2d;
 pub use frozen::{FrozenConv, FrozenNet, FrozenOp};
 pub use geometry::Conv2dGeometry;
+pub use pool::max_pool_3x3_s2;
 pub use update::{ema, lars_update, LarsStep};

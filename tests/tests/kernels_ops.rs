@@ -1,5 +1,6 @@
 //! The fast CPU kernels against stock candle: convolution forward and both gradients, train-mode
-//! BatchNorm forward, gradients and running statistics, and whole BYOL train steps.
+//! BatchNorm forward, gradients and running statistics, the stem's max-pool, and whole BYOL
+//! train steps.
 
 use byol_core::nn::{BatchNorm, VarStore};
 use byol_core::optim::{Lars, LarsConfig};
@@ -275,6 +276,74 @@ fn fused_relu_propagates_nan_like_pytorch() {
     for (i, v) in y.iter().enumerate() {
         assert_eq!(v.is_nan(), i == 5, "element {i}: {v}");
     }
+}
+
+/// The pool and its input gradient for `sum(pool(x) · r)` by direct loops over each window
+/// (padding as −∞, the first maximum in row-major order taking the gradient, as in PyTorch).
+fn max_pool_by_loops(
+    x: &[f32],
+    r: &[f32],
+    (planes, h, w): (usize, usize, usize),
+    top: usize,
+    left: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    let mut y = vec![f32::NEG_INFINITY; planes * ho * wo];
+    let mut dx = vec![0f32; planes * h * w];
+    for p in 0..planes {
+        for i in 0..ho {
+            for j in 0..wo {
+                let mut best = None;
+                for di in 0..3 {
+                    for dj in 0..3 {
+                        let (row, col) = (
+                            (2 * i + di) as isize - top as isize,
+                            (2 * j + dj) as isize - left as isize,
+                        );
+                        if row < 0 || col < 0 || row >= h as isize || col >= w as isize {
+                            continue;
+                        }
+                        let k = p * h * w + row as usize * w + col as usize;
+                        let o = p * ho * wo + i * wo + j;
+                        if x[k] > y[o] {
+                            y[o] = x[k];
+                            best = Some(k);
+                        }
+                    }
+                }
+                dx[best.unwrap()] += r[p * ho * wo + i * wo + j];
+            }
+        }
+    }
+    (y, dx)
+}
+
+#[test]
+fn max_pool_and_its_gradient_match_direct_loops() {
+    // (n, c, h, w, top, left): PyTorch's padding 1 on even and odd sizes, TensorFlow SAME's none
+    // before on even sizes, a 1×1 map, and all-zero inputs (ties everywhere: the first wins).
+    let cases = [
+        ((2, 3, 8, 8), (1, 1), false),
+        ((1, 2, 7, 9), (1, 1), false),
+        ((2, 2, 6, 4), (0, 0), false),
+        ((1, 3, 1, 1), (1, 1), false),
+        ((2, 2, 5, 6), (1, 1), true),
+    ];
+    for ((n, c, h, w), (top, left), zeros) in cases {
+        let x = uniform_tensor(&[n, c, h, w], 11);
+        let x = if zeros { x.zeros_like().unwrap() } else { x };
+        let xv = Var::from_tensor(&x).unwrap();
+        let y = kernels::max_pool_3x3_s2(&xv, top, left).unwrap();
+        let r = uniform_tensor(y.dims(), 12);
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = grads.get(xv.as_tensor()).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (want_y, want_dx) = max_pool_by_loops(&flat(&x), &flat(&r), (n * c, h, w), top, left);
+        assert_eq!(y.dims(), [n, c, (h - 1) / 2 + 1, (w - 1) / 2 + 1]);
+        assert_eq!(flat(&y), want_y, "{:?} forward", (n, c, h, w, top, left));
+        assert_eq!(flat(dx), want_dx, "{:?} backward", (n, c, h, w, top, left));
+    }
+    assert!(kernels::max_pool_3x3_s2(&uniform_tensor(&[2, 3, 4], 1), 1, 1).is_err());
 }
 
 #[test]

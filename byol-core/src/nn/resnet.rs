@@ -452,9 +452,9 @@ impl ResNet {
 /// 3×3 stride-2 max-pool, for non-negative inputs (it follows a ReLU): padding 1 (PyTorch) or
 /// TensorFlow `SAME` (none before on even sizes); both give `⌈n / 2⌉` outputs.
 ///
-/// candle's `max_pool2d` has no backward pass when kernel ≠ stride, so the pool is the maximum of
-/// the nine shifted, stride-2 views; zero padding is exact because the input is ≥ 0 (TensorFlow
-/// pads with −∞, equivalent here).
+/// One fused op on the fast backend. Elsewhere (candle's `max_pool2d` has no backward pass when
+/// kernel ≠ stride) the maximum of the nine shifted, stride-2 views; zero padding is exact there
+/// because the input is ≥ 0 (PyTorch and TensorFlow pad with −∞, equivalent here).
 fn max_pool_3x3_s2(xs: &Tensor, padding: Padding) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = xs.dims4()?;
     let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
@@ -463,6 +463,9 @@ fn max_pool_3x3_s2(xs: &Tensor, padding: Padding) -> candle_core::Result<Tensor>
         Padding::TfSame => ((out - 1) * 2 + 3).saturating_sub(size) / 2,
     };
     let (top, left) = (before(h, ho), before(w, wo));
+    if byol_kernels::use_fast(xs) {
+        return byol_kernels::max_pool_3x3_s2(xs, top, left);
+    }
     // `before` rows/columns of padding first, enough after for 2·ho rows from offset 2.
     let padded = xs
         .pad_with_zeros(2, top, 2 * ho + 2 - h - top)?
