@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cross_replica::{channel_sum, ChannelSum};
+use crate::lanes::{sum_of, sums_of3};
 use crate::storage::slice;
 
 /// The batch statistics of one train-mode forward, for the running-average update.
@@ -91,74 +92,49 @@ fn check_vec(s: &CpuStorage, l: &Layout, c: usize, what: &str) -> candle_core::R
     Ok(v.to_vec())
 }
 
-/// Per-channel (mean, biased variance) of `x` `[n, c, s]`, in f64 then rounded.
-fn channel_stats(x: &[f32], (n, c, s): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
-    let count = (n * s) as f64;
-    let stats: Vec<(f32, f32)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let planes = (0..n).map(|i| &x[(i * c + ch) * s..][..s]);
-            let sum: f64 = planes
-                .clone()
-                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                .sum();
-            let mean = sum / count;
-            let sq: f64 = planes
-                .map(|p| {
-                    p.iter()
-                        .map(|&v| {
-                            let d = v as f64 - mean;
-                            d * d
-                        })
-                        .sum::<f64>()
-                })
-                .sum();
-            (mean as f32, (sq / count) as f32)
-        })
-        .collect();
-    stats.into_iter().unzip()
-}
-
-/// [`channel_stats`] over every process of `sync`: the sums, then the centred squares around
-/// the global mean, each reduced across processes (f64 throughout). Also returns the count.
-fn synced_channel_stats(
+/// Per channel of `x` `[n, c, s]`, the f64 sum over its planes of `plane_sum(plane, channel)`.
+fn per_channel(
     x: &[f32],
     (n, c, s): (usize, usize, usize),
-    sync: &dyn ChannelSum,
-) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
-    let planes = |ch: usize| (0..n).map(move |i| &x[(i * c + ch) * s..][..s]);
-    let mut sums: Vec<f64> = (0..c)
+    plane_sum: impl Fn(&[f32], usize) -> f64 + Sync,
+) -> Vec<f64> {
+    (0..c)
         .into_par_iter()
         .map(|ch| {
-            planes(ch)
-                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+            (0..n)
+                .map(|i| plane_sum(&x[(i * c + ch) * s..][..s], ch))
                 .sum()
         })
-        .collect();
+        .collect()
+}
+
+/// Per-channel (mean, biased variance) of `x` `[n, c, s]`, and the values per channel they were
+/// taken over: the sums, then the centred squares around the mean, in f64 then rounded. With
+/// `sync` both sums are reduced over the processes (synchronised BatchNorm).
+fn channel_stats(
+    x: &[f32],
+    (n, c, s): (usize, usize, usize),
+    sync: Option<&dyn ChannelSum>,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
+    let mut sums = per_channel(x, (n, c, s), |p, _| sum_of(p, |v| v));
     sums.push((n * s) as f64);
-    sync.sum(&mut sums)?;
+    if let Some(sync) = sync {
+        sync.sum(&mut sums)?;
+    }
     let count = sums[c];
-    if count < 2.0 {
+    if sync.is_some() && count < 2.0 {
         candle_core::bail!("synchronised BatchNorm needs more than one value per channel")
     }
     let mean: Vec<f64> = sums[..c].iter().map(|v| v / count).collect();
-    let mut squares: Vec<f64> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let m = mean[ch];
-            planes(ch)
-                .map(|p| {
-                    p.iter()
-                        .map(|&v| {
-                            let d = v as f64 - m;
-                            d * d
-                        })
-                        .sum::<f64>()
-                })
-                .sum()
-        })
-        .collect();
-    sync.sum(&mut squares)?;
+    let mut squares = per_channel(x, (n, c, s), |p, ch| {
+        // Centred in f64 then rounded: exact enough even where |mean| ≫ the spread.
+        let m = mean[ch];
+        let shifted = |v: f32| (v as f64 - m) as f32;
+        sum_of(p, |v| shifted(v) * shifted(v))
+    });
+    if let Some(sync) = sync {
+        sync.sum(&mut squares)?;
+    }
     Ok((
         mean.iter().map(|&m| m as f32).collect(),
         squares.iter().map(|&q| (q / count) as f32).collect(),
@@ -176,14 +152,8 @@ impl BnTrain {
         beta: &[f32],
         residual: Option<&[f32]>,
     ) -> candle_core::Result<Vec<f32>> {
-        let (n, c, s) = dims;
-        let (mean, var, count) = match &self.sync {
-            Some(sync) => synced_channel_stats(x, dims, sync.as_ref())?,
-            None => {
-                let (mean, var) = channel_stats(x, dims);
-                (mean, var, n * s)
-            }
-        };
+        let (_, c, s) = dims;
+        let (mean, var, count) = channel_stats(x, dims, self.sync.as_deref())?;
         let inv_std: Vec<f32> = var
             .iter()
             .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
@@ -324,25 +294,16 @@ fn bn_backward(
             for i in 0..n {
                 let off = (i * c + ch) * s;
                 let (xp, dp) = (&x[off..][..s], &dy[off..][..s]);
-                // f32 partial sums per plane keep the loop vectorised; planes add in f64.
-                let (mut a, mut b) = (0f32, 0f32);
-                match mask_by {
-                    Some(y) => {
-                        for ((&xv, &d), &yv) in xp.iter().zip(dp).zip(&y[off..][..s]) {
-                            let d = relu_mask(yv, d);
-                            a += d;
-                            b += d * (xv - m);
-                        }
-                    }
-                    None => {
-                        for (&xv, &d) in xp.iter().zip(dp) {
-                            a += d;
-                            b += d * (xv - m);
-                        }
-                    }
-                }
-                sd += a as f64;
-                sdx += b as f64;
+                // Without a mask, the third slice is read but not used.
+                let (a, b) = match mask_by {
+                    Some(y) => sums_of3((xp, dp, &y[off..][..s]), |xv, d, yv| {
+                        let d = relu_mask(yv, d);
+                        (d, d * (xv - m))
+                    }),
+                    None => sums_of3((xp, dp, xp), |xv, d, _| (d, d * (xv - m))),
+                };
+                sd += a;
+                sdx += b;
             }
             (sd, sdx * inv_std[ch] as f64)
         })

@@ -21,6 +21,7 @@ mod cross_replica;
 mod device_conv;
 mod frozen;
 mod geometry;
+mod lanes;
 pub mod onednn;
 mod pool;
 mod scratch;
