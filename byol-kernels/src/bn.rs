@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::cross_replica::{channel_sum, ChannelSum};
 use crate::lanes::{sum_of, sums_of3};
+use crate::simd::with_avx2;
 use crate::storage::slice;
 
 /// The batch statistics of one train-mode forward, for the running-average update.
@@ -101,9 +102,11 @@ fn per_channel(
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            (0..n)
-                .map(|i| plane_sum(&x[(i * c + ch) * s..][..s], ch))
-                .sum()
+            with_avx2(|| {
+                (0..n)
+                    .map(|i| plane_sum(&x[(i * c + ch) * s..][..s], ch))
+                    .sum()
+            })
         })
         .collect()
 }
@@ -192,11 +195,11 @@ impl BnTrain {
                 .par_chunks_mut(c * s)
                 .zip(x.par_chunks(c * s))
                 .zip(res.par_chunks(c * s))
-                .for_each(|(yx, rr)| body(yx, Some(rr))),
+                .for_each(|(yx, rr)| with_avx2(|| body(yx, Some(rr)))),
             None => y
                 .par_chunks_mut(c * s)
                 .zip(x.par_chunks(c * s))
-                .for_each(|yx| body(yx, None)),
+                .for_each(|yx| with_avx2(|| body(yx, None))),
         }
         *self
             .saved
@@ -289,23 +292,25 @@ fn bn_backward(
     let sums64: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let m = mean[ch];
-            let (mut sd, mut sdx) = (0f64, 0f64);
-            for i in 0..n {
-                let off = (i * c + ch) * s;
-                let (xp, dp) = (&x[off..][..s], &dy[off..][..s]);
-                // Without a mask, the third slice is read but not used.
-                let (a, b) = match mask_by {
-                    Some(y) => sums_of3((xp, dp, &y[off..][..s]), |xv, d, yv| {
-                        let d = relu_mask(yv, d);
-                        (d, d * (xv - m))
-                    }),
-                    None => sums_of3((xp, dp, xp), |xv, d, _| (d, d * (xv - m))),
-                };
-                sd += a;
-                sdx += b;
-            }
-            (sd, sdx * inv_std[ch] as f64)
+            with_avx2(|| {
+                let m = mean[ch];
+                let (mut sd, mut sdx) = (0f64, 0f64);
+                for i in 0..n {
+                    let off = (i * c + ch) * s;
+                    let (xp, dp) = (&x[off..][..s], &dy[off..][..s]);
+                    // Without a mask, the third slice is read but not used.
+                    let (a, b) = match mask_by {
+                        Some(y) => sums_of3((xp, dp, &y[off..][..s]), |xv, d, yv| {
+                            let d = relu_mask(yv, d);
+                            (d, d * (xv - m))
+                        }),
+                        None => sums_of3((xp, dp, xp), |xv, d, _| (d, d * (xv - m))),
+                    };
+                    sd += a;
+                    sdx += b;
+                }
+                (sd, sdx * inv_std[ch] as f64)
+            })
         })
         .collect();
     let local: Vec<(f32, f32)> = sums64.iter().map(|&(a, b)| (a as f32, b as f32)).collect();
@@ -334,28 +339,32 @@ fn bn_backward(
     let mut dx = vec![0f32; x.len()];
     let cs = c * s;
     dx.par_chunks_mut(cs).enumerate().for_each(|(i, o)| {
-        let (xr, dr) = (&x[i * cs..][..cs], &dy[i * cs..][..cs]);
-        for (ch, &(k, p, q)) in coef.iter().enumerate() {
-            let r = ch * s..(ch + 1) * s;
-            match mask_by {
-                Some(y) => {
-                    let yr = &y[i * cs..][..cs];
-                    for (((o, &xv), &d), &yv) in o[r.clone()]
-                        .iter_mut()
-                        .zip(&xr[r.clone()])
-                        .zip(&dr[r.clone()])
-                        .zip(&yr[r])
-                    {
-                        *o = k * relu_mask(yv, d) + p * xv + q;
+        with_avx2(|| {
+            let (xr, dr) = (&x[i * cs..][..cs], &dy[i * cs..][..cs]);
+            for (ch, &(k, p, q)) in coef.iter().enumerate() {
+                let r = ch * s..(ch + 1) * s;
+                match mask_by {
+                    Some(y) => {
+                        let yr = &y[i * cs..][..cs];
+                        for (((o, &xv), &d), &yv) in o[r.clone()]
+                            .iter_mut()
+                            .zip(&xr[r.clone()])
+                            .zip(&dr[r.clone()])
+                            .zip(&yr[r])
+                        {
+                            *o = k * relu_mask(yv, d) + p * xv + q;
+                        }
                     }
-                }
-                None => {
-                    for ((o, &xv), &d) in o[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dr[r]) {
-                        *o = k * d + p * xv + q;
+                    None => {
+                        for ((o, &xv), &d) in
+                            o[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dr[r])
+                        {
+                            *o = k * d + p * xv + q;
+                        }
                     }
                 }
             }
-        }
+        })
     });
     let dgamma = local.iter().map(|s| s.1).collect();
     let dbeta = local.iter().map(|s| s.0).collect();

@@ -25,6 +25,7 @@ mod lanes;
 pub mod onednn;
 mod pool;
 mod scratch;
+pub mod simd;
 mod storage;
 mod update;
 

@@ -2,10 +2,14 @@
 //! norms, then decay + trust ratio + momentum + step) and the target's EMA in one, on both cores.
 //! The candle-op versions (`optim/lars.rs`, `byol/ema.rs`) make ~10 and 3 passes, several of them
 //! single-threaded; on ResNet-50's 35 M parameters that was a visible part of the step.
-//! Element arithmetic is f32 in the same order as those versions; the norms accumulate in f64.
+//! Element arithmetic is f32 in the same order as those versions; the norms accumulate as
+//! `lanes.rs` does (f32 lanes per block, blocks in f64).
 
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
+
+use crate::lanes::sums_of3;
+use crate::simd::with_avx2;
 
 /// Elements per parallel chunk: large enough to amortise rayon, small enough to split a layer.
 const CHUNK: usize = 1 << 15;
@@ -70,9 +74,11 @@ pub fn lars_update(
                         .par_chunks(CHUNK)
                         .zip(gv.par_chunks(CHUNK))
                         .map(|(wc, gc)| {
-                            wc.iter().zip(gc).fold((0f64, 0f64), |(ww, gg), (&w, &g)| {
-                                let gd = g + decay * w;
-                                (ww + (w * w) as f64, gg + (gd * gd) as f64)
+                            with_avx2(|| {
+                                sums_of3((wc, gc, wc), |w, g, _| {
+                                    let gd = g + decay * w;
+                                    (w * w, gd * gd)
+                                })
                             })
                         })
                         .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
@@ -92,17 +98,19 @@ pub fn lars_update(
                     .zip(m_new.par_chunks_mut(CHUNK))
                     .enumerate()
                     .for_each(|(i, (wo, mo))| {
-                        let at = i * CHUNK;
-                        for j in 0..wo.len() {
-                            let (w, g) = (wv[at + j], gv[at + j]);
-                            let u = (g + decay * w) * trust;
-                            let m = match mv {
-                                Some(mv) => mv[at + j] * mu + u,
-                                None => u,
-                            };
-                            mo[j] = m;
-                            wo[j] = w - m * lr;
-                        }
+                        with_avx2(|| {
+                            let at = i * CHUNK;
+                            for j in 0..wo.len() {
+                                let (w, g) = (wv[at + j], gv[at + j]);
+                                let u = (g + decay * w) * trust;
+                                let m = match mv {
+                                    Some(mv) => mv[at + j] * mu + u,
+                                    None => u,
+                                };
+                                mo[j] = m;
+                                wo[j] = w - m * lr;
+                            }
+                        })
                     });
             };
             match &m {
@@ -130,9 +138,11 @@ pub fn ema(target: &Tensor, online: &Tensor, tau: f64) -> candle_core::Result<Te
             out.par_chunks_mut(CHUNK)
                 .zip(tv.par_chunks(CHUNK).zip(ov.par_chunks(CHUNK)))
                 .for_each(|(dst, (tc, oc))| {
-                    for ((d, &t), &o) in dst.iter_mut().zip(tc).zip(oc) {
-                        *d = t * a + o * b;
-                    }
+                    with_avx2(|| {
+                        for ((d, &t), &o) in dst.iter_mut().zip(tc).zip(oc) {
+                            *d = t * a + o * b;
+                        }
+                    })
                 })
         })
     })??;

@@ -11,7 +11,8 @@ pub const GREY_R: f32 = 0.2989;
 pub const GREY_G: f32 = 0.587;
 pub const GREY_B: f32 = 0.114;
 
-/// Compiles `$body` twice (baseline and AVX2+FMA) and dispatches on the running CPU.
+/// Compiles `$body` twice (baseline and AVX2+FMA) and dispatches on the running CPU
+/// (`byol_kernels::simd::with_avx2`).
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -20,19 +21,7 @@ macro_rules! multiversion {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             fn inner($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx2($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the running CPU has the features `avx2` was compiled for.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            inner($($arg),*)
+            byol_kernels::simd::with_avx2(|| inner($($arg),*))
         }
     };
 }
