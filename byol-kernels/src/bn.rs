@@ -4,6 +4,7 @@
 //! channel is cache-hot, accumulated in f64), one pass writing `y = x·a + b`. Backward: one pass
 //! for `Σdy` and `Σdy·x̂`, one pass writing `dx`. Stock candle needs ~35 full-size passes.
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
@@ -12,7 +13,7 @@ use rayon::prelude::*;
 use crate::cross_replica::{channel_sum, ChannelSum};
 use crate::lanes::{sum_of, sums_of3};
 use crate::simd::with_avx2;
-use crate::storage::slice;
+use crate::storage::{filled_par, slice};
 
 /// The batch statistics of one train-mode forward, for the running-average update.
 #[derive(Debug, Clone)]
@@ -145,6 +146,40 @@ fn channel_stats(
     ))
 }
 
+/// One sample's `y = x·a + b` per channel (planes of `s` values), then the epilogue; writes
+/// every value of `yr`.
+#[inline(always)]
+fn normalise_sample(
+    yr: &mut [MaybeUninit<f32>],
+    xr: &[f32],
+    rr: Option<&[f32]>,
+    (a, b): (&[f32], &[f32]),
+    s: usize,
+    epilogue: Epilogue,
+) {
+    for (ch, (&a, &b)) in a.iter().zip(b).enumerate() {
+        let r = ch * s..(ch + 1) * s;
+        let (yp, xp) = (&mut yr[r.clone()], &xr[r.clone()]);
+        match (epilogue, rr) {
+            (Epilogue::AddRelu, Some(rr)) => {
+                for ((o, &v), &q) in yp.iter_mut().zip(xp).zip(&rr[r]) {
+                    o.write(relu(v * a + b + q));
+                }
+            }
+            (Epilogue::Relu, _) => {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    o.write(relu(v * a + b));
+                }
+            }
+            _ => {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    o.write(v * a + b);
+                }
+            }
+        }
+    }
+}
+
 impl BnTrain {
     /// The forward of every epilogue: statistics, then one pass writing the output.
     fn run(
@@ -164,43 +199,16 @@ impl BnTrain {
         // y = x·a + b with a = γ/σ, b = β − μ·a.
         let a: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, i)| g * i).collect();
         let b: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * a[ch]).collect();
-        let mut y = vec![0f32; x.len()];
-        let epilogue = self.epilogue;
-        let body = |(yr, xr): (&mut [f32], &[f32]), rr: Option<&[f32]>| {
-            for ch in 0..c {
-                let (a, b) = (a[ch], b[ch]);
-                let r = ch * s..(ch + 1) * s;
-                let (yp, xp) = (&mut yr[r.clone()], &xr[r.clone()]);
-                match (epilogue, rr) {
-                    (Epilogue::AddRelu, Some(rr)) => {
-                        for ((o, &v), &q) in yp.iter_mut().zip(xp).zip(&rr[r]) {
-                            *o = relu(v * a + b + q);
-                        }
-                    }
-                    (Epilogue::Relu, _) => {
-                        for (o, &v) in yp.iter_mut().zip(xp) {
-                            *o = relu(v * a + b);
-                        }
-                    }
-                    _ => {
-                        for (o, &v) in yp.iter_mut().zip(xp) {
-                            *o = v * a + b;
-                        }
-                    }
-                }
-            }
+        let cs = c * s;
+        // SAFETY: each chunk is one sample, `normalise_sample` writes all its c·s values.
+        let y = unsafe {
+            filled_par(x.len(), cs, |i, yr| {
+                let rr = residual.map(|r| &r[i * cs..][..cs]);
+                with_avx2(|| {
+                    normalise_sample(yr, &x[i * cs..][..cs], rr, (&a, &b), s, self.epilogue)
+                })
+            })
         };
-        match residual {
-            Some(res) => y
-                .par_chunks_mut(c * s)
-                .zip(x.par_chunks(c * s))
-                .zip(res.par_chunks(c * s))
-                .for_each(|(yx, rr)| with_avx2(|| body(yx, Some(rr)))),
-            None => y
-                .par_chunks_mut(c * s)
-                .zip(x.par_chunks(c * s))
-                .for_each(|yx| with_avx2(|| body(yx, None))),
-        }
         *self
             .saved
             .lock()
@@ -336,36 +344,38 @@ fn bn_backward(
             (k, p, q)
         })
         .collect();
-    let mut dx = vec![0f32; x.len()];
     let cs = c * s;
-    dx.par_chunks_mut(cs).enumerate().for_each(|(i, o)| {
-        with_avx2(|| {
-            let (xr, dr) = (&x[i * cs..][..cs], &dy[i * cs..][..cs]);
-            for (ch, &(k, p, q)) in coef.iter().enumerate() {
-                let r = ch * s..(ch + 1) * s;
-                match mask_by {
-                    Some(y) => {
-                        let yr = &y[i * cs..][..cs];
-                        for (((o, &xv), &d), &yv) in o[r.clone()]
-                            .iter_mut()
-                            .zip(&xr[r.clone()])
-                            .zip(&dr[r.clone()])
-                            .zip(&yr[r])
-                        {
-                            *o = k * relu_mask(yv, d) + p * xv + q;
+    // SAFETY: each chunk is one sample, whose c planes of s values are all written below.
+    let dx = unsafe {
+        filled_par(x.len(), cs, |i, o| {
+            with_avx2(|| {
+                let (xr, dr) = (&x[i * cs..][..cs], &dy[i * cs..][..cs]);
+                for (ch, &(k, p, q)) in coef.iter().enumerate() {
+                    let r = ch * s..(ch + 1) * s;
+                    match mask_by {
+                        Some(y) => {
+                            let yr = &y[i * cs..][..cs];
+                            for (((o, &xv), &d), &yv) in o[r.clone()]
+                                .iter_mut()
+                                .zip(&xr[r.clone()])
+                                .zip(&dr[r.clone()])
+                                .zip(&yr[r])
+                            {
+                                o.write(k * relu_mask(yv, d) + p * xv + q);
+                            }
                         }
-                    }
-                    None => {
-                        for ((o, &xv), &d) in
-                            o[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dr[r])
-                        {
-                            *o = k * d + p * xv + q;
+                        None => {
+                            for ((o, &xv), &d) in
+                                o[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dr[r])
+                            {
+                                o.write(k * d + p * xv + q);
+                            }
                         }
                     }
                 }
-            }
+            })
         })
-    });
+    };
     let dgamma = local.iter().map(|s| s.1).collect();
     let dbeta = local.iter().map(|s| s.0).collect();
     Ok((dx, dgamma, dbeta))

@@ -12,3 +12,25 @@ pub(crate) fn slice<'a>(
         None => candle_core::bail!("{what}: the fast kernels need a contiguous input"),
     }
 }
+
+/// A vector of `len` values written chunk by chunk in parallel by `fill(chunk index, chunk)`
+/// (chunks of `chunk` values, the last shorter), without filling it with zeros first: on a
+/// full-size output that fill costs as much as the pass that overwrites it.
+///
+/// # Safety
+/// `fill` must write every element of each chunk it is given.
+pub(crate) unsafe fn filled_par(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: `fill` wrote all `len` values (the caller's promise), within the capacity.
+    unsafe { v.set_len(len) };
+    v
+}

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::lanes::sums_of3;
 use crate::simd::with_avx2;
+use crate::storage::filled_par;
 
 /// Elements per parallel chunk: large enough to amortise rayon, small enough to split a layer.
 const CHUNK: usize = 1 << 15;
@@ -132,18 +133,20 @@ pub fn ema(target: &Tensor, online: &Tensor, tau: f64) -> candle_core::Result<Te
     same_shape(target, online, "target and online")?;
     let (t, o) = (target.contiguous()?, online.contiguous()?);
     let (a, b) = (tau as f32, (1.0 - tau) as f32);
-    let mut out = vec![0f32; t.elem_count()];
-    with_values(&t, |tv| {
+    let out = with_values(&t, |tv| {
         with_values(&o, |ov| {
-            out.par_chunks_mut(CHUNK)
-                .zip(tv.par_chunks(CHUNK).zip(ov.par_chunks(CHUNK)))
-                .for_each(|(dst, (tc, oc))| {
+            // SAFETY: chunk i of the output pairs with chunk i of both inputs (same length, the
+            // shapes were checked), and every value of it is written.
+            unsafe {
+                filled_par(tv.len(), CHUNK, |i, dst| {
+                    let (tc, oc) = (&tv[i * CHUNK..][..dst.len()], &ov[i * CHUNK..][..dst.len()]);
                     with_avx2(|| {
                         for ((d, &t), &o) in dst.iter_mut().zip(tc).zip(oc) {
-                            *d = t * a + o * b;
+                            d.write(t * a + o * b);
                         }
                     })
                 })
+            }
         })
     })??;
     Tensor::from_vec(out, t.shape().clone(), t.device())
