@@ -1,8 +1,9 @@
 //! Train-mode BatchNorm as fused ops for `[N, C]` and `[N, C, H, W]` f32 inputs.
 //!
-//! Forward: one pass for the per-channel statistics (mean, then centred variance while the
-//! channel is cache-hot, accumulated in f64), one pass writing `y = x·a + b`. Backward: one pass
-//! for `Σdy` and `Σdy·x̂`, one pass writing `dx`. Stock candle needs ~35 full-size passes.
+//! Forward: two passes for the per-channel statistics (the sums, then the centred squares;
+//! f32 lanes within blocks, f64 across them, `lanes.rs`), one pass writing `y = x·a + b`.
+//! Backward: one pass for `Σdy` and `Σdy·x̂`, one pass writing `dx`. Stock candle needs ~35
+//! full-size passes. The passes run in the AVX2 copy where the CPU has it (`simd.rs`).
 
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
