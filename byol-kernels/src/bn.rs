@@ -95,51 +95,72 @@ fn check_vec(s: &CpuStorage, l: &Layout, c: usize, what: &str) -> candle_core::R
     Ok(v.to_vec())
 }
 
-/// Per channel of `x` `[n, c, s]`, the f64 sum over its planes of `plane_sum(plane, channel)`.
-fn per_channel(
+/// `Σ plane_sum(plane)` over the `n` planes of channel `ch` of `x` `[n, c, s]`.
+#[inline(always)]
+fn over_planes(
     x: &[f32],
     (n, c, s): (usize, usize, usize),
-    plane_sum: impl Fn(&[f32], usize) -> f64 + Sync,
-) -> Vec<f64> {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            with_avx2(|| {
-                (0..n)
-                    .map(|i| plane_sum(&x[(i * c + ch) * s..][..s], ch))
-                    .sum()
-            })
-        })
-        .collect()
+    ch: usize,
+    plane_sum: impl Fn(&[f32]) -> f64,
+) -> f64 {
+    (0..n).map(|i| plane_sum(&x[(i * c + ch) * s..][..s])).sum()
+}
+
+/// The sum of a plane's values.
+#[inline(always)]
+fn plane_sum(p: &[f32]) -> f64 {
+    sum_of(p, |v| v)
+}
+
+/// The sum of a plane's squared deviations from `mean` (each centred in f64 then rounded:
+/// exact enough even where |mean| ≫ the spread).
+#[inline(always)]
+fn plane_squares(p: &[f32], mean: f64) -> f64 {
+    let centred = |v: f32| (v as f64 - mean) as f32;
+    sum_of(p, |v| centred(v) * centred(v))
 }
 
 /// Per-channel (mean, biased variance) of `x` `[n, c, s]`, and the values per channel they were
-/// taken over: the sums, then the centred squares around the mean, in f64 then rounded. With
-/// `sync` both sums are reduced over the processes (synchronised BatchNorm).
+/// taken over: the sums, then the centred squares around the mean, in f64 then rounded. Alone,
+/// each channel's two passes run back to back while its values are in cache; with `sync` the
+/// sums, then the squares, are reduced over the processes (synchronised BatchNorm).
 fn channel_stats(
     x: &[f32],
-    (n, c, s): (usize, usize, usize),
+    dims: (usize, usize, usize),
     sync: Option<&dyn ChannelSum>,
 ) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
-    let mut sums = per_channel(x, (n, c, s), |p, _| sum_of(p, |v| v));
-    sums.push((n * s) as f64);
-    if let Some(sync) = sync {
-        sync.sum(&mut sums)?;
-    }
+    let (n, c, s) = dims;
+    let count = (n * s) as f64;
+    let Some(sync) = sync else {
+        let stats: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                with_avx2(|| {
+                    let mean = over_planes(x, dims, ch, plane_sum) / count;
+                    let var = over_planes(x, dims, ch, |p| plane_squares(p, mean)) / count;
+                    (mean as f32, var as f32)
+                })
+            })
+            .collect();
+        let (mean, var) = stats.into_iter().unzip();
+        return Ok((mean, var, n * s));
+    };
+    let mut sums: Vec<f64> = (0..c)
+        .into_par_iter()
+        .map(|ch| with_avx2(|| over_planes(x, dims, ch, plane_sum)))
+        .collect();
+    sums.push(count);
+    sync.sum(&mut sums)?;
     let count = sums[c];
-    if sync.is_some() && count < 2.0 {
+    if count < 2.0 {
         candle_core::bail!("synchronised BatchNorm needs more than one value per channel")
     }
     let mean: Vec<f64> = sums[..c].iter().map(|v| v / count).collect();
-    let mut squares = per_channel(x, (n, c, s), |p, ch| {
-        // Centred in f64 then rounded: exact enough even where |mean| ≫ the spread.
-        let m = mean[ch];
-        let shifted = |v: f32| (v as f64 - m) as f32;
-        sum_of(p, |v| shifted(v) * shifted(v))
-    });
-    if let Some(sync) = sync {
-        sync.sum(&mut squares)?;
-    }
+    let mut squares: Vec<f64> = (0..c)
+        .into_par_iter()
+        .map(|ch| with_avx2(|| over_planes(x, dims, ch, |p| plane_squares(p, mean[ch]))))
+        .collect();
+    sync.sum(&mut squares)?;
     Ok((
         mean.iter().map(|&m| m as f32).collect(),
         squares.iter().map(|&q| (q / count) as f32).collect(),
