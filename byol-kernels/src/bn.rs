@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cross_replica::{channel_sum, ChannelSum};
-use crate::lanes::{sum_of, sums_of3};
+use crate::lanes::{sum_of, sums_of2, sums_of3};
 use crate::simd::with_avx2;
 use crate::storage::{filled_par, slice};
 
@@ -328,13 +328,12 @@ fn bn_backward(
                 for i in 0..n {
                     let off = (i * c + ch) * s;
                     let (xp, dp) = (&x[off..][..s], &dy[off..][..s]);
-                    // Without a mask, the third slice is read but not used.
                     let (a, b) = match mask_by {
                         Some(y) => sums_of3((xp, dp, &y[off..][..s]), |xv, d, yv| {
                             let d = relu_mask(yv, d);
                             (d, d * (xv - m))
                         }),
-                        None => sums_of3((xp, dp, xp), |xv, d, _| (d, d * (xv - m))),
+                        None => sums_of2((xp, dp), |xv, d| (d, d * (xv - m))),
                     };
                     sd += a;
                     sdx += b;

@@ -61,6 +61,28 @@ pub(crate) fn sum_of(p: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     sum
 }
 
+/// `(Σ f(a[i], b[i]).0, Σ f(…).1)` over two slices of one length.
+#[inline(always)]
+pub(crate) fn sums_of2((a, b): (&[f32], &[f32]), f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
+    assert!(a.len() == b.len(), "slices of one length");
+    let [first, second] = blocked(
+        a.len(),
+        |i, [l0, l1]| {
+            let (ca, cb) = (at(a, i), at(b, i));
+            for k in 0..LANES {
+                let (u, v) = f(ca[k], cb[k]);
+                l0[k] += u;
+                l1[k] += v;
+            }
+        },
+        |i| {
+            let (u, v) = f(a[i], b[i]);
+            [u, v]
+        },
+    );
+    (first, second)
+}
+
 /// `(Σ f(a[i], b[i], c[i]).0, Σ f(…).1)` over three slices of one length.
 #[inline(always)]
 pub(crate) fn sums_of3(
@@ -102,6 +124,7 @@ mod tests {
             let b: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
             let s = sum_of(&a, |x| x);
             let (t, p) = sums_of3((&a, &b, &a), |x, y, _| (x, x * y));
+            assert_eq!(sums_of2((&a, &b), |x, y| (x, x * y)), (t, p));
             let want_s: f64 = a.iter().map(|&x| x as f64).sum();
             let want_p: f64 = a.iter().zip(&b).map(|(&x, &y)| (x * y) as f64).sum();
             assert!((s - want_s).abs() < 1e-4, "{len}: {s} vs {want_s}");

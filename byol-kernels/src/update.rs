@@ -8,7 +8,7 @@
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::lanes::sums_of3;
+use crate::lanes::sums_of2;
 use crate::simd::with_avx2;
 use crate::storage::filled_par;
 
@@ -76,7 +76,7 @@ pub fn lars_update(
                         .zip(gv.par_chunks(CHUNK))
                         .map(|(wc, gc)| {
                             with_avx2(|| {
-                                sums_of3((wc, gc, wc), |w, g, _| {
+                                sums_of2((wc, gc), |w, g| {
                                     let gd = g + decay * w;
                                     (w * w, gd * gd)
                                 })
