@@ -1,7 +1,7 @@
 //! Times full BYOL training steps (both views through online and target, symmetric loss,
 //! backward, LARS, EMA) and prints images per second.
 //!
-//! `bench_step --model r18-small|r50-imagenet --size PX --batch N --steps K --warmup W
+//! `bench_step --model r18-small|r50-imagenet|fmnist --size PX --batch N --steps K --warmup W
 //!  --backend default|onednn|onednn-direct|fast|stock --device cpu|cuda[:N]`
 //! Output: one line `img/s <value>` (plus per-step times on stderr). The backend chooses the CPU
 //! kernels; on a GPU the ops are candle's (cuDNN convolutions in a `cudnn` build) but for the
@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use byol_core::byol::{Byol, ByolConfig};
+use byol_core::config::TrainConfig;
 use byol_core::nn::ResNetConfig;
 use byol_core::optim::{Lars, LarsConfig};
 use byol_kernels::{default_backend, set_backend, Backend};
@@ -48,14 +49,21 @@ fn main() -> byol_core::Result<()> {
     };
     set_backend(backend);
     eprintln!("backend {backend:?}");
-    let encoder = ResNetConfig::benchmark(&model)?;
+    // `fmnist`: the quick start's network and heads (`--preset fashion-mnist`, 1 channel).
+    let config = match model.as_str() {
+        "fmnist" => TrainConfig::fashion_mnist().model,
+        other => ByolConfig::new(ResNetConfig::benchmark(other)?),
+    };
+    let channels = config.encoder.in_channels;
     let dev = byol_core::device::parse_device(&device)?;
     eprintln!("device {dev:?}");
-    let mut byol = Byol::new(&ByolConfig::new(encoder), &dev, 0)?;
+    let mut byol = Byol::new(&config, &dev, 0)?;
     let mut opt = Lars::new(LarsConfig::default());
     // Drawn on the host and copied once, as the pretraining loop copies its batches.
-    let v1 = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?.to_device(&dev)?;
-    let v2 = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?.to_device(&dev)?;
+    let v1 =
+        Tensor::randn(0f32, 1.0, (batch, channels, size, size), &Device::Cpu)?.to_device(&dev)?;
+    let v2 =
+        Tensor::randn(0f32, 1.0, (batch, channels, size, size), &Device::Cpu)?.to_device(&dev)?;
     dev.synchronize()?;
     let mut times = Vec::new();
     for i in 0..warmup + steps {
