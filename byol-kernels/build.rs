@@ -70,6 +70,7 @@ fn main() {
         None => soname,
     };
     println!("cargo:rustc-env=BYOL_DNNL_LIBRARY={library}");
+    println!("cargo:rustc-env=BYOL_DNNL_MAJOR={major}");
     println!("cargo:rustc-link-lib=dylib=dl");
     println!("cargo:rustc-cfg=byol_onednn");
 }

@@ -22,8 +22,10 @@ pub enum Backend {
     /// [`Backend::OneDnn`] with oneDNN's direct kernels only (no Winograd).
     OneDnnDirect,
     /// [`Backend::OneDnnDirect`] computing in bfloat16 (mixed precision): each convolution
-    /// rounds its two inputs to bf16 and accumulates and returns f32, so weights, gradients,
-    /// BatchNorm, the loss and the optimiser stay f32 (as PyTorch's CPU autocast).
+    /// pass rounds its two inputs to bf16 and accumulates and returns f32, so weights, gradients,
+    /// BatchNorm, the loss and the optimiser stay f32 (as PyTorch's CPU autocast); on oneDNN
+    /// 2.x the weight-gradient pass stays f32, where its bf16 kernel is the slower
+    /// (`onednn::bf16_weight_grads_pay`).
     OneDnnBf16,
 }
 

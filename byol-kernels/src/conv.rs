@@ -555,6 +555,12 @@ impl ConvEngine {
         // two reorders per call (the 8-channel quick-start model trained 35 % slower on it).
         let wide = g.cin >= 16 && g.cout >= 16;
         if let (Self::OneDnn { winograd, bf16 }, true) = (self, wide) {
+            // Where bf16 weight gradients are slower than f32 ones, they stay f32 (Winograd
+            // where it suits, as the f32 backend).
+            let (winograd, bf16) = match pass {
+                Pass::WeightGrad if bf16 && !onednn::bf16_weight_grads_pay() => (true, false),
+                _ => (winograd, bf16),
+            };
             match onednn::run(pass, g, winograd, bf16, a, b) {
                 Ok(out) => return out,
                 Err(e) => {

@@ -47,6 +47,23 @@ pub fn library() -> Option<String> {
     None
 }
 
+/// The major version of the oneDNN C API this build speaks (2 or 3; the library loaded is
+/// checked against it). None without the shim.
+pub fn major_version() -> Option<u32> {
+    #[cfg(byol_onednn)]
+    return env!("BYOL_DNNL_MAJOR").parse().ok();
+    #[cfg(not(byol_onednn))]
+    None
+}
+
+/// Whether bf16 weight gradients pay on this oneDNN: 2.x's bf16 weight-gradient kernel
+/// (`jit:avx512_core_amx_bf16`) took 2.3× the time of its f32 kernels over a ResNet-50 step and
+/// was slower on every one of its 22 shapes, and on the quick start's network
+/// (scripts/PERF.md, session 16); 3.x has AMX brgemm kernels for it.
+pub(crate) fn bf16_weight_grads_pay() -> bool {
+    major_version().is_some_and(|m| m >= 3)
+}
+
 /// Opens the library. libgomp (oneDNN's threads) reads its wait policy once, when it is loaded,
 /// and by default spins for milliseconds after every parallel region; between two convolutions
 /// those spinning threads take the cores from the rayon threads of the BatchNorm and elementwise

@@ -77,8 +77,9 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// fp32; bf16: mixed precision on oneDNN (CPU with AVX-512), the convolutions round their
-    /// inputs to bf16, weights, gradients, BatchNorm, loss and optimiser stay f32; auto: bf16
-    /// where the CPU has native bf16 and oneDNN runs, else fp32.
+    /// inputs to bf16 (on oneDNN 2.x but for the weight gradients, faster in f32 there),
+    /// weights, gradients, BatchNorm, loss and optimiser stay f32; auto: bf16 where the CPU has
+    /// native bf16 and oneDNN runs, else fp32.
     #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16", "auto"])]
     precision: String,
     #[arg(long)]

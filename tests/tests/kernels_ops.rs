@@ -117,10 +117,16 @@ fn bf16_convolutions_round_inputs_only() {
     ];
     for case in cases {
         // Inputs rounded to 8 mantissa bits (≤ 2^-9 relative each), sums in f32: a few 1e-3.
+        // On oneDNN 2.x the weight gradient stays f32 (its bf16 kernel is the slower one).
+        let f32_weight_grad = kernels::onednn::major_version() == Some(2);
         for (what, e) in CONV_OUTPUTS
             .iter()
             .zip(conv_errors(case, Backend::OneDnnBf16))
         {
+            if f32_weight_grad && *what == "weight grad" {
+                assert!(e < TOL, "bf16 backend, f32 weight grad {case:?}: {e}");
+                continue;
+            }
             assert!(e < 1e-2, "bf16 {case:?} {what}: {e}");
             assert!(e > 1e-5, "bf16 {case:?} {what}: {e} — bf16 did not run");
         }
