@@ -14,7 +14,10 @@ TF32, matrix products in full fp32: what candle does, cuDNN's default math and c
 `torch.autocast(dtype=torch.bfloat16)` (parameters, gradients, LARS and EMA stay fp32). Each
 timed step ends with `torch.cuda.synchronize()`.
 
-Usage: bench_pretrain_torch.py --model r18-small|r50-imagenet --size PX --batch N --steps K
+`--model fmnist` is the quick start's network (the `fashion-mnist` preset: ResNet-18 small stem at
+16 base channels, 1 input channel, heads 512/128), built as scripts/peer_fmnist.py builds it.
+
+Usage: bench_pretrain_torch.py --model r18-small|r50-imagenet|fmnist --size PX --batch N --steps K
        --warmup W --threads T [--device cpu|cuda[:N]] [--precision fp32|tf32|bf16]
 Prints one line `img/s <value>`.
 """
@@ -22,6 +25,7 @@ import contextlib
 import argparse
 import copy
 import sys
+import os
 import time
 
 try:
@@ -41,6 +45,12 @@ def mlp(d_in, hidden=4096, out=256):
 
 
 def encoder(model):
+    if model == "fmnist":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from make_parity_fixtures import narrow_resnet
+        net = narrow_resnet(18, 16, 1, True)
+        net.fc = nn.Identity()
+        return net, 128
     if model == "r18-small":
         net = torchvision.models.resnet18()
         net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -55,11 +65,16 @@ def encoder(model):
     return net, dim
 
 
+# (input channels, head hidden width, head output width) of each model.
+HEADS = {"fmnist": (1, 512, 128)}
+
+
 class Network(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.encoder, dim = encoder(model)
-        self.projector = mlp(dim)
+        _, hidden, out = HEADS.get(model, (3, 4096, 256))
+        self.projector = mlp(dim, hidden, out)
 
     def forward(self, x):
         return self.projector(self.encoder(x))
@@ -120,15 +135,16 @@ def main():
             torch.cuda.synchronize(device)
 
     online = Network(a.model).to(device)
-    predictor = mlp(256).to(device)
+    channels, hidden, out = HEADS.get(a.model, (3, 4096, 256))
+    predictor = mlp(out, hidden, out).to(device)
     target = copy.deepcopy(online)
     for p in target.parameters():
         p.requires_grad_(False)
     online.train(); predictor.train(); target.train()
     params = list(online.parameters()) + list(predictor.parameters())
     momentum = [torch.zeros_like(p) for p in params]
-    v1 = torch.randn(a.batch, 3, a.size, a.size).to(device)
-    v2 = torch.randn(a.batch, 3, a.size, a.size).to(device)
+    v1 = torch.randn(a.batch, channels, a.size, a.size).to(device)
+    v2 = torch.randn(a.batch, channels, a.size, a.size).to(device)
     sync()
 
     times = []
