@@ -48,9 +48,7 @@ def encoder(model):
     if model == "fmnist":
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from make_parity_fixtures import narrow_resnet
-        net = narrow_resnet(18, 16, 1, True)
-        net.fc = nn.Identity()
-        return net, 128
+        return narrow_resnet(18, 16, 1, True), 128  # its fc is already the identity
     if model == "r18-small":
         net = torchvision.models.resnet18()
         net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)

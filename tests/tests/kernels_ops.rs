@@ -115,10 +115,10 @@ fn bf16_convolutions_round_inputs_only() {
         (1, 16, 15, 13, 16, 7, 2, 3),
         (40, 16, 2, 2, 16, 3, 1, 1),
     ];
+    // On oneDNN 2.x the weight gradient stays f32 (its bf16 kernel is the slower one).
+    let f32_weight_grad = kernels::onednn::major_version() == Some(2);
     for case in cases {
         // Inputs rounded to 8 mantissa bits (≤ 2^-9 relative each), sums in f32: a few 1e-3.
-        // On oneDNN 2.x the weight gradient stays f32 (its bf16 kernel is the slower one).
-        let f32_weight_grad = kernels::onednn::major_version() == Some(2);
         for (what, e) in CONV_OUTPUTS
             .iter()
             .zip(conv_errors(case, Backend::OneDnnBf16))
