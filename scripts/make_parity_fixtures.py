@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torchvision.models import resnet50
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 50: (Bottleneck, [3, 4, 6, 3])}
+BLOCKS = {10: (BasicBlock, [1, 1, 1, 1]), 18: (BasicBlock, [2, 2, 2, 2]), 50: (Bottleneck, [3, 4, 6, 3])}
 
 
 def narrow_resnet(depth, base, in_ch, small_stem, stem_stride=1):
@@ -84,7 +84,8 @@ def encoder_case(out, name, depth, base, in_ch, small_stem, size, seed, stem_str
     with torch.no_grad():
         train_features = model(x.double())
     after = {f"expected.after.{k}": v for k, v in state(model, "").items()
-             if k in ("bn1.running_mean", "bn1.running_var", "layer4.1.bn2.running_var")}
+             if k in ("bn1.running_mean", "bn1.running_var", "layer4.0.bn2.running_var",
+                      "layer4.1.bn2.running_var")}
     tensors = {**weights, "input": x, "expected.eval_features": eval_features,
                "expected.train_features": train_features, **after}
     stem = ("small-strided" if stem_stride == 2 else "small") if small_stem else "imagenet"
@@ -151,6 +152,8 @@ def main():
     encoder_case(out, "resnet18_small_stem_grey", 18, 4, 1, True, 28, seed=2)
     encoder_case(out, "resnet18_small_strided_stem_grey", 18, 4, 1, True, 28, seed=5, stem_stride=2)
     encoder_case(out, "resnet50_imagenet_stem", 50, 4, 3, False, 64, seed=3)
+    # The `fashion-mnist` preset's network: one basic block a stage.
+    encoder_case(out, "resnet10_small_stem_grey", 10, 4, 1, True, 28, seed=6)
     byol_case(out, seed=4)
     torchvision_names(out)
     for p in sorted(out.iterdir()):

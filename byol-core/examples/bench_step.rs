@@ -51,7 +51,12 @@ fn main() -> byol_core::Result<()> {
     eprintln!("backend {backend:?}");
     // `fmnist`: the quick start's network and heads (`--preset fashion-mnist`, 1 channel).
     let config = match model.as_str() {
-        "fmnist" => TrainConfig::fashion_mnist().model,
+        "fmnist" => {
+            let mut m = TrainConfig::fashion_mnist().model;
+            m.encoder.depth = arg(&args, "--depth", m.encoder.depth);
+            m.encoder.base_channels = arg(&args, "--base-channels", m.encoder.base_channels);
+            m
+        }
         other => ByolConfig::new(ResNetConfig::benchmark(other)?),
     };
     let channels = config.encoder.in_channels;

@@ -7,7 +7,8 @@
 
 use byol_core::byol::Byol;
 use byol_core::io::SafetensorsFile;
-use byol_core::nn::{ResNet, ResNetConfig, VarStore};
+use byol_core::nn::{Padding, ResNet, ResNetConfig, VarStore};
+use byol_core::weights::{infer_architecture, ShapeHints};
 use byol_core::Error;
 use byol_tests::{
     device_tolerance, fixture, relative_error, strip_prefix, test_device, tiny_byol_config,
@@ -36,11 +37,25 @@ fn check_encoder(name: &str) {
         zero_init_residual: false,
         padding: Default::default(),
     };
+    // The architecture read back from the torchvision state dict's shapes is the one built.
+    let weights = strip_prefix(&file.tensors, "model.");
+    let shapes = weights
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
+    let hints = ShapeHints {
+        small_stem: Some(config.stem),
+        padding: Padding::Torch,
+    };
+    assert_eq!(
+        infer_architecture(&shapes, hints),
+        Ok(config.clone()),
+        "{name}"
+    );
+
     let mut store = VarStore::new(test_device(), 0);
     let encoder = ResNet::new(&mut store.root(), &config).unwrap();
-    store
-        .load_under("", &strip_prefix(&file.tensors, "model."), false)
-        .unwrap();
+    store.load_under("", &weights, false).unwrap();
     let input = &file.tensors["input"];
 
     let eval = encoder.forward_t(input, false).unwrap();
@@ -84,6 +99,12 @@ fn resnet18_small_stem_greyscale_matches_torchvision() {
 #[test]
 fn resnet18_small_strided_stem_greyscale_matches_torchvision() {
     check_encoder("resnet18_small_strided_stem_grey");
+}
+
+#[test]
+fn resnet10_small_stem_greyscale_matches_torchvision() {
+    // The `fashion-mnist` preset's depth: torchvision's ResNet with one basic block a stage.
+    check_encoder("resnet10_small_stem_grey");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! ResNet v1 encoders (depths 18–200, width multipliers, ImageNet or small-image stem) with
+//! ResNet v1 encoders (depths 10–200, width multipliers, ImageNet or small-image stem) with
 //! torchvision's tensor names, so a torchvision state dict loads as is and ours loads in
 //! torchvision. The classifier `fc` is absent: the encoder ends at global average pooling.
 //!
@@ -70,8 +70,8 @@ pub enum Padding {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResNetConfig {
-    /// 18, 26, 34, 50, 101, 152 or 200 (26: bottleneck blocks 2-2-2-2, VISSL's "resnet" of
-    /// depth 18).
+    /// 10, 18, 26, 34, 50, 101, 152 or 200 (10: one basic block a stage, the small-image
+    /// preset's; 26: bottleneck blocks 2-2-2-2, VISSL's "resnet" of depth 18).
     pub depth: usize,
     /// Channel multiplier: 1, 2 or 4 in the paper.
     pub width: usize,
@@ -127,6 +127,7 @@ impl ResNetConfig {
     /// Blocks per stage and whether blocks are bottlenecks.
     fn layout(&self) -> Result<([usize; 4], bool)> {
         Ok(match self.depth {
+            10 => ([1, 1, 1, 1], false),
             18 => ([2, 2, 2, 2], false),
             26 => ([2, 2, 2, 2], true),
             34 => ([3, 4, 6, 3], false),
@@ -137,7 +138,7 @@ impl ResNetConfig {
             d => {
                 return Err(Error::config(
                     "depth",
-                    format!("ResNet-{d} does not exist: use 18, 26, 34, 50, 101, 152 or 200"),
+                    format!("ResNet-{d} does not exist: use 10, 18, 26, 34, 50, 101, 152 or 200"),
                 ))
             }
         })

@@ -28,7 +28,8 @@ impl ShapeHints {
 }
 
 /// Blocks per stage and block type of each depth [`ResNetConfig`] builds.
-const DEPTHS: [([usize; 4], bool, usize); 7] = [
+const DEPTHS: [([usize; 4], bool, usize); 8] = [
+    ([1, 1, 1, 1], false, 10),
     ([2, 2, 2, 2], false, 18),
     ([2, 2, 2, 2], true, 26),
     ([3, 4, 6, 3], false, 34),
@@ -65,7 +66,7 @@ pub fn infer_architecture(
         .map(|(_, _, d)| *d)
         .ok_or_else(|| {
             format!(
-                "blocks per stage {blocks:?} ({}) match no ResNet depth we build (18, 26, 34, 50, \
+                "blocks per stage {blocks:?} ({}) match no ResNet depth we build (10, 18, 26, 34, 50, \
                  101, 152, 200)",
                 if bottleneck { "bottleneck" } else { "basic" }
             )
