@@ -14,8 +14,8 @@ TF32, matrix products in full fp32: what candle does, cuDNN's default math and c
 `torch.autocast(dtype=torch.bfloat16)` (parameters, gradients, LARS and EMA stay fp32). Each
 timed step ends with `torch.cuda.synchronize()`.
 
-`--model fmnist` is the quick start's network (the `fashion-mnist` preset: ResNet-18 small stem at
-16 base channels, 1 input channel, heads 512/128), built as scripts/peer_fmnist.py builds it.
+`--model fmnist` is the quick start's network (the `fashion-mnist` preset: ResNet-10 small stem at
+32 base channels, 1 input channel, heads 512/128), built as scripts/peer_fmnist.py builds it.
 
 Usage: bench_pretrain_torch.py --model r18-small|r50-imagenet|fmnist --size PX --batch N --steps K
        --warmup W --threads T [--device cpu|cuda[:N]] [--precision fp32|tf32|bf16]
@@ -48,7 +48,7 @@ def encoder(model):
     if model == "fmnist":
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from make_parity_fixtures import narrow_resnet
-        return narrow_resnet(18, 16, 1, True), 128  # its fc is already the identity
+        return narrow_resnet(10, 32, 1, True), 256  # its fc is already the identity
     if model == "r18-small":
         net = torchvision.models.resnet18()
         net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
