@@ -515,7 +515,7 @@ fn config_files_with_empty_heads_or_unknown_keys_are_refused_naming_the_field() 
             "model.projector.output_dim",
         ),
         (
-            good.replace("base_channels = 16", "base_channels = 16\nbase_chanels = 8"),
+            good.replace("in_channels = 1", "in_channels = 1\nbase_chanels = 8"),
             "base_chanels",
         ),
         (
