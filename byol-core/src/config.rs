@@ -130,7 +130,7 @@ impl TrainConfig {
     /// 256-d features), small stem, smaller heads. The quick start trains it for five minutes
     /// (`--time-limit 5`: the schedules are fitted to the budget). Values chosen by the sweeps in
     /// README "The Fashion-MNIST recipe" (linear probe on 60k/10k): ResNet-10 at 32 channels
-    /// +1.9 points over ResNet-18 at 16 in five minutes' steps; (ResNet-18) 16 base channels +5.7
+    /// +2.0 points over ResNet-18 at 16 in five minutes' steps; (ResNet-18) 16 base channels +5.7
     /// points over 8; LARS η 0.01 (lr 2.0 at batch 256, so 1.0 at 128)
     /// +1.4 over the paper's η 1e-3 (lr 3.0); a warm-up of a quarter of the run +1.7 over a tenth;
     /// the predictor's learning rate ×10 (the paper's appendix ablation) +1.3 at 250 steps, ahead
@@ -138,7 +138,7 @@ impl TrainConfig {
     pub fn fashion_mnist() -> Self {
         let encoder = ResNetConfig {
             // ResNet-10 (one basic block a stage) at 32 base channels (256-d features): in a
-            // five-minute budget it probes ~2 points above ResNet-18 at 16 (README, fourth
+            // five-minute budget it probes 2-3 points above ResNet-18 at 16 (README, fourth
             // sweep): at this scale width pays more than depth.
             depth: 10,
             width: 1,
