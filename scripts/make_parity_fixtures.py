@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 from torchvision.models import resnet50
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-BLOCKS = {10: (BasicBlock, [1, 1, 1, 1]), 18: (BasicBlock, [2, 2, 2, 2]), 50: (Bottleneck, [3, 4, 6, 3])}
+BLOCKS = {10: (BasicBlock, [1, 1, 1, 1]), 18: (BasicBlock, [2, 2, 2, 2]),
+          50: (Bottleneck, [3, 4, 6, 3])}
 
 
 def narrow_resnet(depth, base, in_ch, small_stem, stem_stride=1):
