@@ -112,9 +112,10 @@ fn two_ranks_with_synchronised_batch_norm_train_as_one_process() {
     // 8 = 3 + 3 + 2: uneven slices weigh their gradients by their share.
     train_ranks(&recipe(), &three, 3, true, false);
     assert_eq!(losses(&one).len(), 6);
-    // Three ranks round one more partial sum to f32: the BatchNorm shifts (β), whose gradient
-    // Σdy cancels to a small value, move by ~1e-4 of their (small) size; the rest by < 1e-5.
-    for (other, state_tolerance) in [(&two, 1e-5), (&three, 1e-3)] {
+    // Each rank rounds its partial sums to f32: the BatchNorm shifts (β), whose gradient Σdy
+    // cancels to a small value, move most. Two ranks: < 1e-5 on AVX-512 kernels, 1.3e-5 on an
+    // AVX2-only EPYC (other summation orders); three: ~1e-4. A wrong gradient scale moves ~1e-1.
+    for (other, state_tolerance) in [(&two, 1e-4), (&three, 1e-3)] {
         let (loss, state) = (loss_difference(&one, other), state_difference(&one, other));
         assert!(loss < 1e-5, "{}: loss differs by {loss:e}", other.display());
         assert!(
@@ -175,7 +176,8 @@ fn a_two_rank_checkpoint_resumes_in_one_process_on_the_same_curve() {
         state_difference(&whole, &split),
     );
     assert!(loss < 1e-5, "loss differs by {loss:e}");
-    assert!(state < 1e-5, "state differs by {state:e}");
+    // Rounding of the two ranks' partial sums, as above (1.3e-5 on an AVX2-only EPYC).
+    assert!(state < 1e-4, "state differs by {state:e}");
 }
 
 #[test]

@@ -14,5 +14,7 @@ pub use frozen::FrozenEncoder;
 pub use mlp::{Mlp, MlpConfig};
 pub use norm::BatchNorm;
 pub use precision::Precision;
-pub use resnet::{Padding, ResNet, ResNetConfig, Stem};
+pub use resnet::{
+    resnet_depth_list, Padding, ResNet, ResNetConfig, ResNetDepth, Stem, RESNET_DEPTHS,
+};
 pub use var_store::{Role, VarPath, VarStore};

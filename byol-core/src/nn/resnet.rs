@@ -94,6 +94,54 @@ fn default_base_channels() -> usize {
     64
 }
 
+/// One ResNet depth we build: blocks per stage and block type (torchvision's layouts; 10 and 26
+/// are the narrow-network variants of the same families).
+#[derive(Debug, Clone, Copy)]
+pub struct ResNetDepth {
+    pub depth: usize,
+    pub blocks: [usize; 4],
+    pub bottleneck: bool,
+}
+
+/// Every depth [`ResNetConfig`] builds; the architecture inference reads the same table.
+pub const RESNET_DEPTHS: [ResNetDepth; 8] = [
+    ResNetDepth::basic(10, [1, 1, 1, 1]),
+    ResNetDepth::basic(18, [2, 2, 2, 2]),
+    ResNetDepth::bottleneck(26, [2, 2, 2, 2]),
+    ResNetDepth::basic(34, [3, 4, 6, 3]),
+    ResNetDepth::bottleneck(50, [3, 4, 6, 3]),
+    ResNetDepth::bottleneck(101, [3, 4, 23, 3]),
+    ResNetDepth::bottleneck(152, [3, 8, 36, 3]),
+    ResNetDepth::bottleneck(200, [3, 24, 36, 3]),
+];
+
+impl ResNetDepth {
+    const fn basic(depth: usize, blocks: [usize; 4]) -> Self {
+        Self {
+            depth,
+            blocks,
+            bottleneck: false,
+        }
+    }
+
+    const fn bottleneck(depth: usize, blocks: [usize; 4]) -> Self {
+        Self {
+            depth,
+            blocks,
+            bottleneck: true,
+        }
+    }
+}
+
+/// "10, 18, …, 152 or 200", for error messages.
+pub fn resnet_depth_list() -> String {
+    let names: Vec<String> = RESNET_DEPTHS.iter().map(|d| d.depth.to_string()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
+}
+
 impl ResNetConfig {
     /// The encoders the step benchmarks time, by name: `r18-small` (ResNet-18, small stem) and
     /// `r50-imagenet` (ResNet-50, ImageNet stem).
@@ -126,22 +174,20 @@ impl ResNetConfig {
 
     /// Blocks per stage and whether blocks are bottlenecks.
     fn layout(&self) -> Result<([usize; 4], bool)> {
-        Ok(match self.depth {
-            10 => ([1, 1, 1, 1], false),
-            18 => ([2, 2, 2, 2], false),
-            26 => ([2, 2, 2, 2], true),
-            34 => ([3, 4, 6, 3], false),
-            50 => ([3, 4, 6, 3], true),
-            101 => ([3, 4, 23, 3], true),
-            152 => ([3, 8, 36, 3], true),
-            200 => ([3, 24, 36, 3], true),
-            d => {
-                return Err(Error::config(
+        RESNET_DEPTHS
+            .iter()
+            .find(|d| d.depth == self.depth)
+            .map(|d| (d.blocks, d.bottleneck))
+            .ok_or_else(|| {
+                Error::config(
                     "depth",
-                    format!("ResNet-{d} does not exist: use 10, 18, 26, 34, 50, 101, 152 or 200"),
-                ))
-            }
-        })
+                    format!(
+                        "ResNet-{} does not exist: use {}",
+                        self.depth,
+                        resnet_depth_list()
+                    ),
+                )
+            })
     }
 
     /// Checks every field, naming the first one out of range.

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::nn::{Padding, ResNetConfig, Stem};
+use crate::nn::{resnet_depth_list, Padding, ResNetConfig, Stem, RESNET_DEPTHS};
 
 /// What the shapes alone leave open, as the file's framework settles it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,18 +26,6 @@ impl ShapeHints {
         }
     }
 }
-
-/// Blocks per stage and block type of each depth [`ResNetConfig`] builds.
-const DEPTHS: [([usize; 4], bool, usize); 8] = [
-    ([1, 1, 1, 1], false, 10),
-    ([2, 2, 2, 2], false, 18),
-    ([2, 2, 2, 2], true, 26),
-    ([3, 4, 6, 3], false, 34),
-    ([3, 4, 6, 3], true, 50),
-    ([3, 4, 23, 3], true, 101),
-    ([3, 8, 36, 3], true, 152),
-    ([3, 24, 36, 3], true, 200),
-];
 
 /// The [`ResNetConfig`] whose tensors have the shapes of `shapes` (torchvision names, `fc.*`
 /// ignored). The error says what is missing, unknown or ambiguous, in words for the user.
@@ -60,15 +48,15 @@ pub fn infer_architecture(
         }
     }
     let bottleneck = shapes.contains_key("layer1.0.conv3.weight");
-    let depth = DEPTHS
+    let depth = RESNET_DEPTHS
         .iter()
-        .find(|(b, neck, _)| *b == blocks && *neck == bottleneck)
-        .map(|(_, _, d)| *d)
+        .find(|d| d.blocks == blocks && d.bottleneck == bottleneck)
+        .map(|d| d.depth)
         .ok_or_else(|| {
             format!(
-                "blocks per stage {blocks:?} ({}) match no ResNet depth we build (10, 18, 26, 34, 50, \
-                 101, 152, 200)",
-                if bottleneck { "bottleneck" } else { "basic" }
+                "blocks per stage {blocks:?} ({}) match no ResNet depth we build ({})",
+                if bottleneck { "bottleneck" } else { "basic" },
+                resnet_depth_list()
             )
         })?;
     let stem_kind = match (*kh, *kw) {
