@@ -114,7 +114,7 @@ fn two_ranks_with_synchronised_batch_norm_train_as_one_process() {
     assert_eq!(losses(&one).len(), 6);
     // Each rank rounds its partial sums to f32: the BatchNorm shifts (β), whose gradient Σdy
     // cancels to a small value, move most. Two ranks: < 1e-5 on AVX-512 kernels, 1.3e-5 on an
-    // AVX2-only EPYC (other summation orders); three: ~1e-4. A wrong gradient scale moves ~1e-1.
+    // AVX2-only EPYC (other summation orders); three: ~1e-4.
     for (other, state_tolerance) in [(&two, 1e-4), (&three, 1e-3)] {
         let (loss, state) = (loss_difference(&one, other), state_difference(&one, other));
         assert!(loss < 1e-5, "{}: loss differs by {loss:e}", other.display());

@@ -183,6 +183,11 @@ fn invalid_architectures_name_the_field() {
         matches!(err, Error::Config { ref field, .. } if field == "depth"),
         "{err}"
     );
+    assert!(
+        err.to_string()
+            .contains("ResNet-42 does not exist: use 10, 18, 26, 34, 50, 101, 152 or 200"),
+        "{err}"
+    );
     cfg.depth = 18;
     cfg.in_channels = 2;
     let err = ResNet::new(&mut store.root(), &cfg).unwrap_err();

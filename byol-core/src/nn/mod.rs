@@ -14,7 +14,6 @@ pub use frozen::FrozenEncoder;
 pub use mlp::{Mlp, MlpConfig};
 pub use norm::BatchNorm;
 pub use precision::Precision;
-pub use resnet::{
-    resnet_depth_list, Padding, ResNet, ResNetConfig, ResNetDepth, Stem, RESNET_DEPTHS,
-};
+pub(crate) use resnet::{resnet_depth_list, RESNET_DEPTHS};
+pub use resnet::{Padding, ResNet, ResNetConfig, Stem};
 pub use var_store::{Role, VarPath, VarStore};

@@ -97,14 +97,14 @@ fn default_base_channels() -> usize {
 /// One ResNet depth we build: blocks per stage and block type (torchvision's layouts; 10 and 26
 /// are the narrow-network variants of the same families).
 #[derive(Debug, Clone, Copy)]
-pub struct ResNetDepth {
-    pub depth: usize,
-    pub blocks: [usize; 4],
-    pub bottleneck: bool,
+pub(crate) struct ResNetDepth {
+    pub(crate) depth: usize,
+    pub(crate) blocks: [usize; 4],
+    pub(crate) bottleneck: bool,
 }
 
 /// Every depth [`ResNetConfig`] builds; the architecture inference reads the same table.
-pub const RESNET_DEPTHS: [ResNetDepth; 8] = [
+pub(crate) const RESNET_DEPTHS: [ResNetDepth; 8] = [
     ResNetDepth::basic(10, [1, 1, 1, 1]),
     ResNetDepth::basic(18, [2, 2, 2, 2]),
     ResNetDepth::bottleneck(26, [2, 2, 2, 2]),
@@ -134,12 +134,10 @@ impl ResNetDepth {
 }
 
 /// "10, 18, …, 152 or 200", for error messages.
-pub fn resnet_depth_list() -> String {
-    let names: Vec<String> = RESNET_DEPTHS.iter().map(|d| d.depth.to_string()).collect();
-    match names.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
-        _ => names.join(""),
-    }
+pub(crate) fn resnet_depth_list() -> String {
+    let depths: Vec<String> = RESNET_DEPTHS.iter().map(|d| d.depth.to_string()).collect();
+    let (last, rest) = depths.split_last().expect("RESNET_DEPTHS is not empty");
+    format!("{} or {last}", rest.join(", "))
 }
 
 impl ResNetConfig {
