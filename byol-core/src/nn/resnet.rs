@@ -170,12 +170,12 @@ impl ResNetConfig {
         }
     }
 
-    /// Blocks per stage and whether blocks are bottlenecks.
-    fn layout(&self) -> Result<([usize; 4], bool)> {
+    /// The table's row for this depth: blocks per stage and whether blocks are bottlenecks.
+    fn layout(&self) -> Result<ResNetDepth> {
         RESNET_DEPTHS
             .iter()
             .find(|d| d.depth == self.depth)
-            .map(|d| (d.blocks, d.bottleneck))
+            .copied()
             .ok_or_else(|| {
                 Error::config(
                     "depth",
@@ -226,7 +226,9 @@ impl ResNetConfig {
     /// can never make us reserve memory that the file's own tensors do not back.
     pub fn key_tensor_shapes(&self) -> Result<[(String, Vec<usize>); 2]> {
         self.validate()?;
-        let (blocks, bottleneck) = self.layout()?;
+        let ResNetDepth {
+            blocks, bottleneck, ..
+        } = self.layout()?;
         let k = match self.stem {
             Stem::Imagenet => 7,
             Stem::Small | Stem::SmallStrided | Stem::SmallPadded => 3,
@@ -245,7 +247,7 @@ impl ResNetConfig {
 
     /// Length of the pooled feature vector (2048 for ResNet-50, 512 for ResNet-18).
     pub fn feature_dim(&self) -> Result<usize> {
-        let (_, bottleneck) = self.layout()?;
+        let bottleneck = self.layout()?.bottleneck;
         let expansion = if bottleneck { 4 } else { 1 };
         Ok(self.base_channels * self.width * 8 * expansion)
     }
@@ -397,7 +399,9 @@ impl ResNet {
     /// Creates the encoder's tensors under `vs` (names `conv1.weight`, `layer1.0.bn1.weight`, …).
     pub fn new(vs: &mut VarPath, config: &ResNetConfig) -> Result<Self> {
         config.validate()?;
-        let (blocks, bottleneck) = config.layout()?;
+        let ResNetDepth {
+            blocks, bottleneck, ..
+        } = config.layout()?;
         let base = config.base_channels * config.width;
         let (k, s, p) = match config.stem {
             Stem::Imagenet => (7, 2, 3),
@@ -487,7 +491,7 @@ impl ResNet {
 
     /// Channels of each stage's output.
     pub fn stage_channels(&self) -> Result<[usize; 4]> {
-        let (_, bottleneck) = self.config.layout()?;
+        let bottleneck = self.config.layout()?.bottleneck;
         let e = if bottleneck { 4 } else { 1 };
         let base = self.config.base_channels * self.config.width;
         Ok([base * e, base * 2 * e, base * 4 * e, base * 8 * e])
