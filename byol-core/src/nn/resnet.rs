@@ -131,6 +131,15 @@ impl ResNetDepth {
             bottleneck: true,
         }
     }
+
+    /// A block's output channels per `planes`: 4 for bottlenecks, 1 for basic blocks.
+    pub(crate) const fn expansion(&self) -> usize {
+        if self.bottleneck {
+            4
+        } else {
+            1
+        }
+    }
 }
 
 /// "10, 18, …, 152 or 200", for error messages.
@@ -247,9 +256,7 @@ impl ResNetConfig {
 
     /// Length of the pooled feature vector (2048 for ResNet-50, 512 for ResNet-18).
     pub fn feature_dim(&self) -> Result<usize> {
-        let bottleneck = self.layout()?.bottleneck;
-        let expansion = if bottleneck { 4 } else { 1 };
-        Ok(self.base_channels * self.width * 8 * expansion)
+        Ok(self.base_channels * self.width * 8 * self.layout()?.expansion())
     }
 }
 
@@ -399,9 +406,10 @@ impl ResNet {
     /// Creates the encoder's tensors under `vs` (names `conv1.weight`, `layer1.0.bn1.weight`, …).
     pub fn new(vs: &mut VarPath, config: &ResNetConfig) -> Result<Self> {
         config.validate()?;
+        let layout = config.layout()?;
         let ResNetDepth {
             blocks, bottleneck, ..
-        } = config.layout()?;
+        } = layout;
         let base = config.base_channels * config.width;
         let (k, s, p) = match config.stem {
             Stem::Imagenet => (7, 2, 3),
@@ -414,7 +422,7 @@ impl ResNet {
                 .with_tf_same(config.padding == Padding::TfSame),
             bn: BatchNorm::new(&mut vs.pp("bn1"), base, false)?,
         };
-        let expansion = if bottleneck { 4 } else { 1 };
+        let expansion = layout.expansion();
         let mut in_ch = base;
         let mut stages = Vec::with_capacity(4);
         for (stage, &n) in blocks.iter().enumerate() {
@@ -491,8 +499,7 @@ impl ResNet {
 
     /// Channels of each stage's output.
     pub fn stage_channels(&self) -> Result<[usize; 4]> {
-        let bottleneck = self.config.layout()?.bottleneck;
-        let e = if bottleneck { 4 } else { 1 };
+        let e = self.config.layout()?.expansion();
         let base = self.config.base_channels * self.config.width;
         Ok([base * e, base * 2 * e, base * 4 * e, base * 8 * e])
     }
