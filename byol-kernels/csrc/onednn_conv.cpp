@@ -4,9 +4,11 @@
 // The library is opened by onednn_api.cpp (dlopen, never linked: where oneDNN is absent the Rust
 // kernels take over).
 //
-// Tensors stay plain NCHW / OIHW on the Rust side; each call reorders into the blocked layouts
-// oneDNN's kernels pick (as PyTorch does for NCHW tensors) and back. Primitives are cached per
-// thread and shape; the blocked copies live in per-thread buffers reused by every call.
+// Weights stay plain OIHW on the Rust side. Activations are plain NCHW, or already in oneDNN's
+// channel-blocked layout (nChw8c / nChw16c: what its direct kernels pick for f32) where the
+// caller keeps them so between layers; each call reorders what differs from the layout the
+// kernel picked (as PyTorch does for NCHW tensors) and back. Primitives are cached per thread
+// and shape; the staged copies live in per-thread buffers reused by every call.
 #include "onednn_api.h"
 
 #include <array>
@@ -76,7 +78,17 @@ void make_port(Port &p, int arg, const Md &plain, Md wanted, bool is_output) {
 }
 
 enum Kind { kForward = 0, kInputGrad = 1, kWeightGrad = 2 };
-using Key = std::array<int64_t, 12>;
+using Key = std::array<int64_t, 14>;
+
+// The caller's layout of an activation: plain NCHW (block 0) or nChw8c / nChw16c.
+dnnl_format_tag_t activation_tag(int64_t block) {
+  switch (block) {
+  case 0: return dnnl_nchw;
+  case 8: return dnnl_nChw8c;
+  case 16: return dnnl_nChw16c;
+  default: throw Failure{"activation block (0, 8 or 16)", dnnl_invalid_arguments};
+  }
+}
 
 // Winograd F(4x4, 3x3) where it measured faster here than the direct kernels (2x on 64-512
 // channel maps of 4x4 and more; slower on 2x2 maps and on the 3-channel stem). Its fp32 results
@@ -87,14 +99,16 @@ bool winograd_suits(const int64_t *g, int64_t ho, int64_t wo) {
 
 // bf16: the pass's two inputs are rounded to bf16 (by the reorders from the caller's f32), its
 // output stays f32 (oneDNN accumulates in f32): mixed precision as PyTorch's CPU autocast.
-std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd, bool bf16) {
+std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd, bool bf16, int64_t x_block,
+                             int64_t y_block) {
   const int64_t n = g[0], cin = g[1], h = g[2], w = g[3], cout = g[4], kh = g[5], kw = g[6],
                 stride = g[7], pad = g[8];
   const int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
   dnnl_dims_t xd = {n, cin, h, w}, wd = {cout, cin, kh, kw}, yd = {n, cout, ho, wo};
   dnnl_dims_t strides = {stride, stride}, padding = {pad, pad};
-  const Md x_plain = Md::tag(4, xd, dnnl_f32, dnnl_nchw), w_plain = Md::tag(4, wd, dnnl_f32, dnnl_oihw),
-           y_plain = Md::tag(4, yd, dnnl_f32, dnnl_nchw);
+  const Md x_plain = Md::tag(4, xd, dnnl_f32, activation_tag(x_block)),
+           w_plain = Md::tag(4, wd, dnnl_f32, dnnl_oihw),
+           y_plain = Md::tag(4, yd, dnnl_f32, activation_tag(y_block));
   // Inputs in `in`, outputs in f32; the forward descriptor (also the backward passes' hint)
   // outputs y in f32 only when it is the pass.
   const dnnl_data_type_t in = bf16 ? dnnl_bf16 : dnnl_f32;
@@ -182,11 +196,12 @@ extern "C" {
 // kind: 0 forward (a = x, b = w, out = y), 1 input grad (a = dy, b = w, out = dx),
 // 2 weight grad (a = x, b = dy, out = dw). g: n, cin, h, w, cout, kh, kw, stride, pad.
 // winograd != 0 allows Winograd where it suits (never in bf16). bf16 != 0 rounds a and b to
-// bf16 (out stays f32). threads > 0 sets oneDNN's OpenMP thread count.
-// Returns 0, or 1 with a message in err.
-int byol_onednn_conv(int kind, const int64_t *g, int winograd, int bf16, const float *a,
-                     const float *b,
-                     float *out, int threads, char *err, size_t err_len) {
+// bf16 (out stays f32). x_block / y_block: the layout of x (dx) and of y (dy), 0 for NCHW, 8 or
+// 16 for nChw8c / nChw16c (channels a multiple of the block). threads > 0 sets oneDNN's OpenMP
+// thread count. Returns 0, or 1 with a message in err.
+int byol_onednn_conv(int kind, const int64_t *g, int winograd, int bf16, int x_block, int y_block,
+                     const float *a, const float *b, float *out, int threads, char *err,
+                     size_t err_len) {
   thread_local std::map<Key, std::unique_ptr<Entry>> cache;
   thread_local Scratch scratch;
   thread_local Stream thread_stream;
@@ -200,9 +215,11 @@ int byol_onednn_conv(int kind, const int64_t *g, int winograd, int bf16, const f
       check(api->dnnl_stream_create(&thread_stream.handle, api->engine, dnnl_stream_default_flags),
             "stream_create");
     dnnl_stream_t stream = thread_stream.handle;
-    Key key{kind, winograd != 0, bf16 != 0, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
+    Key key{kind, winograd != 0, bf16 != 0, x_block, y_block, g[0], g[1],
+            g[2], g[3],   g[4],         g[5],      g[6],    g[7],    g[8]};
     auto found = cache.find(key);
-    if (found == cache.end()) found = cache.emplace(key, build(kind, g, winograd != 0, bf16 != 0)).first;
+    if (found == cache.end())
+      found = cache.emplace(key, build(kind, g, winograd != 0, bf16 != 0, x_block, y_block)).first;
     Entry &e = *found->second;
     void *data[3] = {const_cast<float *>(a), const_cast<float *>(b), out};
     dnnl_exec_arg_t args[3];
@@ -227,6 +244,33 @@ int byol_onednn_conv(int kind, const int64_t *g, int winograd, int bf16, const f
       check(api->dnnl_primitive_execute(o.reorder, stream, 2, r), "reorder");
     }
     check(api->dnnl_stream_wait(stream), "stream_wait");
+  });
+}
+
+// The channel block of the activation layout oneDNN's f32 direct forward kernel picks on this
+// CPU for a typical inner layer (64 channels, 3x3, 8x8 maps): 16 (AVX-512), 8 (AVX2), or 0 when
+// it picks another layout (then activations are best kept plain). Returns 0 and writes *block,
+// or 1 with a message in err.
+int byol_onednn_activation_block(int *block, char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    dnnl_dims_t xd = {32, 64, 8, 8}, wd = {64, 64, 3, 3}, strides = {1, 1}, padding = {1, 1};
+    const Md x = Md::tag(4, xd, dnnl_f32, dnnl_format_tag_any),
+             w = Md::tag(4, wd, dnnl_f32, dnnl_format_tag_any);
+    dnnl_primitive_desc_t pd = nullptr;
+    check(convolution_forward_pd(&pd, dnnl_forward_training, dnnl_convolution_direct, x, w,
+                                 nullptr, x, strides, padding, padding, nullptr),
+          "convolution forward primitive_desc_create");
+    Md src;
+    try {
+      src = query_md(pd, dnnl_query_src_md);
+    } catch (...) {
+      api->dnnl_primitive_desc_destroy(pd);
+      throw;
+    }
+    api->dnnl_primitive_desc_destroy(pd);
+    *block = 0;
+    for (int b : {16, 8})
+      if (src == Md::tag(4, xd, dnnl_f32, activation_tag(b))) *block = b;
   });
 }
 

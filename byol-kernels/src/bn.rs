@@ -1,4 +1,5 @@
-//! Train-mode BatchNorm as fused ops for `[N, C]` and `[N, C, H, W]` f32 inputs.
+//! Train-mode BatchNorm as fused ops for `[N, C]` and `[N, C, H, W]` f32 inputs, and for
+//! activations in the channel-blocked layout `[N, C/B, H, W, B]` (`blocked.rs`).
 //!
 //! Forward: two passes for the per-channel statistics (the sums, then the centred squares;
 //! f32 lanes within blocks, f64 across them, `lanes.rs`), one pass writing `y = x·a + b`.
@@ -27,13 +28,28 @@ pub struct BnStats {
     pub count: usize,
 }
 
-/// (N, C, H·W) of a rank-2 or rank-4 input.
+/// (N, C, H·W) of a rank-2, rank-4 or blocked rank-5 input.
 fn ncs(dims: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
     match *dims {
         [n, c] => Ok((n, c, 1)),
         [n, c, h, w] => Ok((n, c, h * w)),
-        _ => candle_core::bail!("BatchNorm expects a [N, C] or [N, C, H, W] input, got {dims:?}"),
+        [n, cb, h, w, b] if b == 8 || b == 16 => Ok((n, cb * b, h * w)),
+        _ => candle_core::bail!(
+            "BatchNorm expects a [N, C], [N, C, H, W] or blocked [N, C/B, H, W, B] (B 8 or 16) \
+             input, got {dims:?}"
+        ),
     }
+}
+
+/// Calls `$f::<B>($args)` for the run-time block `$block` (8 or 16), else fails.
+macro_rules! per_block {
+    ($block:expr, $f:ident($($arg:expr),*)) => {
+        match $block {
+            8 => $f::<8>($($arg),*),
+            16 => $f::<16>($($arg),*),
+            b => candle_core::bail!("BatchNorm: no blocked layout with blocks of {b}"),
+        }
+    };
 }
 
 /// Mean and inverse std of each channel, saved by the forward for the backward.
@@ -82,6 +98,8 @@ fn relu_mask(y: f32, d: f32) -> f32 {
 struct BnTrain {
     eps: f64,
     epilogue: Epilogue,
+    /// The input's channel block (0: plain NCHW or [N, C]).
+    block: usize,
     saved: Arc<Mutex<Saved>>,
     /// Synchronised BatchNorm: statistics and gradient sums reduced over the processes.
     sync: Option<Arc<dyn ChannelSum>>,
@@ -127,10 +145,14 @@ fn plane_squares(p: &[f32], mean: f64) -> f64 {
 fn channel_stats(
     x: &[f32],
     dims: (usize, usize, usize),
+    block: usize,
     sync: Option<&dyn ChannelSum>,
 ) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
     let (n, c, s) = dims;
     let count = (n * s) as f64;
+    if block > 0 {
+        return blocked_channel_stats(x, dims, block, sync);
+    }
     let Some(sync) = sync else {
         let stats: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
@@ -166,6 +188,232 @@ fn channel_stats(
         squares.iter().map(|&q| (q / count) as f32).collect(),
         count as usize,
     ))
+}
+
+/// Positions whose per-lane terms add up in f32 before they join the f64 total (as `lanes.rs`:
+/// a lane adds at most 64 values in f32).
+const RUN: usize = 64;
+
+/// The `B` values of one position of a blocked activation, from offset `off`.
+#[inline(always)]
+fn at<const B: usize>(x: &[f32], off: usize) -> &[f32; B] {
+    x[off..off + B].try_into().expect("B values")
+}
+
+/// Per-lane sums over channel block `cb` of blocked data `[n, c/B, s, B]`: `add(off, acc)` adds
+/// the terms of the position at offset `off` into `O` rows of `B` lanes (f32 over runs of [`RUN`]
+/// positions, f64 across them).
+#[inline(always)]
+fn lane_sums<const B: usize, const O: usize>(
+    (n, c, s): (usize, usize, usize),
+    cb: usize,
+    add: impl Fn(usize, &mut [[f32; B]; O]),
+) -> [[f64; B]; O] {
+    let mut total = [[0f64; B]; O];
+    for i in 0..n {
+        let base = (i * c + cb * B) * s;
+        let mut p = 0;
+        while p < s {
+            let end = (p + RUN).min(s);
+            let mut acc = [[0f32; B]; O];
+            for q in p..end {
+                add(base + q * B, &mut acc);
+            }
+            for (t, a) in total.iter_mut().zip(&acc) {
+                for (t, &a) in t.iter_mut().zip(a) {
+                    *t += a as f64;
+                }
+            }
+            p = end;
+        }
+    }
+    total
+}
+
+/// Per-channel `Σx` (no `mean`) or `Σ(x − mean)²` (each deviation in f64 then rounded, as
+/// `plane_squares`) of blocked data, channel blocks in parallel.
+fn blocked_moment<const B: usize>(
+    x: &[f32],
+    dims: (usize, usize, usize),
+    mean: Option<&[f64]>,
+) -> candle_core::Result<Vec<f64>> {
+    let blocks: Vec<[f64; B]> = (0..dims.1 / B)
+        .into_par_iter()
+        .map(|cb| {
+            with_avx2(|| match mean {
+                None => {
+                    let [t] = lane_sums::<B, 1>(dims, cb, |off, [acc]| {
+                        for (a, &v) in acc.iter_mut().zip(at::<B>(x, off)) {
+                            *a += v;
+                        }
+                    });
+                    t
+                }
+                Some(mean) => {
+                    let m: &[f64; B] = mean[cb * B..][..B].try_into().expect("B means");
+                    let [t] = lane_sums::<B, 1>(dims, cb, |off, [acc]| {
+                        for ((a, &v), &m) in acc.iter_mut().zip(at::<B>(x, off)).zip(m) {
+                            let d = (v as f64 - m) as f32;
+                            *a += d * d;
+                        }
+                    });
+                    t
+                }
+            })
+        })
+        .collect();
+    Ok(blocks.into_iter().flatten().collect())
+}
+
+/// [`channel_stats`] of blocked data: the sums, then the centred squares (each reduced over
+/// the processes with `sync`).
+fn blocked_channel_stats(
+    x: &[f32],
+    dims: (usize, usize, usize),
+    block: usize,
+    sync: Option<&dyn ChannelSum>,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
+    let (n, c, s) = dims;
+    let mut sums = per_block!(block, blocked_moment(x, dims, None))?;
+    let mut count = (n * s) as f64;
+    if let Some(sync) = sync {
+        sums.push(count);
+        sync.sum(&mut sums)?;
+        count = sums[c];
+        sums.truncate(c);
+        if count < 2.0 {
+            candle_core::bail!("synchronised BatchNorm needs more than one value per channel")
+        }
+    }
+    let mean: Vec<f64> = sums.iter().map(|v| v / count).collect();
+    let mut squares = per_block!(block, blocked_moment(x, dims, Some(&mean)))?;
+    if let Some(sync) = sync {
+        sync.sum(&mut squares)?;
+    }
+    Ok((
+        mean.iter().map(|&m| m as f32).collect(),
+        squares.iter().map(|&q| (q / count) as f32).collect(),
+        count as usize,
+    ))
+}
+
+/// [`normalise_sample`] of one sample of blocked data (`[c/B, s, B]`).
+#[inline(always)]
+fn normalise_sample_blocked<const B: usize>(
+    yr: &mut [MaybeUninit<f32>],
+    xr: &[f32],
+    rr: Option<&[f32]>,
+    (a, b): (&[f32], &[f32]),
+    s: usize,
+    epilogue: Epilogue,
+) {
+    for (cb, (a, b)) in a.chunks_exact(B).zip(b.chunks_exact(B)).enumerate() {
+        let (a, b): (&[f32; B], &[f32; B]) = (a.try_into().expect("B"), b.try_into().expect("B"));
+        let r = cb * s * B..(cb + 1) * s * B;
+        let (yp, xp) = (&mut yr[r.clone()], &xr[r.clone()]);
+        match (epilogue, rr) {
+            (Epilogue::AddRelu, Some(rr)) => {
+                for ((o, v), q) in yp
+                    .chunks_exact_mut(B)
+                    .zip(xp.chunks_exact(B))
+                    .zip(rr[r].chunks_exact(B))
+                {
+                    for l in 0..B {
+                        o[l].write(relu(v[l] * a[l] + b[l] + q[l]));
+                    }
+                }
+            }
+            (Epilogue::Relu, _) => {
+                for (o, v) in yp.chunks_exact_mut(B).zip(xp.chunks_exact(B)) {
+                    for l in 0..B {
+                        o[l].write(relu(v[l] * a[l] + b[l]));
+                    }
+                }
+            }
+            _ => {
+                for (o, v) in yp.chunks_exact_mut(B).zip(xp.chunks_exact(B)) {
+                    for l in 0..B {
+                        o[l].write(v[l] * a[l] + b[l]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per-channel `(Σg, Σg·(x − μ))` of blocked data, `g` the gradient masked by `mask_by`.
+fn blocked_grad_sums<const B: usize>(
+    x: &[f32],
+    dy: &[f32],
+    mask_by: Option<&[f32]>,
+    dims: (usize, usize, usize),
+    mean: &[f32],
+) -> candle_core::Result<Vec<(f64, f64)>> {
+    let blocks: Vec<[[f64; B]; 2]> = (0..dims.1 / B)
+        .into_par_iter()
+        .map(|cb| {
+            let m: &[f32; B] = mean[cb * B..][..B].try_into().expect("B means");
+            with_avx2(|| {
+                lane_sums::<B, 2>(dims, cb, |off, [sd, sdx]| {
+                    let (xv, dv) = (at::<B>(x, off), at::<B>(dy, off));
+                    let yv = mask_by.map(|y| at::<B>(y, off));
+                    for l in 0..B {
+                        let d = match yv {
+                            Some(yv) => relu_mask(yv[l], dv[l]),
+                            None => dv[l],
+                        };
+                        sd[l] += d;
+                        sdx[l] += d * (xv[l] - m[l]);
+                    }
+                })
+            })
+        })
+        .collect();
+    Ok(blocks
+        .iter()
+        .flat_map(|[sd, sdx]| sd.iter().zip(sdx).map(|(&a, &b)| (a, b)))
+        .collect())
+}
+
+/// One sample's `dx = k·g + p·x + q` of blocked data (`[c/B, s, B]`).
+#[inline(always)]
+fn grad_sample_blocked<const B: usize>(
+    o: &mut [MaybeUninit<f32>],
+    (xr, dr, yr): (&[f32], &[f32], Option<&[f32]>),
+    coef: &[(f32, f32, f32)],
+    s: usize,
+) {
+    for (cb, coef) in coef.chunks_exact(B).enumerate() {
+        let k: [f32; B] = std::array::from_fn(|l| coef[l].0);
+        let p: [f32; B] = std::array::from_fn(|l| coef[l].1);
+        let q: [f32; B] = std::array::from_fn(|l| coef[l].2);
+        let r = cb * s * B..(cb + 1) * s * B;
+        match yr {
+            Some(yr) => {
+                for (((o, xv), d), yv) in o[r.clone()]
+                    .chunks_exact_mut(B)
+                    .zip(xr[r.clone()].chunks_exact(B))
+                    .zip(dr[r.clone()].chunks_exact(B))
+                    .zip(yr[r].chunks_exact(B))
+                {
+                    for l in 0..B {
+                        o[l].write(k[l] * relu_mask(yv[l], d[l]) + p[l] * xv[l] + q[l]);
+                    }
+                }
+            }
+            None => {
+                for ((o, xv), d) in o[r.clone()]
+                    .chunks_exact_mut(B)
+                    .zip(xr[r.clone()].chunks_exact(B))
+                    .zip(dr[r].chunks_exact(B))
+                {
+                    for l in 0..B {
+                        o[l].write(k[l] * d[l] + p[l] * xv[l] + q[l]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One sample's `y = x·a + b` per channel (planes of `s` values), then the epilogue; writes
@@ -213,7 +461,7 @@ impl BnTrain {
         residual: Option<&[f32]>,
     ) -> candle_core::Result<Vec<f32>> {
         let (_, c, s) = dims;
-        let (mean, var, count) = channel_stats(x, dims, self.sync.as_deref())?;
+        let (mean, var, count) = channel_stats(x, dims, self.block, self.sync.as_deref())?;
         let inv_std: Vec<f32> = var
             .iter()
             .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
@@ -222,13 +470,17 @@ impl BnTrain {
         let a: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, i)| g * i).collect();
         let b: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * a[ch]).collect();
         let cs = c * s;
-        // SAFETY: each chunk is one sample, `normalise_sample` writes all its c·s values.
+        let normalise = match self.block {
+            0 => normalise_sample,
+            8 => normalise_sample_blocked::<8>,
+            16 => normalise_sample_blocked::<16>,
+            b => candle_core::bail!("BatchNorm: no blocked layout with blocks of {b}"),
+        };
+        // SAFETY: each chunk is one sample, `normalise` writes all its c·s values.
         let y = unsafe {
             filled_par(x.len(), cs, |i, yr| {
                 let rr = residual.map(|r| &r[i * cs..][..cs]);
-                with_avx2(|| {
-                    normalise_sample(yr, &x[i * cs..][..cs], rr, (&a, &b), s, self.epilogue)
-                })
+                with_avx2(|| normalise(yr, &x[i * cs..][..cs], rr, (&a, &b), s, self.epilogue))
             })
         };
         *self
@@ -273,12 +525,13 @@ impl BnTrain {
             count,
         };
         let sync = self.sync.as_deref();
+        let layout = (dims, self.block);
         let (dx, dgamma, dbeta) = with_f32(x, |x| {
             with_f32(&dy, |dy| match mask_by {
                 Some(y) => with_f32(y, |y| {
-                    bn_backward(x, dy, Some(y), dims, &saved, gamma, sync)
+                    bn_backward(x, dy, Some(y), layout, &saved, gamma, sync)
                 }),
-                None => bn_backward(x, dy, None, dims, &saved, gamma, sync),
+                None => bn_backward(x, dy, None, layout, &saved, gamma, sync),
             })
         })?;
         Ok((Tensor::from_vec(dx, x.shape(), x.device())?, dgamma, dbeta))
@@ -305,21 +558,16 @@ struct SavedStats<'a> {
     count: usize,
 }
 
-/// BatchNorm backward in two passes: per-channel `Σg` and `Σg·(x − μ)`, then
-/// `dx = γ·σ⁻¹·(g − Σg/m − x̂·Σg·x̂/m)`. Returns `(dx, dγ = Σg·x̂, dβ = Σg)`. With `sync` the
-/// two sums of the `dx` formula are reduced over the processes (synchronised BatchNorm); `dγ`
-/// and `dβ` stay this process's, as every parameter gradient before the gradient all-reduce.
-fn bn_backward(
+/// Per-channel `(Σg, Σg·(x − μ)·σ⁻¹)` of plain data, `g` the gradient masked by `mask_by`.
+fn plane_grad_sums(
     x: &[f32],
     dy: &[f32],
     mask_by: Option<&[f32]>,
     (n, c, s): (usize, usize, usize),
-    saved: &SavedStats,
-    gamma: &[f32],
-    sync: Option<&dyn ChannelSum>,
-) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let (mean, inv_std) = (saved.mean, saved.inv_std);
-    let sums64: Vec<(f64, f64)> = (0..c)
+    mean: &[f32],
+    inv_std: &[f32],
+) -> Vec<(f64, f64)> {
+    (0..c)
         .into_par_iter()
         .map(|ch| {
             with_avx2(|| {
@@ -341,7 +589,32 @@ fn bn_backward(
                 (sd, sdx * inv_std[ch] as f64)
             })
         })
-        .collect();
+        .collect()
+}
+
+/// BatchNorm backward in two passes: per-channel `Σg` and `Σg·(x − μ)`, then
+/// `dx = γ·σ⁻¹·(g − Σg/m − x̂·Σg·x̂/m)`. Returns `(dx, dγ = Σg·x̂, dβ = Σg)`. With `sync` the
+/// two sums of the `dx` formula are reduced over the processes (synchronised BatchNorm); `dγ`
+/// and `dβ` stay this process's, as every parameter gradient before the gradient all-reduce.
+fn bn_backward(
+    x: &[f32],
+    dy: &[f32],
+    mask_by: Option<&[f32]>,
+    ((n, c, s), block): ((usize, usize, usize), usize),
+    saved: &SavedStats,
+    gamma: &[f32],
+    sync: Option<&dyn ChannelSum>,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let (mean, inv_std) = (saved.mean, saved.inv_std);
+    let sums64: Vec<(f64, f64)> = if block > 0 {
+        per_block!(block, blocked_grad_sums(x, dy, mask_by, (n, c, s), mean))?
+            .into_iter()
+            .zip(inv_std)
+            .map(|((sd, sdx), &is)| (sd, sdx * is as f64))
+            .collect()
+    } else {
+        plane_grad_sums(x, dy, mask_by, (n, c, s), mean, inv_std)
+    };
     let local: Vec<(f32, f32)> = sums64.iter().map(|&(a, b)| (a as f32, b as f32)).collect();
     let sums = match sync {
         Some(sync) => {
@@ -366,6 +639,24 @@ fn bn_backward(
         })
         .collect();
     let cs = c * s;
+    if block > 0 {
+        let grad_sample = match block {
+            8 => grad_sample_blocked::<8>,
+            16 => grad_sample_blocked::<16>,
+            b => candle_core::bail!("BatchNorm: no blocked layout with blocks of {b}"),
+        };
+        // SAFETY: each chunk is one sample, all of whose values `grad_sample` writes.
+        let dx = unsafe {
+            filled_par(x.len(), cs, |i, o| {
+                let r = i * cs..(i + 1) * cs;
+                let yr = mask_by.map(|y| &y[r.clone()]);
+                with_avx2(|| grad_sample(o, (&x[r.clone()], &dy[r], yr), &coef, s))
+            })
+        };
+        let dgamma = local.iter().map(|s| s.1).collect();
+        let dbeta = local.iter().map(|s| s.0).collect();
+        return Ok((dx, dgamma, dbeta));
+    }
     // SAFETY: each chunk is one sample, whose c planes of s values are all written below.
     let dx = unsafe {
         filled_par(x.len(), cs, |i, o| {
@@ -512,6 +803,7 @@ fn fused(
     let op = BnTrain {
         eps,
         epilogue,
+        block: crate::blocked::block_of(x.dims()).unwrap_or(0),
         saved: saved.clone(),
         sync,
     };

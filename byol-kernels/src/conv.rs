@@ -1,5 +1,6 @@
 //! 2-D convolution (bias-free, dilation 1, groups 1) forward, input-grad and weight-grad as
-//! im2col/col2im + `gemm`, f32, contiguous NCHW.
+//! im2col/col2im + `gemm`, f32, contiguous NCHW; the op itself also takes activations in the
+//! channel-blocked layout (`blocked.rs`), which oneDNN reads as they are.
 //!
 //! Work is split over samples (or groups of samples) with rayon and each gemm then runs on one
 //! thread; when there are too few groups to feed every thread (tiny maps deep in the network),
@@ -10,8 +11,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::blocked::{dims_in, nchw, reblock, unblock};
 use crate::geometry::Conv2dGeometry;
-use crate::onednn::{self, Pass};
+use crate::onednn::{self, Blocks, Pass};
 use crate::scratch::with_scratch;
 use crate::storage::slice;
 use crate::Backend;
@@ -548,9 +550,10 @@ impl ConvEngine {
         }
     }
 
-    /// Runs `pass` on inputs `(a, b)` (see [`Pass`]). A oneDNN failure (a shape its kernels
-    /// refuse, say) is reported once and that call runs on the Rust kernels.
-    fn run(self, pass: Pass, a: &[f32], b: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    /// Runs `pass` on inputs `(a, b)` (see [`Pass`]), activations in the layouts of `blocks`. A
+    /// oneDNN failure (a shape its kernels refuse, say) is reported once and that call runs on
+    /// the Rust kernels.
+    fn run(self, pass: Pass, a: &[f32], b: &[f32], g: &Conv2dGeometry, blocks: Blocks) -> Vec<f32> {
         // Narrow layers stay on the Rust kernels: oneDNN pads channels to blocks of 16 and adds
         // two reorders per call (the 8-channel quick-start model trained 35 % slower on it).
         let wide = g.cin >= 16 && g.cout >= 16;
@@ -561,7 +564,7 @@ impl ConvEngine {
                 Pass::WeightGrad if bf16 && !onednn::bf16_weight_grads_pay() => (true, false),
                 _ => (winograd, bf16),
             };
-            match onednn::run(pass, g, winograd, bf16, a, b) {
+            match onednn::run(pass, g, (winograd, bf16), blocks, a, b) {
                 Ok(out) => return out,
                 Err(e) => {
                     static WARNED: std::sync::Once = std::sync::Once::new();
@@ -569,12 +572,51 @@ impl ConvEngine {
                 }
             }
         }
+        // The Rust kernels read and write NCHW.
+        let x_dims = [g.n, g.cin, g.h, g.w];
+        let y_dims = [g.n, g.cout, g.ho, g.wo];
+        fn plain(v: &[f32], block: usize, dims: [usize; 4]) -> std::borrow::Cow<'_, [f32]> {
+            match block {
+                0 => std::borrow::Cow::Borrowed(v),
+                b => std::borrow::Cow::Owned(unblock(v, dims, b)),
+            }
+        }
+        let laid_out = |v: Vec<f32>, block: usize, dims| match block {
+            0 => v,
+            b => reblock(&v, dims, b),
+        };
         match pass {
-            Pass::Forward => forward(a, b, g),
-            Pass::InputGrad => input_grad(a, b, g),
-            Pass::WeightGrad => weight_grad(a, b, g),
+            Pass::Forward => laid_out(forward(&plain(a, blocks.x, x_dims), b, g), blocks.y, y_dims),
+            Pass::InputGrad => laid_out(
+                input_grad(&plain(a, blocks.y, y_dims), b, g),
+                blocks.x,
+                x_dims,
+            ),
+            Pass::WeightGrad => {
+                weight_grad(&plain(a, blocks.x, x_dims), &plain(b, blocks.y, y_dims), g)
+            }
         }
     }
+}
+
+/// The geometry of a convolution of `x` (plain or blocked) by `w`, and the layouts of its
+/// activations: the output in the input's block (its channels must be whole blocks).
+fn geometry(
+    x: &[usize],
+    w: &[usize],
+    stride: usize,
+    pad: usize,
+) -> candle_core::Result<(Conv2dGeometry, Blocks)> {
+    let (x4, block) = nchw(x)?;
+    let g = Conv2dGeometry::new(&x4, w, stride, pad)?;
+    if block > 0 && !g.cout.is_multiple_of(block) {
+        candle_core::bail!(
+            "conv2d: a blocked input (blocks of {block}) needs output channels in whole blocks, \
+             got {}",
+            g.cout
+        )
+    }
+    Ok((g, Blocks { x: block, y: block }))
 }
 
 /// The forward op; its backward uses [`ConvPass`] for both gradients.
@@ -582,6 +624,12 @@ struct Conv2dOp {
     stride: usize,
     pad: usize,
     engine: ConvEngine,
+}
+
+impl Conv2dOp {
+    fn geometry(&self, x: &[usize], w: &[usize]) -> candle_core::Result<(Conv2dGeometry, Blocks)> {
+        geometry(x, w, self.stride, self.pad)
+    }
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -596,14 +644,15 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Conv2dGeometry::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let (g, blocks) = self.geometry(l1.dims(), l2.dims())?;
         let y = self.engine.run(
             Pass::Forward,
             slice(s1, l1, "conv2d")?,
             slice(s2, l2, "conv2d")?,
             &g,
+            blocks,
         );
-        Ok(storage(y, (g.n, g.cout, g.ho, g.wo)))
+        Ok(storage(y, dims_in(blocks.y, [g.n, g.cout, g.ho, g.wo])))
     }
 
     fn bwd(
@@ -613,7 +662,7 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = Conv2dGeometry::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let (g, blocks) = self.geometry(x.dims(), w.dims())?;
         let dy = dy.contiguous()?;
         let engine = self.engine;
         // The images entering the first layer need no gradient: skip that input grad.
@@ -622,6 +671,7 @@ impl CustomOp2 for Conv2dOp {
                 w,
                 &ConvPass {
                     g,
+                    blocks,
                     pass: Pass::InputGrad,
                     engine,
                 },
@@ -633,6 +683,7 @@ impl CustomOp2 for Conv2dOp {
             &dy,
             &ConvPass {
                 g,
+                blocks,
                 pass: Pass::WeightGrad,
                 engine,
             },
@@ -644,6 +695,7 @@ impl CustomOp2 for Conv2dOp {
 /// A gradient pass: `(dy, w) → dx` or `(x, dy) → dw`.
 struct ConvPass {
     g: Conv2dGeometry,
+    blocks: Blocks,
     pass: Pass,
     engine: ConvEngine,
 }
@@ -669,7 +721,7 @@ impl CustomOp2 for ConvPass {
         } else {
             l2.dims()
         };
-        if dy_dims != [g.n, g.cout, g.ho, g.wo] {
+        if dy_dims != dims_in(self.blocks.y, [g.n, g.cout, g.ho, g.wo]) {
             candle_core::bail!("{}: gradient shape {dy_dims:?}", self.name())
         }
         let out = self.engine.run(
@@ -677,9 +729,10 @@ impl CustomOp2 for ConvPass {
             slice(s1, l1, "conv2d")?,
             slice(s2, l2, "conv2d")?,
             g,
+            self.blocks,
         );
         Ok(match self.pass {
-            Pass::InputGrad => storage(out, (g.n, g.cin, g.h, g.w)),
+            Pass::InputGrad => storage(out, dims_in(self.blocks.x, [g.n, g.cin, g.h, g.w])),
             _ => storage(out, (g.cout, g.cin, g.kh, g.kw)),
         })
     }
@@ -687,14 +740,15 @@ impl CustomOp2 for ConvPass {
 
 /// Bias-free convolution of contiguous-able f32 CPU tensors `x [N, Cin, H, W]` and
 /// `w [Cout, Cin, kh, kw]`, differentiable in both; oneDNN or the Rust kernels run it
-/// according to the [`Backend`] in effect.
+/// according to the [`Backend`] in effect. A blocked `x` (`[N, Cin/B, H, W, B]`, see
+/// [`crate::to_blocked`]) gives a blocked output.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
     padding: usize,
     stride: usize,
 ) -> candle_core::Result<Tensor> {
-    Conv2dGeometry::new(x.dims(), w.dims(), stride, padding)?;
+    geometry(x.dims(), w.dims(), stride, padding)?;
     x.contiguous()?.apply_op2(
         &w.contiguous()?,
         Conv2dOp {

@@ -15,6 +15,7 @@
 //! ([`FrozenNet`]: BatchNorm folded, activations kept in oneDNN's layouts, f32 or bf16).
 
 mod backend;
+mod blocked;
 mod bn;
 mod conv;
 mod cross_replica;
@@ -32,6 +33,9 @@ mod update;
 pub use backend::{
     backend, default_backend, set_backend, use_device_conv, use_fast, with_backend, Backend,
     UnknownBackend,
+};
+pub use blocked::{
+    from_blocked, spatial_mean, to_blocked, training_block, with_blocked_activations,
 };
 pub use bn::{batch_norm_add_relu_train, batch_norm_relu_train, batch_norm_train, BnStats};
 pub use conv::conv2d;

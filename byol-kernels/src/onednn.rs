@@ -113,6 +113,8 @@ mod ffi {
             geometry: *const i64,
             winograd: i32,
             bf16: i32,
+            x_block: i32,
+            y_block: i32,
             a: *const f32,
             b: *const f32,
             out: *mut f32,
@@ -120,18 +122,61 @@ mod ffi {
             err: *mut std::ffi::c_char,
             err_len: usize,
         ) -> i32;
+        pub fn byol_onednn_activation_block(
+            block: *mut i32,
+            err: *mut std::ffi::c_char,
+            err_len: usize,
+        ) -> i32;
     }
 }
 
-/// Runs one pass; `a`/`b` are the pass's inputs in plain NCHW/OIHW order (see [`Pass`]), f32;
-/// with `bf16` oneDNN rounds them to bfloat16 and computes in bf16 with f32 accumulation and
-/// output. Errors carry oneDNN's message.
+/// The channel block of the activation layout oneDNN's f32 convolutions pick on this CPU
+/// (nChw16c with AVX-512, nChw8c with AVX2), asked of the library once; None without oneDNN or
+/// where it picks another layout.
+pub fn activation_block() -> Option<usize> {
+    static BLOCK: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| {
+        if !available() {
+            return None;
+        }
+        query_activation_block()
+            .inspect_err(|e| tracing::info!("oneDNN's activation layout unknown ({e})"))
+            .ok()
+            .filter(|&b| b > 0)
+    })
+}
+
+#[cfg(byol_onednn)]
+fn query_activation_block() -> Result<usize, String> {
+    let mut block = 0i32;
+    // SAFETY: the shim writes one i32 through the pointer.
+    call_shim(|err, len| unsafe { ffi::byol_onednn_activation_block(&mut block, err, len) })?;
+    Ok(usize::try_from(block).unwrap_or(0))
+}
+
+#[cfg(not(byol_onednn))]
+fn query_activation_block() -> Result<usize, String> {
+    Err("this build has no oneDNN".into())
+}
+
+/// The layouts of a pass's activations: `x` (or `dx`) and `y` (or `dy`), each plain NCHW (0)
+/// or channel-blocked with that block (8 or 16, the channels a multiple of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Blocks {
+    pub(crate) x: usize,
+    pub(crate) y: usize,
+}
+
+/// Runs one pass; `a`/`b` are the pass's inputs (see [`Pass`]), f32, weights in OIHW order and
+/// activations in the layouts of `blocks` (the output's too); with `bf16` oneDNN rounds them to
+/// bfloat16 and computes in bf16 with f32 accumulation and output. Errors carry oneDNN's
+/// message.
 #[cfg(byol_onednn)]
 pub(crate) fn run(
     pass: Pass,
     g: &Conv2dGeometry,
-    winograd: bool,
-    bf16: bool,
+    (winograd, bf16): (bool, bool),
+    blocks: Blocks,
     a: &[f32],
     b: &[f32],
 ) -> Result<Vec<f32>, String> {
@@ -145,7 +190,14 @@ pub(crate) fn run(
         Pass::InputGrad => (y_len, w_len, x_len),
         Pass::WeightGrad => (x_len, y_len, w_len),
     };
-    // The C side trusts these extents.
+    // The C side trusts these extents (a blocked layout has the same size: whole blocks).
+    let whole = |block: usize, c: usize| block == 0 || c.is_multiple_of(block);
+    if !whole(blocks.x, g.cin) || !whole(blocks.y, g.cout) {
+        return Err(format!(
+            "oneDNN {pass:?}: channels {} → {} are not whole blocks of {blocks:?}",
+            g.cin, g.cout
+        ));
+    }
     if a.len() != a_len || b.len() != b_len {
         return Err(format!(
             "oneDNN {pass:?}: input sizes {} {} do not match {g:?}",
@@ -165,6 +217,8 @@ pub(crate) fn run(
             geometry.as_ptr(),
             i32::from(winograd),
             i32::from(bf16),
+            i32::try_from(blocks.x).unwrap_or(-1),
+            i32::try_from(blocks.y).unwrap_or(-1),
             a.as_ptr(),
             b.as_ptr(),
             out.as_mut_ptr(),
@@ -183,8 +237,8 @@ pub(crate) fn run(
 pub(crate) fn run(
     pass: Pass,
     _g: &Conv2dGeometry,
-    _winograd: bool,
-    _bf16: bool,
+    _precision: (bool, bool),
+    _blocks: Blocks,
     _a: &[f32],
     _b: &[f32],
 ) -> Result<Vec<f32>, String> {

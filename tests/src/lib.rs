@@ -133,6 +133,34 @@ pub fn relative_error(actual: &Tensor, expected: &Tensor) -> f64 {
     diff / scale
 }
 
+/// Largest per-tensor relative error of `a` against `b`, skipping the tensors whose gradient
+/// is zero in exact arithmetic (the biases of the Linear layers before a BatchNorm: the batch
+/// mean removes them, so both sides hold only rounding noise, ~1e-7 of the other gradients).
+pub fn worst_gradient_error(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, String) {
+    assert_eq!(a.len(), b.len());
+    let max_abs = |t: &Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let global = b.iter().map(|(_, t)| max_abs(t)).fold(0f32, f32::max);
+    let mut worst = (0f64, String::new());
+    for ((name, x), (name_b, y)) in a.iter().zip(b) {
+        assert_eq!(name, name_b);
+        if max_abs(y) < 1e-5 * global {
+            continue;
+        }
+        let e = relative_error(x, y);
+        if e > worst.0 {
+            worst = (e, name.clone());
+        }
+    }
+    worst
+}
+
 /// A BYOL model small enough for tests: ResNet-18 small stem with 4 base channels.
 pub fn tiny_byol_config() -> ByolConfig {
     let mut config = ByolConfig::new(ResNetConfig {

@@ -2,6 +2,7 @@
 //! binary links candle and the whole library, and one link instead of eighteen keeps CI's time
 //! and disk down. `hub.rs` stays its own binary because it sets `HF_*` process environment.
 
+mod blocked_layout;
 mod checkpoints;
 mod data_loader;
 mod data_parallel;

@@ -5,7 +5,9 @@
 use byol_core::nn::{BatchNorm, VarStore};
 use byol_core::optim::{Lars, LarsConfig};
 use byol_kernels::{self as kernels, with_backend, Backend};
-use byol_tests::{abs_sum, onednn_loads, relative_error, tiny_byol, uniform_tensor, views};
+use byol_tests::{
+    abs_sum, onednn_loads, relative_error, tiny_byol, uniform_tensor, views, worst_gradient_error,
+};
 use candle_core::{Device, ModuleT, Tensor, Var};
 
 const TOL: f64 = 1e-4;
@@ -450,34 +452,6 @@ fn byol_gradients(backend: Backend, perturb: f64) -> Vec<(String, Tensor)> {
             })
             .collect()
     })
-}
-
-/// Largest per-tensor relative error of `a` against `b`, skipping the tensors whose gradient
-/// is zero in exact arithmetic (the biases of the Linear layers before a BatchNorm: the batch
-/// mean removes them, so both sides hold only rounding noise, ~1e-7 of the other gradients).
-fn worst_gradient_error(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, String) {
-    assert_eq!(a.len(), b.len());
-    let max_abs = |t: &Tensor| {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    let global = b.iter().map(|(_, t)| max_abs(t)).fold(0f32, f32::max);
-    let mut worst = (0f64, String::new());
-    for ((name, x), (name_b, y)) in a.iter().zip(b) {
-        assert_eq!(name, name_b);
-        if max_abs(y) < 1e-5 * global {
-            continue;
-        }
-        let e = relative_error(x, y);
-        if e > worst.0 {
-            worst = (e, name.clone());
-        }
-    }
-    worst
 }
 
 #[test]

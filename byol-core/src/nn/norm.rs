@@ -117,9 +117,10 @@ impl BatchNorm {
         Ok((weight, bias))
     }
 
-    /// Whether the fused kernels run this call: training mode on a CPU f32 input of rank 2 or 4.
+    /// Whether the fused kernels run this call: training mode on a CPU f32 input of rank 2 or
+    /// 4, or 5 (oneDNN's channel-blocked layout, which only they read).
     fn fast(xs: &Tensor, train: bool) -> bool {
-        train && (xs.rank() == 2 || xs.rank() == 4) && byol_kernels::use_fast(xs)
+        train && (2..=5).contains(&xs.rank()) && xs.rank() != 3 && byol_kernels::use_fast(xs)
     }
 
     /// `relu(bn(xs))`: one fused op on the fast backend (a NaN stays NaN there; stock candle's
@@ -148,12 +149,12 @@ impl BatchNorm {
 impl ModuleT for BatchNorm {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let rank = xs.rank();
-        if rank != 2 && rank != 4 {
-            candle_core::bail!("BatchNorm expects a [N, C] or [N, C, H, W] input, got {xs:?}")
-        }
-        if train && byol_kernels::use_fast(xs) {
+        if train && Self::fast(xs, train) {
             // One fused op (2 passes forward, 2 backward) instead of ~35 tensor passes.
             return self.fused_train(xs, None, false);
+        }
+        if rank != 2 && rank != 4 {
+            candle_core::bail!("BatchNorm expects a [N, C] or [N, C, H, W] input, got {xs:?}")
         }
         let (centred, var) = if train {
             let reduce: &[usize] = if rank == 2 { &[0] } else { &[0, 2, 3] };

@@ -497,6 +497,15 @@ impl ResNet {
         Ok(ops)
     }
 
+    /// Every channel count inside the stages: each stage's `planes` (the stem's output is the
+    /// first) and its output.
+    fn stage_widths(&self) -> Vec<usize> {
+        let base = self.config.base_channels * self.config.width;
+        let planes = [base, base * 2, base * 4, base * 8];
+        let outputs = self.stage_channels().unwrap_or(planes);
+        planes.into_iter().chain(outputs).collect()
+    }
+
     /// Channels of each stage's output.
     pub fn stage_channels(&self) -> Result<[usize; 4]> {
         let e = self.config.layout()?.expansion();
@@ -546,16 +555,25 @@ fn max_pool_3x3_s2(xs: &Tensor, padding: Padding) -> candle_core::Result<Tensor>
 }
 
 impl ModuleT for ResNet {
+    /// In training on the oneDNN backends the stages keep their activations in oneDNN's
+    /// channel-blocked layout (`byol_kernels::training_block`): one conversion after the stem
+    /// instead of reorders around every convolution pass.
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let mut ys = self.stem.forward_relu(xs, train)?;
         if self.config.stem == Stem::Imagenet {
             ys = max_pool_3x3_s2(&ys, self.config.padding)?;
+        }
+        let block = train
+            .then(|| byol_kernels::training_block(&ys, &self.stage_widths()))
+            .flatten();
+        if let Some(block) = block {
+            ys = byol_kernels::to_blocked(&ys, block)?;
         }
         for stage in &self.stages {
             for block in stage {
                 ys = block.forward_t(&ys, train)?;
             }
         }
-        ys.mean((2, 3))
+        byol_kernels::spatial_mean(&ys)
     }
 }

@@ -1,0 +1,194 @@
+//! Activations kept in oneDNN's channel-blocked layout between the layers of a training step.
+//!
+//! oneDNN's f32 convolution kernels read and write nChw8c (AVX2) or nChw16c (AVX-512): channels
+//! in blocks of B, the B channels of one position side by side. A plain NCHW tensor costs a
+//! reorder into that layout before every convolution pass and one back after it (six per
+//! convolution over forward and backward; scripts/PERF.md, session 20: ~11 % of a ResNet-50
+//! step). A blocked activation is a 5-D tensor `[N, C/B, H, W, B]`: the convolutions
+//! ([`crate::conv2d`]) and the fused BatchNorms take and return it as it is, element-wise ops
+//! (ReLU, the residual add, gradient sums) do not care, and the network converts once at each
+//! end ([`to_blocked`], [`from_blocked`]).
+
+use std::cell::Cell;
+
+use candle_core::{DType, Tensor};
+
+use crate::{backend, onednn, Backend};
+
+/// The channel block of a blocked activation's dims (`[N, C/B, H, W, B]`), None for plain ones.
+pub(crate) fn block_of(dims: &[usize]) -> Option<usize> {
+    match *dims {
+        [_, _, _, _, b] => Some(b),
+        _ => None,
+    }
+}
+
+/// The logical `[N, C, H, W]` of a plain or blocked activation's dims, and its block (0: plain).
+pub(crate) fn nchw(dims: &[usize]) -> candle_core::Result<([usize; 4], usize)> {
+    match *dims {
+        [n, c, h, w] => Ok(([n, c, h, w], 0)),
+        [n, cb, h, w, b] if b > 0 => Ok(([n, cb * b, h, w], b)),
+        _ => candle_core::bail!(
+            "expected an [N, C, H, W] activation or a blocked [N, C/B, H, W, B] one, got {dims:?}"
+        ),
+    }
+}
+
+/// The dims of an activation of logical shape `[n, c, h, w]` in layout `block` (0: plain).
+pub(crate) fn dims_in(block: usize, [n, c, h, w]: [usize; 4]) -> Vec<usize> {
+    match c.checked_div(block) {
+        Some(blocks) => vec![n, blocks, h, w, block],
+        None => vec![n, c, h, w],
+    }
+}
+
+thread_local! {
+    // Tests and benchmarks compare both layouts in one process.
+    static OVERRIDE: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether training keeps activations blocked where it can: on unless `with_blocked_activations`
+/// says otherwise on this thread, or `BYOL_BLOCKED_ACTIVATIONS=0` in the environment.
+fn enabled() -> bool {
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    OVERRIDE.with(|o| o.get()).unwrap_or_else(|| {
+        *FROM_ENV
+            .get_or_init(|| std::env::var("BYOL_BLOCKED_ACTIVATIONS").map_or(true, |v| v != "0"))
+    })
+}
+
+/// Runs `f` with blocked training activations allowed (`on`) or not on the calling thread only.
+pub fn with_blocked_activations<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(on))));
+    f()
+}
+
+/// The block a training forward of `xs` through layers of `channels` should keep its
+/// activations in, or None to keep them plain: only on the f32 oneDNN backends (`onednn`,
+/// `onednn-direct`; bf16 converts at every call anyway), on CPU, where oneDNN's kernels pick a
+/// blocked layout and every count is a whole number of blocks and wide enough for oneDNN (narrow
+/// layers run on the Rust kernels, `conv.rs`).
+pub fn training_block(xs: &Tensor, channels: &[usize]) -> Option<usize> {
+    if !enabled()
+        || !matches!(backend(), Backend::OneDnn | Backend::OneDnnDirect)
+        || !xs.device().is_cpu()
+        || xs.dtype() != DType::F32
+    {
+        return None;
+    }
+    let block = onednn::activation_block()?;
+    channels
+        .iter()
+        .all(|&c| c >= 16 && c.is_multiple_of(block))
+        .then_some(block)
+}
+
+/// `[N, C, H, W]` → `[N, C/B, H, W, B]` (differentiable; C a multiple of `block`).
+pub fn to_blocked(xs: &Tensor, block: usize) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    if block == 0 || !c.is_multiple_of(block) {
+        candle_core::bail!("to_blocked: {c} channels are not whole blocks of {block}")
+    }
+    xs.reshape((n, c / block, block, h, w))?
+        .permute((0, 1, 3, 4, 2))?
+        .contiguous()
+}
+
+/// `[N, C/B, H, W, B]` → `[N, C, H, W]` (differentiable); a plain tensor is returned as it is.
+pub fn from_blocked(xs: &Tensor) -> candle_core::Result<Tensor> {
+    let ([n, c, h, w], block) = nchw(xs.dims())?;
+    if block == 0 {
+        return Ok(xs.clone());
+    }
+    xs.permute((0, 1, 4, 2, 3))?
+        .contiguous()?
+        .reshape((n, c, h, w))
+}
+
+/// The mean over the spatial positions of a plain or blocked activation: `[N, C]`, channels in
+/// order.
+pub fn spatial_mean(xs: &Tensor) -> candle_core::Result<Tensor> {
+    if block_of(xs.dims()).is_none() {
+        return xs.mean((2, 3));
+    }
+    // [N, C/B, B] holds channel cb·B + l at (cb, l): flattening keeps the order.
+    xs.mean((2, 3))?.flatten_from(1)
+}
+
+/// A blocked activation's data `[n, c/b, s, b]` rearranged to plain `[n, c, s]` (`s` = H·W), for
+/// the Rust kernels, which read NCHW.
+pub(crate) fn unblock(x: &[f32], [n, c, h, w]: [usize; 4], b: usize) -> Vec<f32> {
+    let s = h * w;
+    let mut out = vec![0f32; x.len()];
+    for i in 0..n {
+        for cb in 0..c / b {
+            let src = &x[(i * c + cb * b) * s..][..s * b];
+            for l in 0..b {
+                let dst = &mut out[(i * c + cb * b + l) * s..][..s];
+                for (p, o) in dst.iter_mut().enumerate() {
+                    *o = src[p * b + l];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Plain `[n, c, s]` data rearranged to blocked `[n, c/b, s, b]`.
+pub(crate) fn reblock(x: &[f32], [n, c, h, w]: [usize; 4], b: usize) -> Vec<f32> {
+    let s = h * w;
+    let mut out = vec![0f32; x.len()];
+    for i in 0..n {
+        for cb in 0..c / b {
+            let dst = &mut out[(i * c + cb * b) * s..][..s * b];
+            for l in 0..b {
+                let src = &x[(i * c + cb * b + l) * s..][..s];
+                for (p, &v) in src.iter().enumerate() {
+                    dst[p * b + l] = v;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_and_tensors_agree_on_the_blocked_layout() {
+        let dims = [2, 16, 3, 5];
+        let x: Vec<f32> = (0..2 * 16 * 15).map(|v| v as f32).collect();
+        let t = Tensor::from_slice(&x, &dims[..], &candle_core::Device::Cpu).unwrap();
+        let blocked = to_blocked(&t, 8).unwrap();
+        assert_eq!(blocked.dims(), &[2, 2, 3, 5, 8]);
+        let flat = blocked.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat, reblock(&x, dims, 8));
+        // Channel 9 (block 1, lane 1) of sample 1 at position (2, 4).
+        let v = blocked
+            .get(1)
+            .and_then(|t| t.get(1))
+            .and_then(|t| t.get(2))
+            .and_then(|t| t.get(4))
+            .and_then(|t| t.get(1))
+            .and_then(|t| t.to_scalar::<f32>())
+            .unwrap();
+        assert_eq!(v, x[(16 + 9) * 15 + 2 * 5 + 4]);
+        assert_eq!(unblock(&flat, dims, 8), x);
+        let back = from_blocked(&blocked).unwrap();
+        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x);
+        let means = spatial_mean(&blocked).unwrap();
+        let plain = t.mean((2, 3)).unwrap();
+        assert_eq!(
+            means.to_vec2::<f32>().unwrap(),
+            plain.to_vec2::<f32>().unwrap()
+        );
+    }
+}
