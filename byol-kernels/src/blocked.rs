@@ -11,8 +11,11 @@
 
 use std::cell::Cell;
 
-use candle_core::{DType, Tensor};
+use std::mem::MaybeUninit;
 
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+
+use crate::storage::{filled_par, slice};
 use crate::{backend, onednn, Backend};
 
 /// The channel block of a blocked activation's dims (`[N, C/B, H, W, B]`), None for plain ones.
@@ -95,6 +98,13 @@ pub fn to_blocked(xs: &Tensor, block: usize) -> candle_core::Result<Tensor> {
     if block == 0 || !c.is_multiple_of(block) {
         candle_core::bail!("to_blocked: {c} channels are not whole blocks of {block}")
     }
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs.contiguous()?.apply_op1(Reorder {
+            dims: [n, c, h, w],
+            block,
+            to_blocked: true,
+        });
+    }
     xs.reshape((n, c / block, block, h, w))?
         .permute((0, 1, 3, 4, 2))?
         .contiguous()
@@ -102,13 +112,57 @@ pub fn to_blocked(xs: &Tensor, block: usize) -> candle_core::Result<Tensor> {
 
 /// `[N, C/B, H, W, B]` → `[N, C, H, W]` (differentiable); a plain tensor is returned as it is.
 pub fn from_blocked(xs: &Tensor) -> candle_core::Result<Tensor> {
-    let ([n, c, h, w], block) = nchw(xs.dims())?;
+    let (dims, block) = nchw(xs.dims())?;
     if block == 0 {
         return Ok(xs.clone());
     }
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return xs.contiguous()?.apply_op1(Reorder {
+            dims,
+            block,
+            to_blocked: false,
+        });
+    }
     xs.permute((0, 1, 4, 2, 3))?
         .contiguous()?
-        .reshape((n, c, h, w))
+        .reshape(&dims[..])
+}
+
+/// The conversion between the two layouts on the CPU, samples in parallel (candle's copy of a
+/// permuted tensor runs on one thread), its backward the opposite conversion.
+struct Reorder {
+    /// The logical `[N, C, H, W]`.
+    dims: [usize; 4],
+    block: usize,
+    to_blocked: bool,
+}
+
+impl CustomOp1 for Reorder {
+    fn name(&self) -> &'static str {
+        if self.to_blocked {
+            "byol-to-blocked"
+        } else {
+            "byol-from-blocked"
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let (out, block) = if self.to_blocked {
+            (reblock(x, self.dims, self.block), self.block)
+        } else {
+            (unblock(x, self.dims, self.block), 0)
+        };
+        Ok((CpuStorage::F32(out), Shape::from(dims_in(block, self.dims))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let back = Reorder {
+            to_blocked: !self.to_blocked,
+            ..*self
+        };
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
 }
 
 /// The mean over the spatial positions of a plain or blocked activation: `[N, C]`, channels in
@@ -121,41 +175,42 @@ pub fn spatial_mean(xs: &Tensor) -> candle_core::Result<Tensor> {
     xs.mean((2, 3))?.flatten_from(1)
 }
 
-/// A blocked activation's data `[n, c/b, s, b]` rearranged to plain `[n, c, s]` (`s` = H·W), for
-/// the Rust kernels, which read NCHW.
-pub(crate) fn unblock(x: &[f32], [n, c, h, w]: [usize; 4], b: usize) -> Vec<f32> {
+/// A blocked activation's data `[n, c/b, s, b]` rearranged to plain `[n, c, s]` (`s` = H·W),
+/// samples in parallel.
+pub(crate) fn unblock(x: &[f32], [_, c, h, w]: [usize; 4], b: usize) -> Vec<f32> {
     let s = h * w;
-    let mut out = vec![0f32; x.len()];
-    for i in 0..n {
-        for cb in 0..c / b {
-            let src = &x[(i * c + cb * b) * s..][..s * b];
-            for l in 0..b {
-                let dst = &mut out[(i * c + cb * b + l) * s..][..s];
-                for (p, o) in dst.iter_mut().enumerate() {
-                    *o = src[p * b + l];
+    // SAFETY: each chunk is one sample, all of whose c·s values the loop writes.
+    unsafe {
+        filled_par(x.len(), c * s, |i, out: &mut [MaybeUninit<f32>]| {
+            let src = &x[i * c * s..][..c * s];
+            for (cb, block) in src.chunks_exact(s * b).enumerate() {
+                for l in 0..b {
+                    let plane = &mut out[(cb * b + l) * s..][..s];
+                    for (p, o) in plane.iter_mut().enumerate() {
+                        o.write(block[p * b + l]);
+                    }
                 }
             }
-        }
+        })
     }
-    out
 }
 
-/// Plain `[n, c, s]` data rearranged to blocked `[n, c/b, s, b]`.
-pub(crate) fn reblock(x: &[f32], [n, c, h, w]: [usize; 4], b: usize) -> Vec<f32> {
+/// Plain `[n, c, s]` data rearranged to blocked `[n, c/b, s, b]`, samples in parallel.
+pub(crate) fn reblock(x: &[f32], [_, c, h, w]: [usize; 4], b: usize) -> Vec<f32> {
     let s = h * w;
-    let mut out = vec![0f32; x.len()];
-    for i in 0..n {
-        for cb in 0..c / b {
-            let dst = &mut out[(i * c + cb * b) * s..][..s * b];
-            for l in 0..b {
-                let src = &x[(i * c + cb * b + l) * s..][..s];
-                for (p, &v) in src.iter().enumerate() {
-                    dst[p * b + l] = v;
+    // SAFETY: each chunk is one sample, all of whose c·s values the loop writes.
+    unsafe {
+        filled_par(x.len(), c * s, |i, out: &mut [MaybeUninit<f32>]| {
+            let src = &x[i * c * s..][..c * s];
+            for (cb, block) in out.chunks_exact_mut(s * b).enumerate() {
+                for (p, position) in block.chunks_exact_mut(b).enumerate() {
+                    for (l, o) in position.iter_mut().enumerate() {
+                        o.write(src[(cb * b + l) * s + p]);
+                    }
                 }
             }
-        }
+        })
     }
-    out
 }
 
 #[cfg(test)]
@@ -184,6 +239,29 @@ mod tests {
         assert_eq!(unblock(&flat, dims, 8), x);
         let back = from_blocked(&blocked).unwrap();
         assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x);
+        // candle's own permutes give the same layout.
+        let permuted = t
+            .reshape((2, 2, 8, 3, 5))
+            .and_then(|t| t.permute((0, 1, 3, 4, 2)))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap();
+        assert_eq!(permuted, flat);
+        // The gradient of a weighted sum through both conversions is the weight itself.
+        let var = candle_core::Var::from_tensor(&t).unwrap();
+        let weights = Tensor::arange(0f32, x.len() as f32, &candle_core::Device::Cpu)
+            .and_then(|t| t.reshape(&dims[..]))
+            .unwrap();
+        let through = from_blocked(&to_blocked(&var, 8).unwrap()).unwrap();
+        let grads = (through * &weights)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .unwrap();
+        let dx = grads.get(var.as_tensor()).unwrap();
+        assert_eq!(
+            dx.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            weights.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
         let means = spatial_mean(&blocked).unwrap();
         let plain = t.mean((2, 3)).unwrap();
         assert_eq!(
