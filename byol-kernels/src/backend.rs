@@ -108,13 +108,23 @@ pub fn backend() -> Backend {
 /// Runs `f` with `backend` in effect on the calling thread only (layers decide on the thread that
 /// calls `forward`, so this covers a whole step), restoring the previous setting afterwards.
 pub fn with_backend<R>(backend: Backend, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Backend>);
-    impl Drop for Restore {
+    with_override(&OVERRIDE, backend, f)
+}
+
+/// Runs `f` with `value` in the thread-local override `slot`, restoring the previous value
+/// afterwards, also when `f` panics.
+pub(crate) fn with_override<T: Copy + 'static, R>(
+    slot: &'static std::thread::LocalKey<Cell<Option<T>>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<Cell<Option<T>>>, Option<T>);
+    impl<T: Copy + 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            OVERRIDE.with(|o| o.set(self.0));
+            self.0.with(|o| o.set(self.1));
         }
     }
-    let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(backend))));
+    let _restore = Restore(slot, slot.with(|o| o.replace(Some(value))));
     f()
 }
 

@@ -62,14 +62,7 @@ fn enabled() -> bool {
 
 /// Runs `f` with blocked training activations allowed (`on`) or not on the calling thread only.
 pub fn with_blocked_activations<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<bool>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            OVERRIDE.with(|o| o.set(self.0));
-        }
-    }
-    let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(on))));
-    f()
+    crate::backend::with_override(&OVERRIDE, on, f)
 }
 
 /// The block a training forward of `xs` through layers of `channels` should keep its

@@ -138,10 +138,11 @@ fn plane_squares(p: &[f32], mean: f64) -> f64 {
     sum_of(p, |v| centred(v) * centred(v))
 }
 
-/// Per-channel (mean, biased variance) of `x` `[n, c, s]`, and the values per channel they were
-/// taken over: the sums, then the centred squares around the mean, in f64 then rounded. Alone,
-/// each channel's two passes run back to back while its values are in cache; with `sync` the
-/// sums, then the squares, are reduced over the processes (synchronised BatchNorm).
+/// Per-channel (mean, biased variance) of `x` (`[n, c, s]`, or blocked with `block`), and the
+/// values per channel they were taken over: the sums, then the centred squares around the mean,
+/// in f64 then rounded. Plain and alone, each channel's two passes run back to back while its
+/// values are in cache; with `sync` the sums, then the squares, are reduced over the processes
+/// (synchronised BatchNorm).
 fn channel_stats(
     x: &[f32],
     dims: (usize, usize, usize),
@@ -150,10 +151,7 @@ fn channel_stats(
 ) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
     let (n, c, s) = dims;
     let count = (n * s) as f64;
-    if block > 0 {
-        return blocked_channel_stats(x, dims, block, sync);
-    }
-    let Some(sync) = sync else {
+    if let (None, 0) = (sync, block) {
         let stats: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
             .map(|ch| {
@@ -166,23 +164,38 @@ fn channel_stats(
             .collect();
         let (mean, var) = stats.into_iter().unzip();
         return Ok((mean, var, n * s));
-    };
-    let mut sums: Vec<f64> = (0..c)
-        .into_par_iter()
-        .map(|ch| with_avx2(|| over_planes(x, dims, ch, plane_sum)))
-        .collect();
-    sums.push(count);
-    sync.sum(&mut sums)?;
-    let count = sums[c];
-    if count < 2.0 {
-        candle_core::bail!("synchronised BatchNorm needs more than one value per channel")
     }
-    let mean: Vec<f64> = sums[..c].iter().map(|v| v / count).collect();
-    let mut squares: Vec<f64> = (0..c)
-        .into_par_iter()
-        .map(|ch| with_avx2(|| over_planes(x, dims, ch, |p| plane_squares(p, mean[ch]))))
-        .collect();
-    sync.sum(&mut squares)?;
+    // Per-channel `Σx` (no mean) or `Σ(x − mean)²`, in the data's layout.
+    let moment = |mean: Option<&[f64]>| -> candle_core::Result<Vec<f64>> {
+        if block > 0 {
+            return per_block!(block, blocked_moment(x, dims, mean));
+        }
+        Ok((0..c)
+            .into_par_iter()
+            .map(|ch| {
+                with_avx2(|| match mean {
+                    None => over_planes(x, dims, ch, plane_sum),
+                    Some(mean) => over_planes(x, dims, ch, |p| plane_squares(p, mean[ch])),
+                })
+            })
+            .collect())
+    };
+    let mut sums = moment(None)?;
+    let mut count = count;
+    if let Some(sync) = sync {
+        sums.push(count);
+        sync.sum(&mut sums)?;
+        count = sums[c];
+        sums.truncate(c);
+        if count < 2.0 {
+            candle_core::bail!("synchronised BatchNorm needs more than one value per channel")
+        }
+    }
+    let mean: Vec<f64> = sums.iter().map(|v| v / count).collect();
+    let mut squares = moment(Some(&mean))?;
+    if let Some(sync) = sync {
+        sync.sum(&mut squares)?;
+    }
     Ok((
         mean.iter().map(|&m| m as f32).collect(),
         squares.iter().map(|&q| (q / count) as f32).collect(),
@@ -263,38 +276,6 @@ fn blocked_moment<const B: usize>(
         })
         .collect();
     Ok(blocks.into_iter().flatten().collect())
-}
-
-/// [`channel_stats`] of blocked data: the sums, then the centred squares (each reduced over
-/// the processes with `sync`).
-fn blocked_channel_stats(
-    x: &[f32],
-    dims: (usize, usize, usize),
-    block: usize,
-    sync: Option<&dyn ChannelSum>,
-) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
-    let (n, c, s) = dims;
-    let mut sums = per_block!(block, blocked_moment(x, dims, None))?;
-    let mut count = (n * s) as f64;
-    if let Some(sync) = sync {
-        sums.push(count);
-        sync.sum(&mut sums)?;
-        count = sums[c];
-        sums.truncate(c);
-        if count < 2.0 {
-            candle_core::bail!("synchronised BatchNorm needs more than one value per channel")
-        }
-    }
-    let mean: Vec<f64> = sums.iter().map(|v| v / count).collect();
-    let mut squares = per_block!(block, blocked_moment(x, dims, Some(&mean)))?;
-    if let Some(sync) = sync {
-        sync.sum(&mut squares)?;
-    }
-    Ok((
-        mean.iter().map(|&m| m as f32).collect(),
-        squares.iter().map(|&q| (q / count) as f32).collect(),
-        count as usize,
-    ))
 }
 
 /// [`normalise_sample`] of one sample of blocked data (`[c/B, s, B]`).

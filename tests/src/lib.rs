@@ -93,6 +93,18 @@ pub fn onednn_loads() -> bool {
     false
 }
 
+/// The backends whose convolutions are ours to test: the Rust kernels, and oneDNN's direct and
+/// Winograd paths where oneDNN loads. CI sets `BYOL_REQUIRE_ONEDNN=1` so a missing oneDNN fails
+/// there instead of narrowing the test.
+pub fn conv_backends() -> Vec<byol_kernels::Backend> {
+    use byol_kernels::Backend;
+    if onednn_loads() {
+        vec![Backend::Fast, Backend::OneDnnDirect, Backend::OneDnn]
+    } else {
+        vec![Backend::Fast]
+    }
+}
+
 /// Deterministic values in [-1, 1) on the host (xorshift from `seed`).
 pub fn uniform_tensor(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -159,6 +171,23 @@ pub fn worst_gradient_error(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (
         }
     }
     worst
+}
+
+/// The gradient of the BYOL loss on views `(v1, v2)` for every online tensor of `model` that
+/// has one, by name.
+pub fn online_gradients(model: &Byol, v1: &Tensor, v2: &Tensor) -> Vec<(String, Tensor)> {
+    let (loss, _) = model.loss(v1, v2).expect("the loss");
+    let grads = loss.backward().expect("the backward pass");
+    model
+        .online_store()
+        .entries()
+        .iter()
+        .filter_map(|e| {
+            grads
+                .get(e.var.as_tensor())
+                .map(|g| (e.name.clone(), g.clone()))
+        })
+        .collect()
 }
 
 /// A BYOL model small enough for tests: ResNet-18 small stem with 4 base channels.

@@ -8,7 +8,8 @@ use byol_core::byol::Byol;
 use byol_core::nn::{BatchNorm, VarStore};
 use byol_kernels::{self as kernels, with_backend, with_blocked_activations, Backend, ChannelSum};
 use byol_tests::{
-    onednn_loads, relative_error, tiny_byol_config, uniform_tensor, views, worst_gradient_error,
+    conv_backends, onednn_loads, online_gradients, relative_error, tiny_byol_config,
+    uniform_tensor, views, worst_gradient_error,
 };
 use candle_core::{Device, ModuleT, Tensor, Var};
 
@@ -16,14 +17,6 @@ use candle_core::{Device, ModuleT, Tensor, Var};
 /// into this layout itself; the Rust kernels rearrange blocked ones to plain), so they agree to
 /// rounding of the summation order at most.
 const TOL: f64 = 1e-6;
-
-fn backends() -> Vec<Backend> {
-    if onednn_loads() {
-        vec![Backend::Fast, Backend::OneDnnDirect, Backend::OneDnn]
-    } else {
-        vec![Backend::Fast]
-    }
-}
 
 /// (y, dx, dw) of `sum(conv(x, w) · r)`, the convolution fed a blocked `x` when `block` > 0
 /// (and its output converted back), under `backend`.
@@ -63,7 +56,7 @@ fn blocked_convolutions_match_plain_ones() {
         (2, 16, 8, 8, 16, 3, 1, 1),  // Winograd where oneDNN has it
         (40, 16, 4, 4, 32, 3, 1, 1), // small maps, many samples
     ];
-    for backend in backends() {
+    for backend in conv_backends() {
         for case in cases {
             let plain = conv_case(case, 0, backend);
             for block in [8, 16] {
@@ -183,18 +176,7 @@ fn gradients(backend: Backend, blocked: bool) -> Vec<(String, Tensor)> {
         with_blocked_activations(blocked, || {
             let model = Byol::new(&config, &Device::Cpu, 3).unwrap();
             let (v1, v2) = views(16, 16, 0);
-            let (loss, _) = model.loss(&v1, &v2).unwrap();
-            let grads = loss.backward().unwrap();
-            model
-                .online_store()
-                .entries()
-                .iter()
-                .filter_map(|e| {
-                    grads
-                        .get(e.var.as_tensor())
-                        .map(|g| (e.name.clone(), g.clone()))
-                })
-                .collect()
+            online_gradients(&model, &v1, &v2)
         })
     })
 }

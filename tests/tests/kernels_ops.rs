@@ -6,22 +6,12 @@ use byol_core::nn::{BatchNorm, VarStore};
 use byol_core::optim::{Lars, LarsConfig};
 use byol_kernels::{self as kernels, with_backend, Backend};
 use byol_tests::{
-    abs_sum, onednn_loads, relative_error, tiny_byol, uniform_tensor, views, worst_gradient_error,
+    abs_sum, conv_backends, onednn_loads, online_gradients, relative_error, tiny_byol,
+    uniform_tensor, views, worst_gradient_error,
 };
 use candle_core::{Device, ModuleT, Tensor, Var};
 
 const TOL: f64 = 1e-4;
-
-/// The backends whose convolutions are ours to test: the Rust kernels, and oneDNN's direct and
-/// Winograd paths where oneDNN loads. CI sets `BYOL_REQUIRE_ONEDNN=1` so a missing oneDNN fails
-/// there instead of narrowing the test.
-fn conv_backends() -> Vec<Backend> {
-    if onednn_loads() {
-        vec![Backend::Fast, Backend::OneDnnDirect, Backend::OneDnn]
-    } else {
-        vec![Backend::Fast]
-    }
-}
 
 /// (output, dx, dw) of `sum(conv(x, w) · r)` with our op under `backend`, or with stock candle.
 fn conv_case(
@@ -439,18 +429,7 @@ fn byol_gradients(backend: Backend, perturb: f64) -> Vec<(String, Tensor)> {
             v1.affine(1.0 + perturb, 0.0).unwrap(),
             v2.affine(1.0 + perturb, 0.0).unwrap(),
         );
-        let (loss, _) = model.loss(&v1, &v2).unwrap();
-        let grads = loss.backward().unwrap();
-        model
-            .online_store()
-            .entries()
-            .iter()
-            .filter_map(|e| {
-                grads
-                    .get(e.var.as_tensor())
-                    .map(|g| (e.name.clone(), g.clone()))
-            })
-            .collect()
+        online_gradients(&model, &v1, &v2)
     })
 }
 
