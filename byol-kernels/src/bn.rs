@@ -140,8 +140,8 @@ fn plane_squares(p: &[f32], mean: f64) -> f64 {
 
 /// Per-channel (mean, biased variance) of `x` (`[n, c, s]`, or blocked with `block`), and the
 /// values per channel they were taken over: the sums, then the centred squares around the mean,
-/// in f64 then rounded. Plain and alone, each channel's two passes run back to back while its
-/// values are in cache; with `sync` the sums, then the squares, are reduced over the processes
+/// in f64 then rounded. Alone, each channel's (or channel block's) two passes run back to back
+/// while its values are in cache; with `sync` the sums, then the squares, are reduced over the processes
 /// (synchronised BatchNorm).
 fn channel_stats(
     x: &[f32],
@@ -151,17 +151,21 @@ fn channel_stats(
 ) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
     let (n, c, s) = dims;
     let count = (n * s) as f64;
-    if let (None, 0) = (sync, block) {
-        let stats: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                with_avx2(|| {
-                    let mean = over_planes(x, dims, ch, plane_sum) / count;
-                    let var = over_planes(x, dims, ch, |p| plane_squares(p, mean)) / count;
-                    (mean as f32, var as f32)
+    if let (None, b) = (sync, block) {
+        let stats: Vec<(f32, f32)> = if b > 0 {
+            per_block!(b, blocked_stats(x, dims))?
+        } else {
+            (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    with_avx2(|| {
+                        let mean = over_planes(x, dims, ch, plane_sum) / count;
+                        let var = over_planes(x, dims, ch, |p| plane_squares(p, mean)) / count;
+                        (mean as f32, var as f32)
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
         let (mean, var) = stats.into_iter().unzip();
         return Ok((mean, var, n * s));
     }
@@ -243,8 +247,36 @@ fn lane_sums<const B: usize, const O: usize>(
     total
 }
 
-/// Per-channel `Σx` (no `mean`) or `Σ(x − mean)²` (each deviation in f64 then rounded, as
-/// `plane_squares`) of blocked data, channel blocks in parallel.
+/// Per-lane `Σx` over channel block `cb` of blocked data.
+#[inline(always)]
+fn block_sums<const B: usize>(x: &[f32], dims: (usize, usize, usize), cb: usize) -> [f64; B] {
+    let [t] = lane_sums::<B, 1>(dims, cb, |off, [acc]| {
+        for (a, &v) in acc.iter_mut().zip(at::<B>(x, off)) {
+            *a += v;
+        }
+    });
+    t
+}
+
+/// Per-lane `Σ(x − m)²` over channel block `cb` of blocked data (each deviation in f64 then
+/// rounded, as `plane_squares`).
+#[inline(always)]
+fn block_squares<const B: usize>(
+    x: &[f32],
+    dims: (usize, usize, usize),
+    cb: usize,
+    m: &[f64; B],
+) -> [f64; B] {
+    let [t] = lane_sums::<B, 1>(dims, cb, |off, [acc]| {
+        for ((a, &v), &m) in acc.iter_mut().zip(at::<B>(x, off)).zip(m) {
+            let d = (v as f64 - m) as f32;
+            *a += d * d;
+        }
+    });
+    t
+}
+
+/// Per-channel `Σx` (no `mean`) or `Σ(x − mean)²` of blocked data, channel blocks in parallel.
 fn blocked_moment<const B: usize>(
     x: &[f32],
     dims: (usize, usize, usize),
@@ -254,24 +286,31 @@ fn blocked_moment<const B: usize>(
         .into_par_iter()
         .map(|cb| {
             with_avx2(|| match mean {
-                None => {
-                    let [t] = lane_sums::<B, 1>(dims, cb, |off, [acc]| {
-                        for (a, &v) in acc.iter_mut().zip(at::<B>(x, off)) {
-                            *a += v;
-                        }
-                    });
-                    t
-                }
+                None => block_sums::<B>(x, dims, cb),
                 Some(mean) => {
                     let m: &[f64; B] = mean[cb * B..][..B].try_into().expect("B means");
-                    let [t] = lane_sums::<B, 1>(dims, cb, |off, [acc]| {
-                        for ((a, &v), &m) in acc.iter_mut().zip(at::<B>(x, off)).zip(m) {
-                            let d = (v as f64 - m) as f32;
-                            *a += d * d;
-                        }
-                    });
-                    t
+                    block_squares::<B>(x, dims, cb, m)
                 }
+            })
+        })
+        .collect();
+    Ok(blocks.into_iter().flatten().collect())
+}
+
+/// Per-channel (mean, biased variance) of blocked data, one process: each channel block's two
+/// passes back to back while its values are in cache.
+fn blocked_stats<const B: usize>(
+    x: &[f32],
+    dims: (usize, usize, usize),
+) -> candle_core::Result<Vec<(f32, f32)>> {
+    let count = (dims.0 * dims.2) as f64;
+    let blocks: Vec<[(f32, f32); B]> = (0..dims.1 / B)
+        .into_par_iter()
+        .map(|cb| {
+            with_avx2(|| {
+                let mean = block_sums::<B>(x, dims, cb).map(|t| t / count);
+                let squares = block_squares::<B>(x, dims, cb, &mean);
+                std::array::from_fn(|l| (mean[l] as f32, (squares[l] / count) as f32))
             })
         })
         .collect();
