@@ -120,7 +120,7 @@ impl BatchNorm {
     /// Whether the fused kernels run this call: training mode on a CPU f32 input of rank 2 or
     /// 4, or 5 (oneDNN's channel-blocked layout, which only they read).
     fn fast(xs: &Tensor, train: bool) -> bool {
-        train && (2..=5).contains(&xs.rank()) && xs.rank() != 3 && byol_kernels::use_fast(xs)
+        train && matches!(xs.rank(), 2 | 4 | 5) && byol_kernels::use_fast(xs)
     }
 
     /// `relu(bn(xs))`: one fused op on the fast backend (a NaN stays NaN there; stock candle's
@@ -149,7 +149,7 @@ impl BatchNorm {
 impl ModuleT for BatchNorm {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let rank = xs.rank();
-        if train && Self::fast(xs, train) {
+        if Self::fast(xs, train) {
             // One fused op (2 passes forward, 2 backward) instead of ~35 tensor passes.
             return self.fused_train(xs, None, false);
         }

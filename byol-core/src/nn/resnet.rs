@@ -563,11 +563,11 @@ impl ModuleT for ResNet {
         if self.config.stem == Stem::Imagenet {
             ys = max_pool_3x3_s2(&ys, self.config.padding)?;
         }
-        let block = train
+        let channel_block = train
             .then(|| byol_kernels::training_block(&ys, &self.stage_widths()))
             .flatten();
-        if let Some(block) = block {
-            ys = byol_kernels::to_blocked(&ys, block)?;
+        if let Some(channel_block) = channel_block {
+            ys = byol_kernels::to_blocked(&ys, channel_block)?;
         }
         for stage in &self.stages {
             for block in stage {
