@@ -78,7 +78,7 @@ void make_port(Port &p, int arg, const Md &plain, Md wanted, bool is_output) {
 }
 
 enum Kind { kForward = 0, kInputGrad = 1, kWeightGrad = 2 };
-using Key = std::array<int64_t, 14>;
+using Key = std::array<int64_t, 13>;
 
 // The caller's layout of an activation: plain NCHW (block 0) or nChw8c / nChw16c.
 dnnl_format_tag_t activation_tag(int64_t block) {
@@ -99,16 +99,15 @@ bool winograd_suits(const int64_t *g, int64_t ho, int64_t wo) {
 
 // bf16: the pass's two inputs are rounded to bf16 (by the reorders from the caller's f32), its
 // output stays f32 (oneDNN accumulates in f32): mixed precision as PyTorch's CPU autocast.
-std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd, bool bf16, int64_t x_block,
-                             int64_t y_block) {
+std::unique_ptr<Entry> build(int kind, const int64_t *g, bool winograd, bool bf16, int64_t block) {
   const int64_t n = g[0], cin = g[1], h = g[2], w = g[3], cout = g[4], kh = g[5], kw = g[6],
                 stride = g[7], pad = g[8];
   const int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
   dnnl_dims_t xd = {n, cin, h, w}, wd = {cout, cin, kh, kw}, yd = {n, cout, ho, wo};
   dnnl_dims_t strides = {stride, stride}, padding = {pad, pad};
-  const Md x_plain = Md::tag(4, xd, dnnl_f32, activation_tag(x_block)),
+  const Md x_plain = Md::tag(4, xd, dnnl_f32, activation_tag(block)),
            w_plain = Md::tag(4, wd, dnnl_f32, dnnl_oihw),
-           y_plain = Md::tag(4, yd, dnnl_f32, activation_tag(y_block));
+           y_plain = Md::tag(4, yd, dnnl_f32, activation_tag(block));
   // Inputs in `in`, outputs in f32; the forward descriptor (also the backward passes' hint)
   // outputs y in f32 only when it is the pass.
   const dnnl_data_type_t in = bf16 ? dnnl_bf16 : dnnl_f32;
@@ -196,10 +195,10 @@ extern "C" {
 // kind: 0 forward (a = x, b = w, out = y), 1 input grad (a = dy, b = w, out = dx),
 // 2 weight grad (a = x, b = dy, out = dw). g: n, cin, h, w, cout, kh, kw, stride, pad.
 // winograd != 0 allows Winograd where it suits (never in bf16). bf16 != 0 rounds a and b to
-// bf16 (out stays f32). x_block / y_block: the layout of x (dx) and of y (dy), 0 for NCHW, 8 or
-// 16 for nChw8c / nChw16c (channels a multiple of the block). threads > 0 sets oneDNN's OpenMP
-// thread count. Returns 0, or 1 with a message in err.
-int byol_onednn_conv(int kind, const int64_t *g, int winograd, int bf16, int x_block, int y_block,
+// bf16 (out stays f32). block: the layout of the activations (x, y and their gradients), 0 for
+// NCHW, 8 or 16 for nChw8c / nChw16c (channels a multiple of the block). threads > 0 sets
+// oneDNN's OpenMP thread count. Returns 0, or 1 with a message in err.
+int byol_onednn_conv(int kind, const int64_t *g, int winograd, int bf16, int block,
                      const float *a, const float *b, float *out, int threads, char *err,
                      size_t err_len) {
   thread_local std::map<Key, std::unique_ptr<Entry>> cache;
@@ -215,11 +214,10 @@ int byol_onednn_conv(int kind, const int64_t *g, int winograd, int bf16, int x_b
       check(api->dnnl_stream_create(&thread_stream.handle, api->engine, dnnl_stream_default_flags),
             "stream_create");
     dnnl_stream_t stream = thread_stream.handle;
-    Key key{kind, winograd != 0, bf16 != 0, x_block, y_block, g[0], g[1],
-            g[2], g[3],   g[4],         g[5],      g[6],    g[7],    g[8]};
+    Key key{kind, winograd != 0, bf16 != 0, block, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
     auto found = cache.find(key);
     if (found == cache.end())
-      found = cache.emplace(key, build(kind, g, winograd != 0, bf16 != 0, x_block, y_block)).first;
+      found = cache.emplace(key, build(kind, g, winograd != 0, bf16 != 0, block)).first;
     Entry &e = *found->second;
     void *data[3] = {const_cast<float *>(a), const_cast<float *>(b), out};
     dnnl_exec_arg_t args[3];

@@ -18,14 +18,6 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use crate::storage::{filled_par, slice};
 use crate::{backend, onednn, Backend};
 
-/// The channel block of a blocked activation's dims (`[N, C/B, H, W, B]`), None for plain ones.
-pub(crate) fn block_of(dims: &[usize]) -> Option<usize> {
-    match *dims {
-        [_, _, _, _, b] => Some(b),
-        _ => None,
-    }
-}
-
 /// The logical `[N, C, H, W]` of a plain or blocked activation's dims, and its block (0: plain).
 pub(crate) fn nchw(dims: &[usize]) -> candle_core::Result<([usize; 4], usize)> {
     match *dims {
@@ -161,10 +153,8 @@ impl CustomOp1 for Reorder {
 /// The mean over the spatial positions of a plain or blocked activation: `[N, C]`, channels in
 /// order.
 pub fn spatial_mean(xs: &Tensor) -> candle_core::Result<Tensor> {
-    if block_of(xs.dims()).is_none() {
-        return xs.mean((2, 3));
-    }
-    // [N, C/B, B] holds channel cb·B + l at (cb, l): flattening keeps the order.
+    // Blocked: [N, C/B, B] holds channel cb·B + l at (cb, l), so flattening keeps the order;
+    // plain: [N, C] already.
     xs.mean((2, 3))?.flatten_from(1)
 }
 

@@ -41,6 +41,14 @@ fn ncs(dims: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
     }
 }
 
+/// Fails unless `block` is a layout the kernels have: 0 (plain), 8 or 16.
+fn check_block(block: usize) -> candle_core::Result<()> {
+    if ![0, 8, 16].contains(&block) {
+        candle_core::bail!("BatchNorm: no blocked layout with blocks of {block}")
+    }
+    Ok(())
+}
+
 /// Calls `$f::<B>($args)` for the run-time block `$block` (8 or 16), else fails.
 macro_rules! per_block {
     ($block:expr, $f:ident($($arg:expr),*)) => {
@@ -141,8 +149,8 @@ fn plane_squares(p: &[f32], mean: f64) -> f64 {
 /// Per-channel (mean, biased variance) of `x` (`[n, c, s]`, or blocked with `block`), and the
 /// values per channel they were taken over: the sums, then the centred squares around the mean,
 /// in f64 then rounded. Alone, each channel's (or channel block's) two passes run back to back
-/// while its values are in cache; with `sync` the sums, then the squares, are reduced over the processes
-/// (synchronised BatchNorm).
+/// while its values are in cache; with `sync` the sums, then the squares, are reduced over the
+/// processes (synchronised BatchNorm).
 fn channel_stats(
     x: &[f32],
     dims: (usize, usize, usize),
@@ -151,9 +159,9 @@ fn channel_stats(
 ) -> candle_core::Result<(Vec<f32>, Vec<f32>, usize)> {
     let (n, c, s) = dims;
     let count = (n * s) as f64;
-    if let (None, b) = (sync, block) {
-        let stats: Vec<(f32, f32)> = if b > 0 {
-            per_block!(b, blocked_stats(x, dims))?
+    if sync.is_none() {
+        let stats: Vec<(f32, f32)> = if block > 0 {
+            per_block!(block, blocked_stats(x, dims))
         } else {
             (0..c)
                 .into_par_iter()
@@ -172,15 +180,18 @@ fn channel_stats(
     // Per-channel `Σx` (no mean) or `Σ(x − mean)²`, in the data's layout.
     let moment = |mean: Option<&[f64]>| -> candle_core::Result<Vec<f64>> {
         if block > 0 {
-            return per_block!(block, blocked_moment(x, dims, mean));
+            return Ok(per_block!(block, blocked_moment(x, dims, mean)));
         }
         Ok((0..c)
             .into_par_iter()
             .map(|ch| {
-                with_avx2(|| match mean {
-                    None => over_planes(x, dims, ch, plane_sum),
-                    Some(mean) => over_planes(x, dims, ch, |p| plane_squares(p, mean[ch])),
-                })
+                with_avx2(
+                    #[inline(always)]
+                    || match mean {
+                        None => over_planes(x, dims, ch, plane_sum),
+                        Some(mean) => over_planes(x, dims, ch, |p| plane_squares(p, mean[ch])),
+                    },
+                )
             })
             .collect())
     };
@@ -281,40 +292,43 @@ fn blocked_moment<const B: usize>(
     x: &[f32],
     dims: (usize, usize, usize),
     mean: Option<&[f64]>,
-) -> candle_core::Result<Vec<f64>> {
+) -> Vec<f64> {
     let blocks: Vec<[f64; B]> = (0..dims.1 / B)
         .into_par_iter()
         .map(|cb| {
-            with_avx2(|| match mean {
-                None => block_sums::<B>(x, dims, cb),
-                Some(mean) => {
-                    let m: &[f64; B] = mean[cb * B..][..B].try_into().expect("B means");
-                    block_squares::<B>(x, dims, cb, m)
-                }
-            })
+            with_avx2(
+                #[inline(always)]
+                || match mean {
+                    None => block_sums::<B>(x, dims, cb),
+                    Some(mean) => {
+                        let m: &[f64; B] = mean[cb * B..][..B].try_into().expect("B means");
+                        block_squares::<B>(x, dims, cb, m)
+                    }
+                },
+            )
         })
         .collect();
-    Ok(blocks.into_iter().flatten().collect())
+    blocks.into_iter().flatten().collect()
 }
 
 /// Per-channel (mean, biased variance) of blocked data, one process: each channel block's two
 /// passes back to back while its values are in cache.
-fn blocked_stats<const B: usize>(
-    x: &[f32],
-    dims: (usize, usize, usize),
-) -> candle_core::Result<Vec<(f32, f32)>> {
+fn blocked_stats<const B: usize>(x: &[f32], dims: (usize, usize, usize)) -> Vec<(f32, f32)> {
     let count = (dims.0 * dims.2) as f64;
     let blocks: Vec<[(f32, f32); B]> = (0..dims.1 / B)
         .into_par_iter()
         .map(|cb| {
-            with_avx2(|| {
-                let mean = block_sums::<B>(x, dims, cb).map(|t| t / count);
-                let squares = block_squares::<B>(x, dims, cb, &mean);
-                std::array::from_fn(|l| (mean[l] as f32, (squares[l] / count) as f32))
-            })
+            with_avx2(
+                #[inline(always)]
+                || {
+                    let mean = block_sums::<B>(x, dims, cb).map(|t| t / count);
+                    let squares = block_squares::<B>(x, dims, cb, &mean);
+                    std::array::from_fn(|l| (mean[l] as f32, (squares[l] / count) as f32))
+                },
+            )
         })
         .collect();
-    Ok(blocks.into_iter().flatten().collect())
+    blocks.into_iter().flatten().collect()
 }
 
 /// [`normalise_sample`] of one sample of blocked data (`[c/B, s, B]`).
@@ -361,41 +375,78 @@ fn normalise_sample_blocked<const B: usize>(
     }
 }
 
-/// Per-channel `(Σg, Σg·(x − μ))` of blocked data, `g` the gradient masked by `mask_by`.
+/// [`plane_grad_sums`] of blocked data.
 fn blocked_grad_sums<const B: usize>(
     x: &[f32],
     dy: &[f32],
     mask_by: Option<&[f32]>,
     dims: (usize, usize, usize),
     mean: &[f32],
-) -> candle_core::Result<Vec<(f64, f64)>> {
+    inv_std: &[f32],
+) -> Vec<(f64, f64)> {
     let blocks: Vec<[[f64; B]; 2]> = (0..dims.1 / B)
         .into_par_iter()
         .map(|cb| {
             let m: &[f32; B] = mean[cb * B..][..B].try_into().expect("B means");
-            with_avx2(|| {
-                lane_sums::<B, 2>(dims, cb, |off, [sd, sdx]| {
-                    let (xv, dv) = (at::<B>(x, off), at::<B>(dy, off));
-                    let yv = mask_by.map(|y| at::<B>(y, off));
-                    for l in 0..B {
-                        let d = match yv {
-                            Some(yv) => relu_mask(yv[l], dv[l]),
-                            None => dv[l],
-                        };
-                        sd[l] += d;
-                        sdx[l] += d * (xv[l] - m[l]);
-                    }
-                })
-            })
+            with_avx2(
+                #[inline(always)]
+                || {
+                    lane_sums::<B, 2>(dims, cb, |off, [sd, sdx]| {
+                        let (xv, dv) = (at::<B>(x, off), at::<B>(dy, off));
+                        let yv = mask_by.map(|y| at::<B>(y, off));
+                        for l in 0..B {
+                            let d = match yv {
+                                Some(yv) => relu_mask(yv[l], dv[l]),
+                                None => dv[l],
+                            };
+                            sd[l] += d;
+                            sdx[l] += d * (xv[l] - m[l]);
+                        }
+                    })
+                },
+            )
         })
         .collect();
-    Ok(blocks
+    blocks
         .iter()
         .flat_map(|[sd, sdx]| sd.iter().zip(sdx).map(|(&a, &b)| (a, b)))
-        .collect())
+        .zip(inv_std)
+        .map(|((sd, sdx), &is)| (sd, sdx * is as f64))
+        .collect()
 }
 
-/// One sample's `dx = k·g + p·x + q` of blocked data (`[c/B, s, B]`).
+/// One sample's `dx = k·g + p·x + q` per channel (planes of `s` values), `g` the gradient
+/// masked by the ReLU output `yr` when given; writes every value of `o`.
+#[inline(always)]
+fn grad_sample(
+    o: &mut [MaybeUninit<f32>],
+    (xr, dr, yr): (&[f32], &[f32], Option<&[f32]>),
+    coef: &[(f32, f32, f32)],
+    s: usize,
+) {
+    for (ch, &(k, p, q)) in coef.iter().enumerate() {
+        let r = ch * s..(ch + 1) * s;
+        match yr {
+            Some(yr) => {
+                for (((o, &xv), &d), &yv) in o[r.clone()]
+                    .iter_mut()
+                    .zip(&xr[r.clone()])
+                    .zip(&dr[r.clone()])
+                    .zip(&yr[r])
+                {
+                    o.write(k * relu_mask(yv, d) + p * xv + q);
+                }
+            }
+            None => {
+                for ((o, &xv), &d) in o[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dr[r]) {
+                    o.write(k * d + p * xv + q);
+                }
+            }
+        }
+    }
+}
+
+/// [`grad_sample`] of one sample of blocked data (`[c/B, s, B]`).
 #[inline(always)]
 fn grad_sample_blocked<const B: usize>(
     o: &mut [MaybeUninit<f32>],
@@ -490,17 +541,21 @@ impl BnTrain {
         let a: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, i)| g * i).collect();
         let b: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * a[ch]).collect();
         let cs = c * s;
-        let normalise = match self.block {
-            0 => normalise_sample,
-            8 => normalise_sample_blocked::<8>,
-            16 => normalise_sample_blocked::<16>,
-            b => candle_core::bail!("BatchNorm: no blocked layout with blocks of {b}"),
-        };
-        // SAFETY: each chunk is one sample, `normalise` writes all its c·s values.
+        check_block(self.block)?;
+        let ab = (&a[..], &b[..]);
+        // SAFETY: each chunk is one sample, the normalisation writes all its c·s values.
         let y = unsafe {
             filled_par(x.len(), cs, |i, yr| {
-                let rr = residual.map(|r| &r[i * cs..][..cs]);
-                with_avx2(|| normalise(yr, &x[i * cs..][..cs], rr, (&a, &b), s, self.epilogue))
+                let (xr, rr) = (&x[i * cs..][..cs], residual.map(|r| &r[i * cs..][..cs]));
+                // Called (not through a pointer) inside the AVX2 copy, so they inline into it.
+                with_avx2(
+                    #[inline(always)]
+                    || match self.block {
+                        8 => normalise_sample_blocked::<8>(yr, xr, rr, ab, s, self.epilogue),
+                        16 => normalise_sample_blocked::<16>(yr, xr, rr, ab, s, self.epilogue),
+                        _ => normalise_sample(yr, xr, rr, ab, s, self.epilogue),
+                    },
+                )
             })
         };
         *self
@@ -627,11 +682,10 @@ fn bn_backward(
 ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let (mean, inv_std) = (saved.mean, saved.inv_std);
     let sums64: Vec<(f64, f64)> = if block > 0 {
-        per_block!(block, blocked_grad_sums(x, dy, mask_by, (n, c, s), mean))?
-            .into_iter()
-            .zip(inv_std)
-            .map(|((sd, sdx), &is)| (sd, sdx * is as f64))
-            .collect()
+        per_block!(
+            block,
+            blocked_grad_sums(x, dy, mask_by, (n, c, s), mean, inv_std)
+        )
     } else {
         plane_grad_sums(x, dy, mask_by, (n, c, s), mean, inv_std)
     };
@@ -659,53 +713,20 @@ fn bn_backward(
         })
         .collect();
     let cs = c * s;
-    if block > 0 {
-        let grad_sample = match block {
-            8 => grad_sample_blocked::<8>,
-            16 => grad_sample_blocked::<16>,
-            b => candle_core::bail!("BatchNorm: no blocked layout with blocks of {b}"),
-        };
-        // SAFETY: each chunk is one sample, all of whose values `grad_sample` writes.
-        let dx = unsafe {
-            filled_par(x.len(), cs, |i, o| {
-                let r = i * cs..(i + 1) * cs;
-                let yr = mask_by.map(|y| &y[r.clone()]);
-                with_avx2(|| grad_sample(o, (&x[r.clone()], &dy[r], yr), &coef, s))
-            })
-        };
-        let dgamma = local.iter().map(|s| s.1).collect();
-        let dbeta = local.iter().map(|s| s.0).collect();
-        return Ok((dx, dgamma, dbeta));
-    }
-    // SAFETY: each chunk is one sample, whose c planes of s values are all written below.
+    check_block(block)?;
+    // SAFETY: each chunk is one sample, all of whose values the pass writes.
     let dx = unsafe {
         filled_par(x.len(), cs, |i, o| {
-            with_avx2(|| {
-                let (xr, dr) = (&x[i * cs..][..cs], &dy[i * cs..][..cs]);
-                for (ch, &(k, p, q)) in coef.iter().enumerate() {
-                    let r = ch * s..(ch + 1) * s;
-                    match mask_by {
-                        Some(y) => {
-                            let yr = &y[i * cs..][..cs];
-                            for (((o, &xv), &d), &yv) in o[r.clone()]
-                                .iter_mut()
-                                .zip(&xr[r.clone()])
-                                .zip(&dr[r.clone()])
-                                .zip(&yr[r])
-                            {
-                                o.write(k * relu_mask(yv, d) + p * xv + q);
-                            }
-                        }
-                        None => {
-                            for ((o, &xv), &d) in
-                                o[r.clone()].iter_mut().zip(&xr[r.clone()]).zip(&dr[r])
-                            {
-                                o.write(k * d + p * xv + q);
-                            }
-                        }
-                    }
-                }
-            })
+            let r = i * cs..(i + 1) * cs;
+            let rows = (&x[r.clone()], &dy[r.clone()], mask_by.map(|y| &y[r]));
+            with_avx2(
+                #[inline(always)]
+                || match block {
+                    8 => grad_sample_blocked::<8>(o, rows, &coef, s),
+                    16 => grad_sample_blocked::<16>(o, rows, &coef, s),
+                    _ => grad_sample(o, rows, &coef, s),
+                },
+            )
         })
     };
     let dgamma = local.iter().map(|s| s.1).collect();
@@ -823,7 +844,7 @@ fn fused(
     let op = BnTrain {
         eps,
         epilogue,
-        block: crate::blocked::block_of(x.dims()).unwrap_or(0),
+        block: crate::blocked::nchw(x.dims()).map_or(0, |(_, block)| block),
         saved: saved.clone(),
         sync,
     };

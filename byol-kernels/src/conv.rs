@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::blocked::{dims_in, nchw, reblock, unblock};
 use crate::geometry::Conv2dGeometry;
-use crate::onednn::{self, Blocks, Pass};
+use crate::onednn::{self, Pass};
 use crate::scratch::with_scratch;
 use crate::storage::slice;
 use crate::Backend;
@@ -550,10 +550,10 @@ impl ConvEngine {
         }
     }
 
-    /// Runs `pass` on inputs `(a, b)` (see [`Pass`]), activations in the layouts of `blocks`. A
+    /// Runs `pass` on inputs `(a, b)` (see [`Pass`]), activations plain (`block` 0) or blocked. A
     /// oneDNN failure (a shape its kernels refuse, say) is reported once and that call runs on
     /// the Rust kernels.
-    fn run(self, pass: Pass, a: &[f32], b: &[f32], g: &Conv2dGeometry, blocks: Blocks) -> Vec<f32> {
+    fn run(self, pass: Pass, a: &[f32], b: &[f32], g: &Conv2dGeometry, block: usize) -> Vec<f32> {
         // Narrow layers stay on the Rust kernels: oneDNN pads channels to blocks of 16 and adds
         // two reorders per call (the 8-channel quick-start model trained 35 % slower on it).
         let wide = g.cin >= 16 && g.cout >= 16;
@@ -564,7 +564,7 @@ impl ConvEngine {
                 Pass::WeightGrad if bf16 && !onednn::bf16_weight_grads_pay() => (true, false),
                 _ => (winograd, bf16),
             };
-            match onednn::run(pass, g, (winograd, bf16), blocks, a, b) {
+            match onednn::run(pass, g, (winograd, bf16), block, a, b) {
                 Ok(out) => return out,
                 Err(e) => {
                     static WARNED: std::sync::Once = std::sync::Once::new();
@@ -581,32 +581,26 @@ impl ConvEngine {
                 b => std::borrow::Cow::Owned(unblock(v, dims, b)),
             }
         }
-        let laid_out = |v: Vec<f32>, block: usize, dims| match block {
+        let laid_out = |v: Vec<f32>, dims| match block {
             0 => v,
             b => reblock(&v, dims, b),
         };
         match pass {
-            Pass::Forward => laid_out(forward(&plain(a, blocks.x, x_dims), b, g), blocks.y, y_dims),
-            Pass::InputGrad => laid_out(
-                input_grad(&plain(a, blocks.y, y_dims), b, g),
-                blocks.x,
-                x_dims,
-            ),
-            Pass::WeightGrad => {
-                weight_grad(&plain(a, blocks.x, x_dims), &plain(b, blocks.y, y_dims), g)
-            }
+            Pass::Forward => laid_out(forward(&plain(a, block, x_dims), b, g), y_dims),
+            Pass::InputGrad => laid_out(input_grad(&plain(a, block, y_dims), b, g), x_dims),
+            Pass::WeightGrad => weight_grad(&plain(a, block, x_dims), &plain(b, block, y_dims), g),
         }
     }
 }
 
-/// The geometry of a convolution of `x` (plain or blocked) by `w`, and the layouts of its
-/// activations: the output in the input's block (its channels must be whole blocks).
+/// The geometry of a convolution of `x` (plain or blocked) by `w`, and the block of its
+/// activations (0: plain): the output in the input's layout (its channels whole blocks).
 fn geometry(
     x: &[usize],
     w: &[usize],
     stride: usize,
     pad: usize,
-) -> candle_core::Result<(Conv2dGeometry, Blocks)> {
+) -> candle_core::Result<(Conv2dGeometry, usize)> {
     let (x4, block) = nchw(x)?;
     let g = Conv2dGeometry::new(&x4, w, stride, pad)?;
     if block > 0 && !g.cout.is_multiple_of(block) {
@@ -616,7 +610,7 @@ fn geometry(
             g.cout
         )
     }
-    Ok((g, Blocks { x: block, y: block }))
+    Ok((g, block))
 }
 
 /// The forward op; its backward uses [`ConvPass`] for both gradients.
@@ -624,12 +618,6 @@ struct Conv2dOp {
     stride: usize,
     pad: usize,
     engine: ConvEngine,
-}
-
-impl Conv2dOp {
-    fn geometry(&self, x: &[usize], w: &[usize]) -> candle_core::Result<(Conv2dGeometry, Blocks)> {
-        geometry(x, w, self.stride, self.pad)
-    }
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -644,15 +632,15 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, blocks) = self.geometry(l1.dims(), l2.dims())?;
+        let (g, block) = geometry(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let y = self.engine.run(
             Pass::Forward,
             slice(s1, l1, "conv2d")?,
             slice(s2, l2, "conv2d")?,
             &g,
-            blocks,
+            block,
         );
-        Ok(storage(y, dims_in(blocks.y, [g.n, g.cout, g.ho, g.wo])))
+        Ok(storage(y, dims_in(block, [g.n, g.cout, g.ho, g.wo])))
     }
 
     fn bwd(
@@ -662,7 +650,7 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (g, blocks) = self.geometry(x.dims(), w.dims())?;
+        let (g, block) = geometry(x.dims(), w.dims(), self.stride, self.pad)?;
         let dy = dy.contiguous()?;
         let engine = self.engine;
         // The images entering the first layer need no gradient: skip that input grad.
@@ -671,7 +659,7 @@ impl CustomOp2 for Conv2dOp {
                 w,
                 &ConvPass {
                     g,
-                    blocks,
+                    block,
                     pass: Pass::InputGrad,
                     engine,
                 },
@@ -683,7 +671,7 @@ impl CustomOp2 for Conv2dOp {
             &dy,
             &ConvPass {
                 g,
-                blocks,
+                block,
                 pass: Pass::WeightGrad,
                 engine,
             },
@@ -695,7 +683,8 @@ impl CustomOp2 for Conv2dOp {
 /// A gradient pass: `(dy, w) → dx` or `(x, dy) → dw`.
 struct ConvPass {
     g: Conv2dGeometry,
-    blocks: Blocks,
+    /// The activations' channel block (0: plain).
+    block: usize,
     pass: Pass,
     engine: ConvEngine,
 }
@@ -721,7 +710,7 @@ impl CustomOp2 for ConvPass {
         } else {
             l2.dims()
         };
-        if dy_dims != dims_in(self.blocks.y, [g.n, g.cout, g.ho, g.wo]) {
+        if dy_dims != dims_in(self.block, [g.n, g.cout, g.ho, g.wo]) {
             candle_core::bail!("{}: gradient shape {dy_dims:?}", self.name())
         }
         let out = self.engine.run(
@@ -729,10 +718,10 @@ impl CustomOp2 for ConvPass {
             slice(s1, l1, "conv2d")?,
             slice(s2, l2, "conv2d")?,
             g,
-            self.blocks,
+            self.block,
         );
         Ok(match self.pass {
-            Pass::InputGrad => storage(out, dims_in(self.blocks.x, [g.n, g.cin, g.h, g.w])),
+            Pass::InputGrad => storage(out, dims_in(self.block, [g.n, g.cin, g.h, g.w])),
             _ => storage(out, (g.cout, g.cin, g.kh, g.kw)),
         })
     }

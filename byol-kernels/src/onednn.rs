@@ -113,8 +113,7 @@ mod ffi {
             geometry: *const i64,
             winograd: i32,
             bf16: i32,
-            x_block: i32,
-            y_block: i32,
+            block: i32,
             a: *const f32,
             b: *const f32,
             out: *mut f32,
@@ -159,16 +158,8 @@ fn query_activation_block() -> Result<usize, String> {
     Err("this build has no oneDNN".into())
 }
 
-/// The layouts of a pass's activations: `x` (or `dx`) and `y` (or `dy`), each plain NCHW (0)
-/// or channel-blocked with that block (8 or 16, the channels a multiple of it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Blocks {
-    pub(crate) x: usize,
-    pub(crate) y: usize,
-}
-
 /// Runs one pass; `a`/`b` are the pass's inputs (see [`Pass`]), f32, weights in OIHW order and
-/// activations in the layouts of `blocks` (the output's too); with `bf16` oneDNN rounds them to
+/// activations (the output's too) plain NCHW (`block` 0) or channel-blocked (8 or 16); with `bf16` oneDNN rounds them to
 /// bfloat16 and computes in bf16 with f32 accumulation and output. Errors carry oneDNN's
 /// message.
 #[cfg(byol_onednn)]
@@ -176,7 +167,7 @@ pub(crate) fn run(
     pass: Pass,
     g: &Conv2dGeometry,
     (winograd, bf16): (bool, bool),
-    blocks: Blocks,
+    block: usize,
     a: &[f32],
     b: &[f32],
 ) -> Result<Vec<f32>, String> {
@@ -191,10 +182,9 @@ pub(crate) fn run(
         Pass::WeightGrad => (x_len, y_len, w_len),
     };
     // The C side trusts these extents (a blocked layout has the same size: whole blocks).
-    let whole = |block: usize, c: usize| block == 0 || c.is_multiple_of(block);
-    if !whole(blocks.x, g.cin) || !whole(blocks.y, g.cout) {
+    if block > 0 && !(g.cin.is_multiple_of(block) && g.cout.is_multiple_of(block)) {
         return Err(format!(
-            "oneDNN {pass:?}: channels {} → {} are not whole blocks of {blocks:?}",
+            "oneDNN {pass:?}: channels {} → {} are not whole blocks of {block}",
             g.cin, g.cout
         ));
     }
@@ -217,8 +207,7 @@ pub(crate) fn run(
             geometry.as_ptr(),
             i32::from(winograd),
             i32::from(bf16),
-            i32::try_from(blocks.x).unwrap_or(-1),
-            i32::try_from(blocks.y).unwrap_or(-1),
+            i32::try_from(block).unwrap_or(-1),
             a.as_ptr(),
             b.as_ptr(),
             out.as_mut_ptr(),
@@ -238,7 +227,7 @@ pub(crate) fn run(
     pass: Pass,
     _g: &Conv2dGeometry,
     _precision: (bool, bool),
-    _blocks: Blocks,
+    _block: usize,
     _a: &[f32],
     _b: &[f32],
 ) -> Result<Vec<f32>, String> {
